@@ -1,0 +1,98 @@
+//! The command tree (clap derive). Parsing only: no I/O, no defaults that need the system.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "psi",
+    version,
+    about = "Podman Secret Infrastructure: secrets for Podman containers, resolved at start, never on disk"
+)]
+pub struct Cli {
+    /// Configuration file [default: /etc/psi/config.yaml, or ~/.config/psi/config.yaml for users]
+    #[arg(
+        short = 'c',
+        long,
+        env = "PSI_CONFIG",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// The psi serve socket [default: /run/psi/psi.sock, or $XDG_RUNTIME_DIR/psi/psi.sock]
+    #[arg(long, env = "PSI_SOCKET", global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug or trace
+    #[arg(
+        long,
+        env = "PSI_LOG_LEVEL",
+        global = true,
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
+    pub log_level: String,
+
+    /// Log JSON lines (the default when stderr is not a terminal)
+    #[arg(long, env = "PSI_LOG_JSON", global = true)]
+    pub log_json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve lookups for Podman's shell secret driver on a Unix socket
+    Serve,
+    /// Write containers.conf.d/psi.conf, which points Podman's shell driver at psi serve
+    Install(InstallArgs),
+    /// One-shot shell-driver commands (SECRET_ID from the environment)
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Values sealed with systemd-creds (TPM2 or host key)
+    #[command(subcommand)]
+    Creds(CredsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Print the file instead of writing it
+    #[arg(long)]
+    pub stdout: bool,
+    /// Write to this path instead of the scope's containers.conf.d/psi.conf
+    #[arg(long, value_name = "PATH", conflicts_with = "stdout")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store stdin for SECRET_ID (a mapping, or a raw value to seal)
+    Store,
+    /// Print the value of SECRET_ID
+    Lookup,
+    /// Remove the mapping of SECRET_ID
+    Delete,
+    /// List the IDs that have mappings
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredsCommand {
+    /// Seal the value on stdin with systemd-creds and keep its mapping
+    Store(CredsStoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CredsStoreArgs {
+    /// Secret name (also sealed into the credential)
+    pub name: String,
+    /// Create the Podman secret NAME through the shell driver instead of writing state_dir/NAME
+    #[arg(long)]
+    pub register: bool,
+    /// Sealing key: auto (TPM2 if present, else host), host, tpm2 or host+tpm2
+    #[arg(long, value_name = "KEY")]
+    pub with_key: Option<String>,
+}

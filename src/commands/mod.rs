@@ -1,0 +1,70 @@
+//! One module per command group, each with one entry function. This is the only place a
+//! tokio runtime is built: commands that need async get one, the rest stay synchronous.
+
+pub mod creds;
+pub mod install;
+pub mod secret;
+pub mod serve;
+
+use std::future::Future;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Overrides, Settings};
+use crate::error::{Error, Result};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let overrides = Overrides {
+        config: cli.config,
+        socket: cli.socket,
+    };
+    let settings = Settings::load_for_process(&overrides)?;
+    match cli.command {
+        Command::Serve => block_on(serve::run(settings)),
+        Command::Install(args) => install::run(&settings, &args),
+        Command::Secret(command) => block_on(secret::run(&settings, command)),
+        Command::Creds(command) => block_on(creds::run(&settings, command)),
+    }
+}
+
+fn block_on<F: Future<Output = Result<()>>>(future: F) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Io {
+            context: "cannot start the async runtime".into(),
+            source: err,
+        })?;
+    runtime.block_on(future)
+}
+
+/// Reads all of stdin (at most `limit` bytes) into a buffer that zeroizes on drop.
+pub fn read_stdin(limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut buffer = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buffer)
+        .map_err(|err| Error::Io {
+            context: "cannot read stdin".into(),
+            source: err,
+        })?;
+    if buffer.len() > limit {
+        return Err(Error::InvalidBody(format!(
+            "stdin holds more than {limit} bytes"
+        )));
+    }
+    Ok(buffer)
+}
+
+/// Writes to stdout; a reader that went away (closed pipe) is not psi's failure.
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            context: "cannot write to stdout".into(),
+            source: err,
+        }),
+        _ => Ok(()),
+    }
+}

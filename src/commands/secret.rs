@@ -1,0 +1,44 @@
+//! `psi secret store|lookup|delete|list`: the shell driver as one process per call, with
+//! `SECRET_ID` from the environment. Same service and audit events as `psi serve`.
+
+use crate::cli::SecretCommand;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::secret::SecretId;
+use crate::server::routes::MAX_BODY;
+use crate::service::Service;
+
+pub async fn run(settings: &Settings, command: SecretCommand) -> Result<()> {
+    let service = Service::from_settings(settings);
+    match command {
+        SecretCommand::Store => {
+            let id = secret_id()?;
+            let body = super::read_stdin(MAX_BODY)?;
+            service.store(&id, &body).await
+        }
+        SecretCommand::Lookup => {
+            let id = secret_id()?;
+            let value = service.lookup(&id).await?;
+            super::write_stdout(value.expose())
+        }
+        SecretCommand::Delete => service.delete(&secret_id()?),
+        SecretCommand::List => {
+            let mut text = String::new();
+            for id in service.list()? {
+                text.push_str(&id);
+                text.push('\n');
+            }
+            super::write_stdout(text.as_bytes())
+        }
+    }
+}
+
+fn secret_id() -> Result<SecretId> {
+    let raw = std::env::var("SECRET_ID").unwrap_or_default();
+    if raw.is_empty() {
+        return Err(Error::Usage(
+            "SECRET_ID environment variable not set (Podman sets it for driver commands)".into(),
+        ));
+    }
+    SecretId::parse(&raw).map_err(Error::InvalidId)
+}

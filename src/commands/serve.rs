@@ -1,0 +1,72 @@
+//! `psi serve`: open providers, take the socket (from systemd or bound here), tell systemd
+//! we are ready, serve until SIGTERM/SIGINT, finish in-flight requests, clean up.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{process_env, CredentialSource, Settings};
+use crate::error::{Error, Result};
+use crate::server::{self, App};
+use crate::service::Service;
+
+pub async fn run(settings: Settings) -> Result<()> {
+    if !settings.config_found {
+        tracing::info!(
+            config = %settings.config_path.display(),
+            "no config file; running with defaults (provider: systemd-creds)"
+        );
+    }
+    let service = Service::from_settings(&settings);
+    for name in service.registry().names() {
+        tracing::info!(
+            event = "provider.open",
+            provider = name,
+            outcome = "success",
+            "provider opened"
+        );
+    }
+    let token = settings.socket_token.map(|(token, source)| {
+        let source = match source {
+            CredentialSource::CredentialsDirectory => "credentials directory",
+            CredentialSource::ConfigFile => "config file",
+            CredentialSource::Environment => "environment",
+        };
+        tracing::info!(source, "socket auth enabled");
+        token
+    });
+    if token.is_none() {
+        tracing::info!("socket auth disabled: no token configured");
+    }
+    let bound = match server::from_systemd(&process_env)? {
+        Some(bound) => bound,
+        None => server::bind(&settings.socket_path)?,
+    };
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::Io {
+        context: "SIGTERM handler".into(),
+        source: e,
+    })?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::Io {
+        context: "SIGINT handler".into(),
+        source: e,
+    })?;
+    tracing::info!(socket = %settings.socket_path.display(), activated = bound.activated(), "listening");
+    server::notify(&process_env, "READY=1");
+
+    let shutdown = async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "stopping: finishing in-flight requests");
+        server::notify(&process_env, "STOPPING=1");
+    };
+    let listener = bound.listener.try_clone().map_err(|e| Error::Io {
+        context: "socket".into(),
+        source: e,
+    })?;
+    let app = Arc::new(App { service, token });
+    let result = server::run(listener, app, shutdown).await;
+    bound.remove_socket();
+    result
+}

@@ -1,0 +1,36 @@
+//! psi, Podman Secret Infrastructure: a Podman shell secret driver with pluggable providers.
+//!
+//! Podman keeps only a *mapping* (which provider, where the value lives); at container start
+//! its shell driver asks `psi serve` over a Unix socket, and psi resolves the value from the
+//! provider. No plaintext secret is written to disk.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the clap command tree; no I/O.
+//! - [`error`]: the one error type, with exit codes and HTTP statuses.
+//! - [`config`]: `config.yaml` schema, validation, scope paths, credential resolution.
+//! - [`secret`]: `SecretId`, `Mapping` (the wire JSON), `SecretValue`.
+//! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
+//! - [`fsutil`]: atomic writes with the mode set at open, private directories.
+//! - [`state`]: the state directory, the one place that knows its layout.
+//! - [`process`]: child processes that inherit none of psi's credentials.
+//! - [`provider`]: the `Provider` enum and registry; one module per provider.
+//! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
+//! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
+//! - [`unitgen`]: pure renderers for generated files (`psi.conf`).
+//! - [`commands`]: one module per command group; the only place that builds a runtime.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod process;
+pub mod provider;
+pub mod pyjson;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod unitgen;

@@ -1,0 +1,43 @@
+//! The `psi` binary: parse, set up logging, run, and report the error once.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = psi::cli::Cli::parse();
+    if let Err(message) = init_logging(&cli.log_level, cli.log_json) {
+        eprintln!("psi: {message}");
+        return ExitCode::from(2);
+    }
+    match psi::commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("psi: error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries command output): JSON lines when asked or when stderr
+/// is not a terminal (journald, a pipe), human-readable otherwise.
+fn init_logging(level: &str, json: bool) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level.to_ascii_lowercase()).map_err(|_| {
+        format!("invalid log level '{level}': use error, warn, info, debug or trace")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json || !std::io::stderr().is_terminal() {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.with_target(false).init();
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Providers resolve a mapping to a value. `Provider` is an enum, not a trait object: the set
+//! is closed, a `match` is exhaustive when one is added (one module plus one arm), and async
+//! methods need no boxing.
+//!
+//! Infisical (`infisical/`) and the Nitrokey HSM (`nitrokeyhsm/`) join here in later work;
+//! their mappings already parse, and until then name a provider that is not configured.
+
+pub mod creds;
+
+use crate::config::{ProvidersConfig, SealWith};
+use crate::error::{Error, Result};
+use crate::secret::{Mapping, SecretId, SecretValue};
+
+pub enum Provider {
+    SystemdCreds(creds::SystemdCreds),
+}
+
+impl Provider {
+    /// The name used in mappings and configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::SystemdCreds(_) => creds::NAME,
+        }
+    }
+
+    /// Resolves `mapping` to its value.
+    pub async fn lookup(&self, mapping: &Mapping) -> Result<SecretValue> {
+        match self {
+            Provider::SystemdCreds(p) => p.lookup(mapping).await,
+        }
+    }
+
+    /// Seals `value` under `name`, returning the mapping that resolves back to it.
+    pub async fn seal(&self, name: &SecretId, value: &[u8]) -> Result<Mapping> {
+        match self {
+            Provider::SystemdCreds(p) => p.seal(name, value).await,
+        }
+    }
+}
+
+/// The providers `psi serve` runs, by name.
+pub struct Registry {
+    providers: Vec<Provider>,
+}
+
+impl Registry {
+    pub fn new(providers: Vec<Provider>) -> Registry {
+        Registry { providers }
+    }
+
+    /// Builds the configured providers that this version implements.
+    pub fn from_config(config: &ProvidersConfig) -> Registry {
+        let mut providers = Vec::new();
+        if let Some(creds) = &config.systemd_creds {
+            providers.push(Provider::SystemdCreds(creds::SystemdCreds::from_config(
+                creds,
+            )));
+        }
+        Registry::new(providers)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.providers.iter().map(Provider::name).collect()
+    }
+
+    /// The provider called `name`; an error names the ones that are configured.
+    pub fn get(&self, name: &str) -> Result<&Provider> {
+        self.providers
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::UnknownProvider {
+                name: name.to_owned(),
+                configured: match self.names() {
+                    names if names.is_empty() => "none".to_owned(),
+                    names => names.join(", "),
+                },
+            })
+    }
+
+    /// The provider that seals raw values for `with`.
+    pub fn sealer(&self, with: SealWith) -> Result<&Provider> {
+        self.get(with.as_str())
+    }
+}

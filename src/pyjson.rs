@@ -1,0 +1,134 @@
+//! Python-compatible JSON text, for the byte-exact formats the original psi wrote with
+//! `json.dumps`: mapping files (`", "`/`": "` separators, key order kept) and the cache's
+//! canonical mapping form (compact, sorted keys). Both escape non-ASCII as `\uXXXX`, as
+//! Python's default `ensure_ascii=True` does, and leave `/` alone.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+/// Separators and key order for [`dumps`].
+#[derive(Clone, Copy, Debug)]
+pub struct Style {
+    pub item_sep: &'static str,
+    pub key_sep: &'static str,
+    pub sort_keys: bool,
+}
+
+impl Style {
+    /// `json.dumps(v)`.
+    pub const DEFAULT: Style = Style {
+        item_sep: ", ",
+        key_sep: ": ",
+        sort_keys: false,
+    };
+    /// `json.dumps(v, separators=(",", ":"), sort_keys=True)`.
+    pub const CANONICAL: Style = Style {
+        item_sep: ",",
+        key_sep: ":",
+        sort_keys: true,
+    };
+}
+
+/// Serializes `value` the way Python's `json.dumps` does with the given style.
+pub fn dumps(value: &Value, style: Style) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value, style);
+    out
+}
+
+fn write_value(out: &mut String, value: &Value, style: Style) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(style.item_sep);
+                }
+                write_value(out, item, style);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            if style.sort_keys {
+                // Python sorts str keys by code point; UTF-8 byte order is the same order.
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(style.item_sep);
+                }
+                write_string(out, key);
+                out.push_str(style.key_sep);
+                write_value(out, item, style);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                // Everything else, control characters and non-ASCII alike, as \uXXXX;
+                // characters beyond the BMP as a surrogate pair, as Python does.
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_vectors_from_the_original() {
+        let mapping = json!({"provider": "infisical", "project": "myproject", "path": "/app", "key": "DB_HOST"});
+        assert_eq!(
+            dumps(&mapping, Style::CANONICAL),
+            r#"{"key":"DB_HOST","path":"/app","project":"myproject","provider":"infisical"}"#
+        );
+        let non_ascii = json!({"provider": "infisical", "key": "é/ü\n"});
+        assert_eq!(
+            dumps(&non_ascii, Style::CANONICAL),
+            r#"{"key":"\u00e9/\u00fc\n","provider":"infisical"}"#
+        );
+    }
+
+    #[test]
+    fn default_style_and_astral_characters() {
+        assert_eq!(
+            dumps(
+                &json!({"error": "unauthorized", "detail": "invalid or missing token"}),
+                Style::DEFAULT
+            ),
+            r#"{"error": "unauthorized", "detail": "invalid or missing token"}"#
+        );
+        assert_eq!(
+            dumps(&json!(["\u{1f600}\u{1}"]), Style::DEFAULT),
+            r#"["\ud83d\ude00\u0001"]"#
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! The three values every flow passes around: the validated [`SecretId`], the on-disk
+//! [`Mapping`] (the wire contract with Podman and with the original psi), and the
+//! [`SecretValue`] itself, which zeroizes on drop and never prints.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::pyjson;
+
+/// Longest accepted secret ID, in bytes. Podman's IDs are 25 hex characters and names are
+/// short; 255 is the usual file-name limit, which the ID becomes inside the state directory.
+pub const MAX_ID_LEN: usize = 255;
+
+/// A secret ID that is safe to use as a file name inside the state directory.
+///
+/// Podman passes its 25-hex-character secret ID; `psi creds store NAME` passes a name. Either
+/// way the ID becomes `state_dir/<ID>`, so anything that could leave that directory, hide as
+/// a dot file (psi's own temp and token files start with `.`) or confuse a log line is refused.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SecretId(String);
+
+impl SecretId {
+    /// Validates `raw` as a secret ID; the error says what is wrong with it.
+    pub fn parse(raw: &str) -> Result<SecretId, String> {
+        if raw.is_empty() {
+            return Err("secret ID is empty".into());
+        }
+        if raw.len() > MAX_ID_LEN {
+            return Err(format!(
+                "secret ID is {} bytes long; the limit is {MAX_ID_LEN}",
+                raw.len()
+            ));
+        }
+        if raw == "." || raw == ".." {
+            return Err(format!("secret ID {raw:?} is not allowed"));
+        }
+        if raw.contains(['/', '\\']) {
+            return Err("secret ID must not contain path separators ('/' or '\\')".into());
+        }
+        if raw.chars().any(char::is_control) {
+            return Err("secret ID must not contain NUL or control characters".into());
+        }
+        if raw.starts_with('.') {
+            return Err("secret ID must not start with '.' (reserved for psi's own files)".into());
+        }
+        Ok(SecretId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretId({:?})", self.0)
+    }
+}
+
+/// A secret value: the bytes a container receives. Zeroized when dropped, and deliberately
+/// without `Debug`/`Display` so it cannot reach a log line by accident.
+pub struct SecretValue(Zeroizing<Vec<u8>>);
+
+impl SecretValue {
+    pub fn new(bytes: Vec<u8>) -> SecretValue {
+        SecretValue(Zeroizing::new(bytes))
+    }
+
+    /// The plaintext. Call sites are few on purpose: the HTTP body, stdout of the one-shot
+    /// driver, and the sealing step.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretValue(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// A mapping: the JSON object Podman stores through the driver and psi keeps at
+/// `state_dir/<SECRET_ID>`. It names the provider and where the value lives, never the value.
+///
+/// The object is kept whole, in its original key order, because the cache derives its keys
+/// from the exact object (the original hashes every field, including ones psi does not read).
+#[derive(Clone, PartialEq)]
+pub struct Mapping {
+    object: Map<String, Value>,
+}
+
+impl Mapping {
+    /// Parses mapping bytes as the original did: surrounding whitespace ignored, a JSON object
+    /// with a string `provider`. The error never quotes the input, which may be a raw secret.
+    pub fn parse(bytes: &[u8]) -> Result<Mapping, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+        let value: Value = serde_json::from_str(text.trim()).map_err(|_| "not JSON".to_owned())?;
+        let Value::Object(object) = value else {
+            return Err("not a JSON object".into());
+        };
+        match object.get("provider") {
+            Some(Value::String(_)) => Ok(Mapping { object }),
+            Some(_) => Err("'provider' is not a string".into()),
+            None => Err("missing 'provider' key".into()),
+        }
+    }
+
+    /// Builds a mapping from `(key, value)` string pairs, `provider` first.
+    pub fn new(provider: &str, fields: &[(&str, &str)]) -> Mapping {
+        let mut object = Map::new();
+        object.insert("provider".into(), Value::String(provider.into()));
+        for (key, value) in fields {
+            object.insert((*key).into(), Value::String((*value).into()));
+        }
+        Mapping { object }
+    }
+
+    pub fn provider(&self) -> &str {
+        match self.object.get("provider") {
+            Some(Value::String(name)) => name,
+            _ => unreachable!("Mapping::parse and Mapping::new guarantee a string provider"),
+        }
+    }
+
+    /// A required string field; the error names the provider and the field.
+    pub fn str_field(&self, key: &str) -> Result<&str, String> {
+        match self.object.get(key) {
+            Some(Value::String(value)) => Ok(value),
+            Some(_) => Err(format!(
+                "{} mapping field '{key}' is not a string",
+                self.provider()
+            )),
+            None => Err(format!(
+                "{} mapping is missing the '{key}' field",
+                self.provider()
+            )),
+        }
+    }
+
+    /// An optional string field.
+    pub fn opt_str_field(&self, key: &str) -> Result<Option<&str>, String> {
+        match self.object.get(key) {
+            None => Ok(None),
+            Some(_) => self.str_field(key).map(Some),
+        }
+    }
+
+    /// The bytes psi writes: Python `json.dumps` default separators, key order kept, so files
+    /// psi writes are byte-identical to the original's for the same mapping.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        pyjson::dumps(&Value::Object(self.object.clone()), pyjson::Style::DEFAULT).into_bytes()
+    }
+}
+
+impl fmt::Debug for Mapping {
+    // Mappings hold coordinates and ciphertext, not values, but blobs are long and noisy.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mapping(provider={:?})", self.provider())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(SecretId::parse("0123456789abcdef012345678").is_ok());
+        assert!(SecretId::parse("myapp--DB_HOST").is_ok());
+        assert!(SecretId::parse("worker@--KEY").is_ok());
+        for bad in [
+            "", ".", "..", "a/b", "a\\b", "a\0b", "a\nb", ".hidden", "x\u{7f}",
+        ] {
+            assert!(SecretId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(SecretId::parse(&"a".repeat(MAX_ID_LEN)).is_ok());
+        assert!(SecretId::parse(&"a".repeat(MAX_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn mapping_round_trip_keeps_order_and_python_separators() {
+        let text = r#"{"provider": "infisical", "project": "myproject", "path": "/app", "key": "DB_HOST"}"#;
+        let m = Mapping::parse(format!("  {text}\n").as_bytes()).unwrap();
+        assert_eq!(m.provider(), "infisical");
+        assert_eq!(m.to_bytes(), text.as_bytes());
+        assert_eq!(m.str_field("key").unwrap(), "DB_HOST");
+        assert!(m.str_field("blob").unwrap_err().contains("'blob'"));
+    }
+
+    #[test]
+    fn mapping_errors_never_quote_input() {
+        for bad in [
+            &b"hunter2"[..],
+            b"[1]",
+            b"{\"x\": 1}",
+            b"{\"provider\": 3}",
+            b"\xff",
+        ] {
+            let err = Mapping::parse(bad).unwrap_err();
+            assert!(!err.contains("hunter2"));
+        }
+    }
+}
+
+/// A credential from configuration or the environment (socket token, PIN, client secret):
+/// zeroized on drop, redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(Zeroizing<String>);
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretString::new)
+    }
+}
+
+impl SecretString {
+    pub fn new(value: String) -> SecretString {
+        SecretString(Zeroizing::new(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}

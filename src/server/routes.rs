@@ -1,0 +1,170 @@
+//! The HTTP surface as pure functions: request line to [`Route`], bearer-token check, and
+//! error to response. No I/O, so every status code is testable without a socket.
+//!
+//! Routes are the original's (`/healthz`, `/lookup/{id}`, `/store/{id}`, `/delete/{id}`,
+//! `/list`), because existing Podman secrets carry those curl commands in their driver
+//! options. Unlike the original, the path is percent-decoded, a query string is ignored, and
+//! an empty or unsafe ID is a 400 rather than a file name.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Response, StatusCode};
+use openssl::sha::sha256;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::pyjson;
+use crate::secret::{SecretId, SecretString};
+
+/// Largest request body accepted (a mapping or a raw value to seal).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Lookup(SecretId),
+    Store(SecretId),
+    Delete(SecretId),
+    List,
+}
+
+impl Route {
+    /// The audit event name.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Lookup(_) => "secret.lookup",
+            Route::Store(_) => "secret.store",
+            Route::Delete(_) => "secret.delete",
+            Route::List => "secret.list",
+        }
+    }
+}
+
+/// Maps a method and a path (without query; `Uri::path`) to a route.
+pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
+    // One trailing slash is tolerated on the fixed routes, as clients of the original sent it.
+    let fixed = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let (allow, found) = match fixed {
+        "/healthz" => (
+            "GET, HEAD",
+            (method == Method::GET || method == Method::HEAD).then_some(Route::Healthz),
+        ),
+        "/list" => ("GET", (method == Method::GET).then_some(Route::List)),
+        _ => {
+            let (allow, expected, prefix) = if path.starts_with("/lookup/") {
+                ("GET", Method::GET, "/lookup/")
+            } else if path.starts_with("/store/") {
+                ("POST", Method::POST, "/store/")
+            } else if path.starts_with("/delete/") {
+                ("DELETE", Method::DELETE, "/delete/")
+            } else {
+                return Err(Error::NoRoute);
+            };
+            if *method != expected {
+                (allow, None)
+            } else {
+                let id = secret_id(&path[prefix.len()..])?;
+                let route = match prefix {
+                    "/lookup/" => Route::Lookup(id),
+                    "/store/" => Route::Store(id),
+                    _ => Route::Delete(id),
+                };
+                (allow, Some(route))
+            }
+        }
+    };
+    found.ok_or_else(|| Error::MethodNotAllowed {
+        method: method.to_string(),
+        allow,
+    })
+}
+
+fn secret_id(encoded: &str) -> Result<SecretId, Error> {
+    let decoded = percent_decode(encoded)
+        .ok_or_else(|| Error::InvalidId("malformed percent-encoding".into()))?;
+    let text = String::from_utf8(decoded)
+        .map_err(|_| Error::InvalidId("not UTF-8 after percent-decoding".into()))?;
+    SecretId::parse(&text).map_err(Error::InvalidId)
+}
+
+/// RFC 3986 percent-decoding; `None` for a `%` not followed by two hex digits.
+pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Checks `Authorization: Bearer <token>` when a token is configured. `/healthz` is always
+/// open (health checks carry no token). Both sides are hashed first so the comparison is
+/// constant time and does not even reveal the token's length.
+pub fn authorize(
+    route: Result<&Route, &Error>,
+    token: Option<&SecretString>,
+    header: Option<&[u8]>,
+) -> Result<(), Error> {
+    let Some(token) = token else { return Ok(()) };
+    if matches!(route, Ok(Route::Healthz)) {
+        return Ok(());
+    }
+    let presented = header.unwrap_or_default();
+    let mut expected = b"Bearer ".to_vec();
+    expected.extend_from_slice(token.expose().as_bytes());
+    let equal = openssl::memcmp::eq(&sha256(presented), &sha256(&expected));
+    zeroize::Zeroize::zeroize(&mut expected);
+    if equal {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}
+
+/// A 200 with a raw body and no content type, as the original answered (curl writes the
+/// bytes straight to Podman).
+pub fn ok(body: Bytes) -> Response<Full<Bytes>> {
+    Response::new(Full::new(body))
+}
+
+/// The JSON error response for `err`: `{"error": code, "detail": text}` with the original's
+/// separators. Error texts carry IDs and provider replies, never values.
+pub fn error_response(err: &Error) -> Response<Full<Bytes>> {
+    let (status, code) = err.http_status();
+    let detail = match err.root() {
+        // Keep the original's exact 401 body; clients may match it.
+        Error::Unauthorized => "invalid or missing token".to_owned(),
+        Error::NoRoute => "not found".to_owned(),
+        _ => err.to_string(),
+    };
+    let body = pyjson::dumps(
+        &json!({"error": code, "detail": detail}),
+        pyjson::Style::DEFAULT,
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Error::MethodNotAllowed { allow, .. } = err.root() {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}

@@ -1,0 +1,138 @@
+//! What psi does with a secret ID: lookup, store, delete, list. Shared by the HTTP server and
+//! the one-shot `psi secret ...` driver commands, so both behave the same, log the same
+//! audit events and never write plaintext.
+
+use std::time::Duration;
+
+use crate::config::{RawPolicy, Settings};
+use crate::error::{Error, Result};
+use crate::provider::Registry;
+use crate::secret::{Mapping, SecretId, SecretValue};
+use crate::state::StateDir;
+
+/// How long one provider lookup may take before the caller gets a 503. Podman waits for the
+/// driver at container start; an answer beats a hang.
+pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Service {
+    state: StateDir,
+    registry: Registry,
+    raw_values: RawPolicy,
+    deadline: Duration,
+}
+
+impl Service {
+    pub fn new(state: StateDir, registry: Registry, raw_values: RawPolicy) -> Service {
+        Service {
+            state,
+            registry,
+            raw_values,
+            deadline: LOOKUP_DEADLINE,
+        }
+    }
+
+    pub fn from_settings(settings: &Settings) -> Service {
+        Service::new(
+            StateDir::new(&settings.state_dir),
+            Registry::from_config(&settings.providers),
+            settings.raw_values,
+        )
+    }
+
+    /// Changes the per-lookup deadline.
+    pub fn with_deadline(mut self, deadline: Duration) -> Service {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Resolves `id`: mapping from the state dir, then its provider. The hot path: no disk
+    /// writes, one file read, one provider call bounded by the deadline.
+    pub async fn lookup(&self, id: &SecretId) -> Result<SecretValue> {
+        let result = self.resolve(id).await;
+        match &result {
+            Ok((_, provider)) => {
+                tracing::info!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source = "provider")
+            }
+            Err(err) => {
+                tracing::warn!(event = "secret.lookup", secret_id = %id, outcome = "error", error = %err)
+            }
+        }
+        result.map(|(value, _)| value)
+    }
+
+    async fn resolve(&self, id: &SecretId) -> Result<(SecretValue, &'static str)> {
+        let mapping = self.state.read_mapping(id)?;
+        let provider = self.registry.get(mapping.provider())?;
+        let value = tokio::time::timeout(self.deadline, provider.lookup(&mapping))
+            .await
+            .map_err(|_| Error::ProviderUnavailable {
+                provider: provider.name(),
+                detail: format!("no answer within {}s", self.deadline.as_secs()),
+            })??;
+        Ok((value, provider.name()))
+    }
+
+    /// Stores what Podman handed the driver for `id`. A mapping is kept byte for byte (as the
+    /// original did); anything else is a raw value, sealed by the configured provider or
+    /// refused, never written as plaintext.
+    pub async fn store(&self, id: &SecretId, body: &[u8]) -> Result<()> {
+        let result = self.store_inner(id, body).await;
+        match &result {
+            Ok(kind) => {
+                tracing::info!(event = "secret.store", secret_id = %id, outcome = "success", stored = kind)
+            }
+            Err(err) => {
+                tracing::warn!(event = "secret.store", secret_id = %id, outcome = "error", error = %err)
+            }
+        }
+        result.map(|_| ())
+    }
+
+    async fn store_inner(&self, id: &SecretId, body: &[u8]) -> Result<&'static str> {
+        if body.is_empty() {
+            return Err(Error::InvalidBody(
+                "empty body: there is no mapping or value to store".into(),
+            ));
+        }
+        if Mapping::parse(body).is_ok() {
+            self.state.write_mapping(id, body)?;
+            return Ok("mapping");
+        }
+        match self.raw_values {
+            RawPolicy::Reject => Err(Error::InvalidBody(
+                "the data is not a psi mapping and store.raw_values is 'reject': psi does not keep raw values; \
+                 store a mapping, or configure a sealing provider"
+                    .into(),
+            )),
+            RawPolicy::Seal(with) => {
+                let provider = self.registry.sealer(with)?;
+                let mapping = provider.seal(id, body).await?;
+                self.state.write_mapping(id, &mapping.to_bytes())?;
+                Ok(provider.name())
+            }
+        }
+    }
+
+    /// Removes the mapping for `id`; a missing one is not an error (Podman retries deletes).
+    pub fn delete(&self, id: &SecretId) -> Result<()> {
+        let result = self.state.delete_mapping(id);
+        match &result {
+            Ok(existed) => {
+                tracing::info!(event = "secret.delete", secret_id = %id, outcome = "success", existed)
+            }
+            Err(err) => {
+                tracing::warn!(event = "secret.delete", secret_id = %id, outcome = "error", error = %err)
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// The IDs that have mappings, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        self.state.list_mappings()
+    }
+}
