@@ -32,18 +32,33 @@ use crate::secret::SecretString;
 use crate::service::Service;
 use routes::Route;
 
-/// Time a client has to send its request headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send its request body once the headers are in.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time in-flight requests get to finish after a stop signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Time limits that keep a stalled client or a stuck request from holding psi.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client has to send its request headers.
+    pub header: Duration,
+    /// Time a client has to send its request body once the headers are in.
+    pub body: Duration,
+    /// Time in-flight requests get to finish after a stop signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header: Duration::from_secs(10),
+            body: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Everything a request handler needs, shared by all connections (read-only: no lock).
 pub struct App {
     pub service: Service,
     /// The bearer token; `None` disables auth.
     pub token: Option<SecretString>,
+    pub limits: Limits,
 }
 
 /// A listening socket and, when psi bound it itself, the file to remove on shutdown.
@@ -186,7 +201,7 @@ pub fn notify(env: EnvLookup<'_>, state: &str) {
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and gives in-flight
-/// requests [`SHUTDOWN_GRACE`] to finish.
+/// requests `app.limits.shutdown_grace` to finish.
 pub async fn run(
     listener: StdListener,
     app: Arc<App>,
@@ -217,7 +232,7 @@ pub async fn run(
                 let app = Arc::clone(&app);
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
+                    .header_read_timeout(app.limits.header)
                     .serve_connection(TokioIo::new(stream), service_fn(move |req| {
                         let app = Arc::clone(&app);
                         async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
@@ -233,7 +248,7 @@ pub async fn run(
         }
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(app.limits.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
@@ -273,7 +288,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .lookup(&id)
             .await
             .map(|value| Bytes::copy_from_slice(value.expose())),
-        Route::Store(id) => match read_body(req).await {
+        Route::Store(id) => match read_body(req, app.limits.body).await {
             Ok(body) => app
                 .service
                 .store(&id, &body)
@@ -293,9 +308,9 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-/// Reads a request body of at most [`routes::MAX_BODY`] bytes within [`BODY_TIMEOUT`]. psi's
+/// Reads a request body of at most [`routes::MAX_BODY`] bytes within `limit`. psi's
 /// copy (possibly a raw value to seal) zeroizes on drop; hyper's read buffers are its own.
-async fn read_body(req: Request<Incoming>) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+async fn read_body(req: Request<Incoming>, limit: Duration) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let too_large = Error::BodyTooLarge {
         limit: routes::MAX_BODY,
     };
@@ -307,10 +322,10 @@ async fn read_body(req: Request<Incoming>) -> Result<zeroize::Zeroizing<Vec<u8>>
         return Err(too_large);
     }
     let body = Limited::new(req.into_body(), routes::MAX_BODY);
-    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+    match tokio::time::timeout(limit, body.collect()).await {
         Err(_) => Err(Error::Timeout(format!(
-            "request body not received within {}s",
-            BODY_TIMEOUT.as_secs()
+            "request body not received within {} ms",
+            limit.as_millis()
         ))),
         Ok(Err(err))
             if err

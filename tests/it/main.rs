@@ -1,0 +1,16 @@
+//! psi's integration tests: one binary, one module per theme. New tests go in the module of
+//! their theme; shared fixtures (temp dirs, the psi binary, systemd-creds with a per-test host
+//! key, the Podman harness, a raw HTTP client) live in `support`.
+//!
+//! Real parts throughout: systemd-creds, Podman, curl. A test whose tool is missing skips with
+//! a message, except under `CI=true`, where it fails.
+
+mod support;
+
+mod cli;
+mod compat;
+mod config;
+mod creds;
+mod podman;
+mod routes;
+mod server;

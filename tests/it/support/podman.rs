@@ -1,0 +1,131 @@
+//! Real Podman, per test: its own storage (and so its own secrets database), a
+//! containers.conf with psi's driver configuration from `psi install`, a tiny busybox image
+//! imported without a registry, and a `psi serve` on the sandbox socket.
+//!
+//! The storage is chosen through `CONTAINERS_STORAGE_CONF` rather than flags because
+//! `psi creds store --register` runs plain `podman secret create` itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use super::{require, run_with_stdin, Sandbox, ServeProcess};
+
+pub const IMAGE: &str = "localhost/psi-test-bb";
+
+/// Settings that let Podman 4.3 start containers on these machines (crun and cgroups v1
+/// hybrid do not mix; see TESTING.md).
+const BASE_CONF: &str = r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"#;
+
+pub struct PodmanEnv {
+    pub sandbox: Sandbox,
+    pub config: PathBuf,
+    pub serve: ServeProcess,
+}
+
+impl PodmanEnv {
+    /// Sets everything up, or returns `None` (skip) when a tool is missing outside CI.
+    pub fn new(config_extra: &str) -> Option<PodmanEnv> {
+        for tool in ["podman", "runc", "curl", "systemd-creds", "busybox"] {
+            if !require(tool) {
+                return None;
+            }
+        }
+        let sandbox = Sandbox::new();
+        let config = sandbox.config(config_extra);
+        let driver = sandbox.psi().args(["-c", config.to_str().unwrap(), "install", "--stdout"]).output().unwrap();
+        assert!(driver.status.success(), "psi install --stdout: {}", String::from_utf8_lossy(&driver.stderr));
+        let mut conf = BASE_CONF.as_bytes().to_vec();
+        conf.extend_from_slice(&driver.stdout);
+        std::fs::write(sandbox.path().join("containers.conf"), conf).unwrap();
+        let storage = format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
+            sandbox.path().display()
+        );
+        std::fs::write(sandbox.path().join("storage.conf"), storage).unwrap();
+
+        let mut serve_cmd = sandbox.psi();
+        serve_cmd.args(["-c", config.to_str().unwrap(), "serve"]);
+        let serve = ServeProcess::start(serve_cmd, &sandbox.socket(), sandbox.path().join("serve.log"));
+        let env = PodmanEnv { sandbox, config, serve };
+        let imported = env.podman().args(["import", image_tar().to_str().unwrap(), IMAGE]).output().unwrap();
+        assert!(imported.status.success(), "podman import: {}", String::from_utf8_lossy(&imported.stderr));
+        Some(env)
+    }
+
+    /// Environment shared by podman and psi children: this test's conf, storage, host key.
+    fn apply_env(&self, cmd: &mut Command) {
+        cmd.env("CONTAINERS_CONF", self.sandbox.path().join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.sandbox.path().join("storage.conf"))
+            .env("SYSTEMD_CREDENTIAL_SECRET", self.sandbox.credential_secret());
+    }
+
+    pub fn podman(&self) -> Command {
+        let mut cmd = Command::new("podman");
+        self.apply_env(&mut cmd);
+        cmd
+    }
+
+    /// `psi -c <config> ARGS...` with this test's environment.
+    pub fn psi(&self, args: &[&str]) -> Command {
+        let mut cmd = self.sandbox.psi();
+        self.apply_env(&mut cmd);
+        cmd.args(["-c", self.config.to_str().unwrap()]).args(args);
+        cmd
+    }
+
+    /// `printf value | podman secret create [extra...] NAME -`.
+    pub fn secret_create(&self, name: &str, value: &[u8], extra: &[&str]) -> Output {
+        let mut cmd = self.podman();
+        cmd.args(["secret", "create"]).args(extra).args([name, "-"]);
+        run_with_stdin(&mut cmd, value)
+    }
+
+    /// Runs `sh -c script` in the test image with `--secret` options.
+    pub fn run(&self, secrets: &[&str], script: &str) -> Output {
+        let mut cmd = self.podman();
+        cmd.args(["run", "--rm", "--network", "none"]);
+        for secret in secrets {
+            cmd.args(["--secret", secret]);
+        }
+        cmd.args([IMAGE, "sh", "-c", script]);
+        cmd.output().unwrap()
+    }
+
+    /// Podman's ID for secret `name`.
+    pub fn secret_id(&self, name: &str) -> String {
+        let out = self.podman().args(["secret", "inspect", "--format", "{{.ID}}", name]).output().unwrap();
+        assert!(out.status.success(), "secret inspect: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.sandbox.state_dir()
+    }
+}
+
+/// A busybox-static root file system as a tarball, built once per test run.
+fn image_tar() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("psi-test-image");
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        let busybox = String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
+        std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
+        for applet in ["sh", "cat", "printf", "od", "ls", "wc", "stat"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        let tar = dir.join("bb.tar");
+        let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+        assert!(status.success());
+        tar
+    })
+}
