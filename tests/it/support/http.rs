@@ -30,10 +30,11 @@ pub async fn request(socket: &Path, method: &str, target: &str, headers: &[(&str
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    // psi may answer (413) and close before the whole body is sent: keep going to the reply.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    let _ = stream.read_to_end(&mut raw).await;
     parse(&raw)
 }
 

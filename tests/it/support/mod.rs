@@ -78,10 +78,14 @@ impl Sandbox {
     /// A wrapper around the real systemd-creds that uses this sandbox's host key and, for
     /// credentials named `slow`, first sleeps `slow_secs` (a deliberately slow provider).
     pub fn creds_wrapper(&self, slow_secs: u32) -> PathBuf {
-        let path = self.path().join("systemd-creds");
+        // Its own directory, named `systemd-creds`, so it can also go first on a PATH.
+        let dir = self.path().join(format!("creds-slow-{slow_secs}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("systemd-creds");
         let script = format!(
-            "#!/bin/sh\ncase \"$*\" in *--name=slow*) sleep {slow_secs} ;; esac\nSYSTEMD_CREDENTIAL_SECRET={} exec systemd-creds \"$@\"\n",
-            self.credential_secret().display()
+            "#!/bin/sh\ncase \"$*\" in *--name=slow*) sleep {slow_secs} ;; esac\nSYSTEMD_CREDENTIAL_SECRET={} exec {} \"$@\"\n",
+            self.credential_secret().display(),
+            real_systemd_creds()
         );
         std::fs::write(&path, script).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -102,6 +106,12 @@ impl Sandbox {
         }
         cmd
     }
+}
+
+/// The real systemd-creds binary (wrappers exec it by absolute path, never via PATH).
+fn real_systemd_creds() -> String {
+    let out = Command::new("sh").args(["-c", "command -v systemd-creds"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Runs `cmd` with `stdin` and returns its output.
