@@ -866,14 +866,13 @@ fn parse_file(text: &str) -> Result<ConfigFile, String> {
 /// Rewrites a serde/serde_yaml message into psi's form. serde formats these messages itself
 /// (`unknown field `x`, expected one of `a`, `b``), so their shape is stable.
 fn describe_yaml_error(path: &str, raw: &str) -> String {
-    // serde_yaml prefixes nested errors with their own path ("a.b: ..."); drop it, ours is
-    // the same and also present at the top level.
+    // serde_yaml prefixes nested errors with its own path ("a.b: ..."); drop it, ours is as
+    // precise (for an unknown key it names the key, serde_yaml's stops at the parent).
     let mut message = raw;
-    if let Some(rest) = message
-        .strip_prefix(path)
-        .and_then(|m| m.strip_prefix(": "))
-    {
-        message = rest;
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        if path.starts_with(prefix) {
+            message = rest;
+        }
     }
     let (message, position) = match message.rfind(" at line ") {
         Some(i) => (

@@ -24,9 +24,18 @@ fn main() -> ExitCode {
 /// Logs go to stderr (stdout carries command output): JSON lines when asked or when stderr
 /// is not a terminal (journald, a pipe), human-readable otherwise.
 fn init_logging(level: &str, json: bool) -> Result<(), String> {
-    let filter = EnvFilter::try_new(level.to_ascii_lowercase()).map_err(|_| {
-        format!("invalid log level '{level}': use error, warn, info, debug or trace")
-    })?;
+    let level = level.to_ascii_lowercase();
+    if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
+        return Err(format!(
+            "invalid log level '{level}': use error, warn, info, debug or trace"
+        ));
+    }
+    // psi's own events at the chosen level; dependencies stay at warn unless debugging.
+    let directives = match level.as_str() {
+        "info" => "warn,psi=info".to_owned(),
+        _ => level.clone(),
+    };
+    let filter = EnvFilter::try_new(directives).map_err(|err| err.to_string())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -65,7 +65,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         context: "socket".into(),
         source: e,
     })?;
-    let app = Arc::new(App { service, token, limits: server::Limits::default() });
+    let app = Arc::new(App {
+        service,
+        token,
+        limits: server::Limits::default(),
+    });
     let result = server::run(listener, app, shutdown).await;
     bound.remove_socket();
     result

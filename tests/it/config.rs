@@ -1,1 +1,312 @@
-//! placeholder
+//! Configuration: unknown keys with paths and suggestions, defaults per scope, validation
+//! across blocks, credential precedence, the socket token format.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use psi::config::{
+    process_env, CredentialSource, Overrides, RawPolicy, Scope, ScopePaths, SealWith, Settings,
+    WithKey,
+};
+use psi::error::Error;
+use psi::secret::SecretString;
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).map(OsString::from)
+}
+
+fn load_text(text: &str) -> Result<Settings, Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    let overrides = Overrides {
+        config: Some(path),
+        socket: None,
+    };
+    Settings::load(&overrides, &env_of(&[("HOME", "/home/u")]), 0)
+}
+
+fn config_error(text: &str) -> String {
+    let err = load_text(text).unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    err.to_string()
+}
+
+#[test]
+fn unknown_keys_name_the_file_path_and_a_near_miss() {
+    let text = "workloads:\n  myapp:\n    provider: systemd-creds\n    secrets:\n      - project: p\n        recursve: true\n";
+    let msg = config_error(text);
+    assert!(msg.contains("config.yaml: workloads.myapp.secrets[0].recursve: unknown key, did you mean 'recursive'?"), "{msg}");
+    assert!(msg.contains("line 6"), "{msg}");
+
+    let msg = config_error("stat_dir: /x\n");
+    assert!(
+        msg.ends_with("stat_dir: unknown key, did you mean 'state_dir'?"),
+        "{msg}"
+    );
+    let msg = config_error("providers:\n  systemd-cred: {}\n");
+    assert!(
+        msg.contains("providers.systemd-cred: unknown key, did you mean 'systemd-creds'?"),
+        "{msg}"
+    );
+    let msg = config_error("cache:\n  zzzzzz: 1\n");
+    assert!(
+        msg.contains("cache.zzzzzz: unknown key (known keys: enabled, backend, path"),
+        "{msg}"
+    );
+    let msg = config_error(
+        "providers:\n  infisical:\n    projects:\n      p: {id: x, enviroment: prod}\n",
+    );
+    assert!(
+        msg.contains(
+            "providers.infisical.projects.p.enviroment: unknown key, did you mean 'environment'?"
+        ),
+        "{msg}"
+    );
+    let msg = config_error("providers:\n  nitrokeyhsm:\n    pin_code: 1234\n");
+    assert!(
+        msg.contains("providers.nitrokeyhsm.pin_code: unknown key"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_types_and_values_are_explained_without_quoting_values() {
+    let msg = config_error("socket_token: [hunter2hunter2]\n");
+    assert!(
+        msg.contains("socket_token: wrong type: found a sequence"),
+        "{msg}"
+    );
+    assert!(!msg.contains("hunter2"), "{msg}");
+    let msg = config_error("providers:\n  systemd-creds:\n    with_key: tpm3\n");
+    assert!(msg.contains("providers.systemd-creds.with_key: unknown value; expected one of: auto, host, tpm2, host+tpm2"), "{msg}");
+    let msg = config_error("providers:\n  systemd-creds:\n    tpm2_pcrs: \"\"\n");
+    assert!(msg.contains("tpm2_pcrs"), "{msg}");
+    let msg = config_error("cache:\n  backend: disk\n");
+    assert!(
+        msg.contains("cache.backend: unknown value; expected one of: tpm, hsm"),
+        "{msg}"
+    );
+    let msg = config_error(
+        "workloads:\n  a:\n    provider: systemd-creds\n    secrets:\n      - path: /x\n",
+    );
+    assert!(
+        msg.contains("workloads.a.secrets[0]: missing required key 'project'"),
+        "{msg}"
+    );
+    let msg = config_error("state_dir: [unclosed\n");
+    assert!(msg.contains("config.yaml"), "{msg}");
+}
+
+#[test]
+fn cross_block_validation() {
+    let msg = config_error("workloads:\n  myapp:\n    secrets: []\n");
+    assert!(
+        msg.contains("workload 'myapp' uses provider 'infisical', but it is not configured (configured: systemd-creds)"),
+        "{msg}"
+    );
+    let msg = config_error("providers:\n  infisical: {}\nstore:\n  raw_values: seal\n");
+    assert!(
+        msg.contains("store.raw_values: 'seal' needs a sealing provider"),
+        "{msg}"
+    );
+    let msg = config_error("providers:\n  infisical: {}\nstore:\n  seal_with: systemd-creds\n");
+    assert!(
+        msg.contains("store.seal_with: provider 'systemd-creds' is not configured"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn defaults_and_raw_value_policy() {
+    let empty = load_text("").unwrap();
+    assert_eq!(empty.providers.names(), ["systemd-creds"]);
+    assert_eq!(empty.raw_values, RawPolicy::Seal(SealWith::SystemdCreds));
+    assert_eq!(empty.state_dir, Path::new("/var/lib/psi"));
+    assert_eq!(empty.socket_path, Path::new("/run/psi/psi.sock"));
+    assert!(empty.socket_token.is_none());
+
+    let infisical_only = load_text("providers:\n  infisical:\n    api_url: https://x\n").unwrap();
+    assert_eq!(infisical_only.providers.names(), ["infisical"]);
+    assert_eq!(infisical_only.raw_values, RawPolicy::Reject);
+
+    let bare = load_text("providers:\n  systemd-creds:\n").unwrap();
+    assert_eq!(
+        bare.providers.systemd_creds.unwrap().with_key,
+        WithKey::Auto
+    );
+
+    let reject = load_text("store:\n  raw_values: reject\n").unwrap();
+    assert_eq!(reject.raw_values, RawPolicy::Reject);
+
+    let pcrs =
+        load_text("providers:\n  systemd-creds:\n    with_key: tpm2\n    tpm2_pcrs: [7, 11]\n")
+            .unwrap();
+    let creds = pcrs.providers.systemd_creds.unwrap();
+    assert_eq!(
+        (creds.with_key, creds.tpm2_pcrs.unwrap().to_arg()),
+        (WithKey::Tpm2, "7+11".to_owned())
+    );
+
+    // The original's schema loads whole.
+    let full = "scope: system\nca_cert: /etc/ca.pem\nproviders:\n  infisical:\n    api_url: https://infisical.test\n    verify_ssl: true\n    token: {ttl: 60}\n    auth: {method: universal-auth, client_id: cid, client_secret: csec}\n    projects:\n      myproject: {id: proj-uuid-123, environment: prod}\n    tls:\n      certificates:\n        web:\n          project: myproject\n          profile_id: profile-uuid\n          common_name: web.example.com\n          alt_names: [{type: dns_name, value: web}]\n          output: {cert: /t/cert.pem, key: /t/key.pem, chain: /t/chain.pem}\n          hooks: [\"systemctl reload nginx\"]\n  nitrokeyhsm:\n    pkcs11_module: /usr/lib/softhsm/libsofthsm2.so\n    slot: 0\n    key_label: podman-secrets\n    key_id: \"02\"\nworkloads:\n  myapp:\n    provider: infisical\n    unit: myapp.container\n    depends_on: [psi-infisical-setup.service]\n    secrets:\n      - {project: myproject, path: /app, recursive: true}\ncache:\n  enabled: true\n  backend: tpm\n  refresh_interval: 30m\n";
+    let settings = load_text(full).unwrap();
+    assert_eq!(settings.providers.names(), ["infisical", "nitrokeyhsm"]);
+    assert_eq!(settings.file.workloads["myapp"].secrets[0].path, "/app");
+}
+
+#[test]
+fn missing_config_files() {
+    // Named explicitly: an error (exit 2) naming the file.
+    let overrides = Overrides {
+        config: Some(PathBuf::from("/nonexistent/psi.yaml")),
+        socket: None,
+    };
+    let err = Settings::load(&overrides, &env_of(&[]), 0).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/psi.yaml: cannot read the config file"),
+        "{err}"
+    );
+    // The scope default missing: built-in defaults (user scope under a fresh HOME).
+    let home = tempfile::tempdir().unwrap();
+    let env = env_of(&[
+        ("HOME", home.path().to_str().unwrap()),
+        ("XDG_RUNTIME_DIR", "/run/user/1000"),
+    ]);
+    let settings = Settings::load(&Overrides::default(), &env, 1000).unwrap();
+    assert!(!settings.config_found);
+    assert_eq!(settings.scope, Scope::User);
+    assert_eq!(
+        settings.config_path,
+        home.path().join(".config/psi/config.yaml")
+    );
+    assert_eq!(settings.state_dir, home.path().join(".local/share/psi"));
+    assert_eq!(
+        settings.socket_path,
+        Path::new("/run/user/1000/psi/psi.sock")
+    );
+}
+
+#[test]
+fn scope_path_table() {
+    let system = ScopePaths::new(Scope::System, 0, None, None).unwrap();
+    assert_eq!(
+        system.containers_conf_d,
+        Path::new("/etc/containers/containers.conf.d")
+    );
+    assert_eq!(system.systemd_dir, Path::new("/etc/containers/systemd"));
+    assert_eq!(system.unit_dir, Path::new("/etc/systemd/system"));
+    assert_eq!(system.config_dir, Path::new("/etc/psi"));
+    let user = ScopePaths::new(Scope::User, 1000, Some(Path::new("/home/u")), None).unwrap();
+    assert_eq!(user.socket, Path::new("/run/user/1000/psi/psi.sock"));
+    assert_eq!(
+        user.containers_conf_d,
+        Path::new("/home/u/.config/containers/containers.conf.d")
+    );
+    assert_eq!(
+        user.systemd_dir,
+        Path::new("/home/u/.config/containers/systemd")
+    );
+    assert_eq!(user.unit_dir, Path::new("/home/u/.config/systemd/user"));
+    assert!(ScopePaths::new(Scope::User, 1000, None, None).is_err());
+}
+
+#[test]
+fn socket_path_precedence_flag_over_config_over_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "socket_path: /from/config.sock\n").unwrap();
+    let env = env_of(&[]);
+    let from_config = Settings::load(
+        &Overrides {
+            config: Some(path.clone()),
+            socket: None,
+        },
+        &env,
+        0,
+    )
+    .unwrap();
+    assert_eq!(from_config.socket_path, Path::new("/from/config.sock"));
+    let from_flag = Settings::load(
+        &Overrides {
+            config: Some(path),
+            socket: Some("/from/flag.sock".into()),
+        },
+        &env,
+        0,
+    )
+    .unwrap();
+    assert_eq!(from_flag.socket_path, Path::new("/from/flag.sock"));
+}
+
+#[test]
+fn credential_precedence_creds_dir_then_config_then_env() {
+    let creds = tempfile::tempdir().unwrap();
+    let dir = creds.path().to_str().unwrap();
+    let config = SecretString::new("from-config".into());
+    let resolve = |env: &dyn Fn(&str) -> Option<OsString>, config: Option<&SecretString>| {
+        psi::config::resolve_credential(env, "psi-socket-token", config, "PSI_SOCKET_TOKEN")
+            .unwrap()
+            .map(|(v, s)| (v.expose().to_owned(), s))
+    };
+    let env_only = env_of(&[("PSI_SOCKET_TOKEN", "from-env-var")]);
+    assert_eq!(
+        resolve(&env_only, None),
+        Some(("from-env-var".into(), CredentialSource::Environment))
+    );
+    assert_eq!(
+        resolve(&env_only, Some(&config)),
+        Some(("from-config".into(), CredentialSource::ConfigFile))
+    );
+    let with_dir = env_of(&[
+        ("PSI_SOCKET_TOKEN", "from-env-var"),
+        ("CREDENTIALS_DIRECTORY", dir),
+    ]);
+    // The directory is set but holds no such file: fall through.
+    assert_eq!(
+        resolve(&with_dir, Some(&config)),
+        Some(("from-config".into(), CredentialSource::ConfigFile))
+    );
+    std::fs::write(creds.path().join("psi-socket-token"), "from-credential\n").unwrap();
+    assert_eq!(
+        resolve(&with_dir, Some(&config)),
+        Some((
+            "from-credential".into(),
+            CredentialSource::CredentialsDirectory
+        ))
+    );
+    assert_eq!(resolve(&env_of(&[]), None), None);
+}
+
+#[test]
+fn socket_token_format_is_checked_whole() {
+    use psi::config::validate_socket_token as check;
+    assert!(check("abcdefgh").is_ok());
+    assert!(check("AZaz09._~+/=-").is_ok());
+    for bad in [
+        "short",
+        "has space1",
+        "quote'quote",
+        "dollar$dollar",
+        "abcdefgh\n",
+        "ünïcödé-token",
+        "",
+    ] {
+        assert!(check(bad).is_err(), "{bad:?}");
+    }
+    let msg = config_error("socket_token: \"bad token with spaces\"\n");
+    assert!(msg.contains("socket_token: invalid socket token"), "{msg}");
+    assert!(!msg.contains("bad token"), "{msg}");
+}
+
+#[test]
+fn process_env_reads_the_real_environment() {
+    assert!(process_env("PATH").is_some());
+}

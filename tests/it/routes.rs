@@ -15,15 +15,30 @@ fn routes_of_the_original() {
     assert_eq!(route(&Method::GET, "/healthz").unwrap(), Route::Healthz);
     assert_eq!(route(&Method::GET, "/healthz/").unwrap(), Route::Healthz);
     assert_eq!(route(&Method::GET, "/list").unwrap(), Route::List);
-    assert_eq!(route(&Method::GET, "/lookup/abc").unwrap(), Route::Lookup(id("abc")));
-    assert_eq!(route(&Method::POST, "/store/abc").unwrap(), Route::Store(id("abc")));
-    assert_eq!(route(&Method::DELETE, "/delete/abc").unwrap(), Route::Delete(id("abc")));
+    assert_eq!(
+        route(&Method::GET, "/lookup/abc").unwrap(),
+        Route::Lookup(id("abc"))
+    );
+    assert_eq!(
+        route(&Method::POST, "/store/abc").unwrap(),
+        Route::Store(id("abc"))
+    );
+    assert_eq!(
+        route(&Method::DELETE, "/delete/abc").unwrap(),
+        Route::Delete(id("abc"))
+    );
 }
 
 #[test]
 fn ids_are_percent_decoded() {
-    assert_eq!(route(&Method::GET, "/lookup/my%2Dapp--DB%5FHOST").unwrap(), Route::Lookup(id("my-app--DB_HOST")));
-    assert_eq!(route(&Method::GET, "/lookup/caf%C3%A9").unwrap(), Route::Lookup(id("café")));
+    assert_eq!(
+        route(&Method::GET, "/lookup/my%2Dapp--DB%5FHOST").unwrap(),
+        Route::Lookup(id("my-app--DB_HOST"))
+    );
+    assert_eq!(
+        route(&Method::GET, "/lookup/caf%C3%A9").unwrap(),
+        Route::Lookup(id("café"))
+    );
     assert_eq!(percent_decode("a%2fb").unwrap(), b"a/b");
     assert!(percent_decode("a%2").is_none());
     assert!(percent_decode("a%zz").is_none());
@@ -51,22 +66,44 @@ fn traversal_and_bad_ids_are_400() {
     }
     let long = format!("/lookup/{}", "a".repeat(256));
     assert_eq!(route(&Method::GET, &long).unwrap_err().http_status().0, 400);
-    assert_eq!(route(&Method::POST, "/store/").unwrap_err().http_status().0, 400);
-    assert_eq!(route(&Method::DELETE, "/delete/..").unwrap_err().http_status().0, 400);
+    assert_eq!(
+        route(&Method::POST, "/store/").unwrap_err().http_status().0,
+        400
+    );
+    assert_eq!(
+        route(&Method::DELETE, "/delete/..")
+            .unwrap_err()
+            .http_status()
+            .0,
+        400
+    );
 }
 
 #[test]
 fn unknown_paths_are_404_and_wrong_methods_405() {
     for path in ["/", "/lookup", "/lookups/x", "/healthzz", "/list/x"] {
-        assert_eq!(route(&Method::GET, path).unwrap_err().http_status(), (404, "not_found"), "{path}");
+        assert_eq!(
+            route(&Method::GET, path).unwrap_err().http_status(),
+            (404, "not_found"),
+            "{path}"
+        );
     }
     let err = route(&Method::POST, "/lookup/abc").unwrap_err();
     assert_eq!(err.http_status(), (405, "method_not_allowed"));
     assert_eq!(error_response(&err).headers()["allow"], "GET");
     let err = route(&Method::PUT, "/store/abc").unwrap_err();
     assert_eq!(error_response(&err).headers()["allow"], "POST");
-    assert_eq!(route(&Method::POST, "/healthz").unwrap_err().http_status().0, 405);
-    assert_eq!(route(&Method::DELETE, "/list").unwrap_err().http_status().0, 405);
+    assert_eq!(
+        route(&Method::POST, "/healthz")
+            .unwrap_err()
+            .http_status()
+            .0,
+        405
+    );
+    assert_eq!(
+        route(&Method::DELETE, "/list").unwrap_err().http_status().0,
+        405
+    );
 }
 
 #[test]
@@ -74,7 +111,10 @@ fn auth_is_off_without_a_token_and_healthz_is_always_open() {
     let lookup = route(&Method::GET, "/lookup/abc");
     assert!(authorize(lookup.as_ref(), None, None).is_ok());
     let token = SecretString::new("s3cr3t-token".into());
-    assert!(matches!(authorize(lookup.as_ref(), Some(&token), None), Err(Error::Unauthorized)));
+    assert!(matches!(
+        authorize(lookup.as_ref(), Some(&token), None),
+        Err(Error::Unauthorized)
+    ));
     let healthz = route(&Method::GET, "/healthz");
     assert!(authorize(healthz.as_ref(), Some(&token), None).is_ok());
 }
@@ -102,7 +142,10 @@ async fn body_of(err: Error) -> (u16, Option<String>, String) {
     use http_body_util::BodyExt;
     let response = error_response(&err);
     let status = response.status().as_u16();
-    let ctype = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let ctype = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, ctype, String::from_utf8(body.to_vec()).unwrap())
 }
@@ -116,14 +159,56 @@ async fn every_error_has_its_status_and_a_json_body() {
         (Error::Unauthorized, 401, "unauthorized"),
         (Error::NoRoute, 404, "not_found"),
         (Error::NoMapping("abc".into()), 404, "not_found"),
-        (Error::SecretNotFound { provider, detail: "gone".into() }, 404, "secret_not_found"),
-        (Error::MethodNotAllowed { method: "PUT".into(), allow: "GET" }, 405, "method_not_allowed"),
+        (
+            Error::SecretNotFound {
+                provider,
+                detail: "gone".into(),
+            },
+            404,
+            "secret_not_found",
+        ),
+        (
+            Error::MethodNotAllowed {
+                method: "PUT".into(),
+                allow: "GET",
+            },
+            405,
+            "method_not_allowed",
+        ),
         (Error::Timeout("slow".into()), 408, "request_timeout"),
         (Error::BodyTooLarge { limit: 1 }, 413, "payload_too_large"),
-        (Error::CorruptMapping { id: "a".into(), reason: "not JSON".into() }, 500, "corrupt_mapping"),
-        (Error::UnknownProvider { name: "x".into(), configured: "y".into() }, 500, "unknown_provider"),
-        (Error::Provider { provider, detail: "bad".into() }, 502, "provider_error"),
-        (Error::ProviderUnavailable { provider, detail: "down".into() }, 503, "provider_unavailable"),
+        (
+            Error::CorruptMapping {
+                id: "a".into(),
+                reason: "not JSON".into(),
+            },
+            500,
+            "corrupt_mapping",
+        ),
+        (
+            Error::UnknownProvider {
+                name: "x".into(),
+                configured: "y".into(),
+            },
+            500,
+            "unknown_provider",
+        ),
+        (
+            Error::Provider {
+                provider,
+                detail: "bad".into(),
+            },
+            502,
+            "provider_error",
+        ),
+        (
+            Error::ProviderUnavailable {
+                provider,
+                detail: "down".into(),
+            },
+            503,
+            "provider_unavailable",
+        ),
     ];
     for (err, status, code) in cases {
         let detail = err.to_string();
@@ -132,7 +217,9 @@ async fn every_error_has_its_status_and_a_json_body() {
         assert_eq!(ctype.as_deref(), Some("application/json"));
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["error"], code);
-        if !matches!(code, "unauthorized" | "not_found") || status == 404 && code == "not_found" && detail != "not found" {
+        if !matches!(code, "unauthorized" | "not_found")
+            || status == 404 && code == "not_found" && detail != "not found"
+        {
             assert!(json["detail"].as_str().unwrap().contains(&detail), "{body}");
         }
     }
@@ -142,6 +229,9 @@ async fn every_error_has_its_status_and_a_json_body() {
 async fn unauthorized_body_is_the_originals_byte_for_byte() {
     let (status, _, body) = body_of(Error::Unauthorized).await;
     assert_eq!(status, 401);
-    assert_eq!(body, r#"{"error": "unauthorized", "detail": "invalid or missing token"}"#);
+    assert_eq!(
+        body,
+        r#"{"error": "unauthorized", "detail": "invalid or missing token"}"#
+    );
     assert_eq!(body.len(), 63);
 }

@@ -35,7 +35,11 @@ impl Running {
 }
 
 fn limits() -> Limits {
-    Limits { header: Duration::from_millis(500), body: Duration::from_millis(500), shutdown_grace: Duration::from_secs(10) }
+    Limits {
+        header: Duration::from_millis(500),
+        body: Duration::from_millis(500),
+        shutdown_grace: Duration::from_secs(10),
+    }
 }
 
 /// Starts the server on the sandbox socket with the systemd-creds provider (credentials
@@ -45,16 +49,27 @@ async fn start(token: Option<&str>, policy: RawPolicy, slow_secs: u32) -> Option
         return None;
     }
     let sandbox = Sandbox::new();
-    let registry = Registry::new(vec![Provider::SystemdCreds(sandbox.creds_provider(slow_secs))]);
+    let registry = Registry::new(vec![Provider::SystemdCreds(
+        sandbox.creds_provider(slow_secs),
+    )]);
     let service = Service::new(StateDir::new(sandbox.state_dir()), registry, policy);
-    let app = Arc::new(App { service, token: token.map(|t| SecretString::new(t.into())), limits: limits() });
+    let app = Arc::new(App {
+        service,
+        token: token.map(|t| SecretString::new(t.into())),
+        limits: limits(),
+    });
     let socket = sandbox.socket();
     let bound = server::bind(&socket).unwrap();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server::run(bound.listener, app, async {
         let _ = stopped.await;
     }));
-    Some(Running { sandbox, socket, stop: Some(stop), task })
+    Some(Running {
+        sandbox,
+        socket,
+        stop: Some(stop),
+        task,
+    })
 }
 
 const SEAL: RawPolicy = RawPolicy::Seal(SealWith::SystemdCreds);
@@ -62,24 +77,37 @@ const SEAL: RawPolicy = RawPolicy::Seal(SealWith::SystemdCreds);
 /// Seals `value` as credential `name` and stores its mapping under `id`.
 async fn seal(running: &Running, slow: u32, name: &str, id: &str, value: &[u8]) {
     let provider = running.sandbox.creds_provider(slow);
-    let mapping = provider.seal(&SecretId::parse(name).unwrap(), value).await.unwrap();
-    StateDir::new(running.sandbox.state_dir()).write_mapping(&SecretId::parse(id).unwrap(), &mapping.to_bytes()).unwrap();
+    let mapping = provider
+        .seal(&SecretId::parse(name).unwrap(), value)
+        .await
+        .unwrap();
+    StateDir::new(running.sandbox.state_dir())
+        .write_mapping(&SecretId::parse(id).unwrap(), &mapping.to_bytes())
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lookup_returns_the_exact_bytes_with_no_content_type() {
-    let Some(running) = start(None, SEAL, 0).await else { return };
+    let Some(running) = start(None, SEAL, 0).await else {
+        return;
+    };
     let value: Vec<u8> = (0..=255u8).chain(*b"\n\r\0end").collect();
     seal(&running, 0, "binary", "0123456789abcdef012345678", &value).await;
     let reply = get(&running.socket, "/lookup/0123456789abcdef012345678?x=1").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, value);
-    assert_eq!(reply.header("content-length"), Some(value.len().to_string().as_str()));
+    assert_eq!(
+        reply.header("content-length"),
+        Some(value.len().to_string().as_str())
+    );
     assert_eq!(reply.header("content-type"), None);
 
     let reply = get(&running.socket, "/lookup/missing").await;
     assert_eq!(reply.status, 404);
-    assert_eq!(reply.text(), r#"{"error": "not_found", "detail": "no mapping for secret: missing"}"#);
+    assert_eq!(
+        reply.text(),
+        r#"{"error": "not_found", "detail": "no mapping for secret: missing"}"#
+    );
     let reply = get(&running.socket, "/healthz").await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
     running.shutdown().await;
@@ -87,7 +115,9 @@ async fn lookup_returns_the_exact_bytes_with_no_content_type() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_is_0600_and_no_staging_is_left() {
-    let Some(running) = start(None, SEAL, 0).await else { return };
+    let Some(running) = start(None, SEAL, 0).await else {
+        return;
+    };
     let meta = std::fs::symlink_metadata(&running.socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -95,13 +125,18 @@ async fn socket_is_0600_and_no_staging_is_left() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(!names.iter().any(|n| n.starts_with(".psi-socket")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with(".psi-socket")),
+        "{names:?}"
+    );
     running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_lookup_delays_neither_healthz_nor_other_lookups() {
-    let Some(running) = start(None, SEAL, 3).await else { return };
+    let Some(running) = start(None, SEAL, 3).await else {
+        return;
+    };
     seal(&running, 0, "slow", "slowid", b"slow value").await;
     seal(&running, 0, "fast", "fastid", b"fast value").await;
     let socket = running.socket.clone();
@@ -113,7 +148,10 @@ async fn a_slow_lookup_delays_neither_healthz_nor_other_lookups() {
     let others_done = started.elapsed();
     assert_eq!((health.status, fast.status), (200, 200));
     assert_eq!(fast.body, b"fast value");
-    assert!(others_done < Duration::from_secs(2), "healthz/lookup waited for the slow one: {others_done:?}");
+    assert!(
+        others_done < Duration::from_secs(2),
+        "healthz/lookup waited for the slow one: {others_done:?}"
+    );
     let slow = slow.await.unwrap();
     assert_eq!(slow.body, b"slow value");
     assert!(started.elapsed() >= Duration::from_secs(3));
@@ -122,7 +160,9 @@ async fn a_slow_lookup_delays_neither_healthz_nor_other_lookups() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let Some(running) = start(None, SEAL, 2).await else { return };
+    let Some(running) = start(None, SEAL, 2).await else {
+        return;
+    };
     seal(&running, 0, "slow", "slowid", b"still delivered").await;
     let socket = running.socket.clone();
     let slow = tokio::spawn(async move { get(&socket, "/lookup/slowid").await });
@@ -130,33 +170,67 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let socket = running.socket.clone();
     running.shutdown().await;
     let reply = slow.await.unwrap();
-    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"still delivered"[..]));
-    assert!(tokio::net::UnixStream::connect(&socket).await.is_err(), "still accepting after shutdown");
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (200, &b"still delivered"[..])
+    );
+    assert!(
+        tokio::net::UnixStream::connect(&socket).await.is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
-    let Some(running) = start(None, SEAL, 0).await else { return };
-    let mapping = br#"{"provider": "infisical", "project": "myproject", "path": "/app", "key": "DB_HOST"}"#;
+    let Some(running) = start(None, SEAL, 0).await else {
+        return;
+    };
+    let mapping =
+        br#"{"provider": "infisical", "project": "myproject", "path": "/app", "key": "DB_HOST"}"#;
     let reply = request(&running.socket, "POST", "/store/mapped", &[], mapping).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
     let path = running.sandbox.state_dir().join("mapped");
     assert_eq!(std::fs::read(&path).unwrap(), mapping);
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(running.sandbox.state_dir()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(running.sandbox.state_dir())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
 
     let raw = b"not json\nhunter2";
-    assert_eq!(request(&running.socket, "POST", "/store/raw", &[], raw).await.status, 200);
+    assert_eq!(
+        request(&running.socket, "POST", "/store/raw", &[], raw)
+            .await
+            .status,
+        200
+    );
     crate::support::assert_not_on_disk(running.sandbox.path(), b"hunter2");
     assert_eq!(get(&running.socket, "/lookup/raw").await.body, raw);
 
     // A mapping for a provider this psi does not run: 500 with the reason.
     let reply = get(&running.socket, "/lookup/mapped").await;
     assert_eq!(reply.status, 500);
-    assert!(reply.text().contains("provider 'infisical' is not configured"), "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .contains("provider 'infisical' is not configured"),
+        "{}",
+        reply.text()
+    );
 
     // The list holds mappings only: not the cache, key files, temp or dot files.
-    for (name, bytes) in [("cache.enc", &b"PSIC\x01\x01junk"[..]), ("nitrokeyhsm-pubkey.der", b"\x30\x82"), (".token.abc.json", b"{}")] {
+    for (name, bytes) in [
+        ("cache.enc", &b"PSIC\x01\x01junk"[..]),
+        ("nitrokeyhsm-pubkey.der", b"\x30\x82"),
+        (".token.abc.json", b"{}"),
+    ] {
         std::fs::write(running.sandbox.state_dir().join(name), bytes).unwrap();
     }
     assert_eq!(get(&running.socket, "/list").await.text(), "mapped\nraw");
@@ -164,36 +238,64 @@ async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
     let reply = request(&running.socket, "DELETE", "/delete/raw", &[], b"").await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
     assert!(!running.sandbox.state_dir().join("raw").exists());
-    assert_eq!(request(&running.socket, "DELETE", "/delete/raw", &[], b"").await.status, 200);
+    assert_eq!(
+        request(&running.socket, "DELETE", "/delete/raw", &[], b"")
+            .await
+            .status,
+        200
+    );
     running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_stores_are_refused_and_write_nothing() {
-    let Some(running) = start(None, RawPolicy::Reject, 0).await else { return };
+    let Some(running) = start(None, RawPolicy::Reject, 0).await else {
+        return;
+    };
     let reply = request(&running.socket, "POST", "/store/raw", &[], b"plaintext").await;
     assert_eq!(reply.status, 400);
     assert!(reply.text().contains("store.raw_values is 'reject'"));
     assert!(!reply.text().contains("plaintext"));
-    assert_eq!(request(&running.socket, "POST", "/store/empty", &[], b"").await.status, 400);
+    assert_eq!(
+        request(&running.socket, "POST", "/store/empty", &[], b"")
+            .await
+            .status,
+        400
+    );
     let big = vec![b'x'; 1024 * 1024 + 1];
-    assert_eq!(request(&running.socket, "POST", "/store/big", &[], &big).await.status, 413);
-    assert_eq!(request(&running.socket, "POST", "/store/..", &[], b"{}").await.status, 400);
+    assert_eq!(
+        request(&running.socket, "POST", "/store/big", &[], &big)
+            .await
+            .status,
+        413
+    );
+    assert_eq!(
+        request(&running.socket, "POST", "/store/..", &[], b"{}")
+            .await
+            .status,
+        400
+    );
     assert!(crate::support::files_under(&running.sandbox.state_dir()).is_empty());
     running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_body_over_the_limit_is_413() {
-    let Some(running) = start(None, SEAL, 0).await else { return };
-    let mut stream = tokio::net::UnixStream::connect(&running.socket).await.unwrap();
+    let Some(running) = start(None, SEAL, 0).await else {
+        return;
+    };
+    let mut stream = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
     stream
         .write_all(b"POST /store/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await
         .unwrap();
     let chunk = vec![b'y'; 64 * 1024];
     for _ in 0..17 {
-        let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await;
+        let _ = stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await;
         let _ = stream.write_all(&chunk).await;
         let _ = stream.write_all(b"\r\n").await;
     }
@@ -207,36 +309,89 @@ async fn chunked_body_over_the_limit_is_413() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_guards_everything_but_healthz() {
-    let Some(running) = start(Some("test-token-123"), SEAL, 0).await else { return };
+    let Some(running) = start(Some("test-token-123"), SEAL, 0).await else {
+        return;
+    };
     seal(&running, 0, "guarded", "guarded", b"v").await;
-    for (method, target) in [("GET", "/lookup/guarded"), ("POST", "/store/x"), ("DELETE", "/delete/guarded"), ("GET", "/list"), ("GET", "/nope")] {
+    for (method, target) in [
+        ("GET", "/lookup/guarded"),
+        ("POST", "/store/x"),
+        ("DELETE", "/delete/guarded"),
+        ("GET", "/list"),
+        ("GET", "/nope"),
+    ] {
         let reply = request(&running.socket, method, target, &[], b"{}").await;
         assert_eq!(reply.status, 401, "{method} {target}");
-        assert_eq!(reply.text(), r#"{"error": "unauthorized", "detail": "invalid or missing token"}"#);
-        let wrong = request(&running.socket, method, target, &[("Authorization", "Bearer test-token-1234")], b"{}").await;
+        assert_eq!(
+            reply.text(),
+            r#"{"error": "unauthorized", "detail": "invalid or missing token"}"#
+        );
+        let wrong = request(
+            &running.socket,
+            method,
+            target,
+            &[("Authorization", "Bearer test-token-1234")],
+            b"{}",
+        )
+        .await;
         assert_eq!(wrong.status, 401);
     }
     assert_eq!(get(&running.socket, "/healthz").await.status, 200);
-    let ok = request(&running.socket, "GET", "/lookup/guarded", &[("authorization", "Bearer test-token-123")], b"").await;
+    let ok = request(
+        &running.socket,
+        "GET",
+        "/lookup/guarded",
+        &[("authorization", "Bearer test-token-123")],
+        b"",
+    )
+    .await;
     assert_eq!((ok.status, ok.body.as_slice()), (200, &b"v"[..]));
-    assert!(running.sandbox.state_dir().join("guarded").exists(), "an unauthorized delete removed the mapping");
+    assert!(
+        running.sandbox.state_dir().join("guarded").exists(),
+        "an unauthorized delete removed the mapping"
+    );
     running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_clients_are_cut_off() {
-    let Some(running) = start(None, SEAL, 0).await else { return };
+    let Some(running) = start(None, SEAL, 0).await else {
+        return;
+    };
     // Headers never finished: the connection is closed after the header timeout.
-    let mut stalled = tokio::net::UnixStream::connect(&running.socket).await.unwrap();
-    stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut stalled = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut buf)).await;
-    assert!(read.is_ok(), "connection with unfinished headers was kept open");
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "connection with unfinished headers was kept open"
+    );
     // Body promised but not sent: 408.
-    let mut stalled = tokio::net::UnixStream::connect(&running.socket).await.unwrap();
-    stalled.write_all(b"POST /store/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+    let mut stalled = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"POST /store/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut raw)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut raw),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(http::parse(&raw).status, 408);
     running.shutdown().await;
 }
@@ -271,15 +426,32 @@ fn serve_process_notifies_systemd_and_stops_gracefully() {
     let config = sandbox.config("");
     let notify_path = sandbox.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     // A slow systemd-creds first on PATH for the serve process.
     let wrapper = sandbox.creds_wrapper(2);
-    let path = format!("{}:{}", wrapper.parent().unwrap().display(), std::env::var("PATH").unwrap());
-    let sealed = run_with_stdin(sandbox.psi().args(["-c", config.to_str().unwrap(), "creds", "store", "slow"]), b"late but whole");
-    assert!(sealed.status.success(), "{}", String::from_utf8_lossy(&sealed.stderr));
+    let path = format!(
+        "{}:{}",
+        wrapper.parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let sealed = run_with_stdin(
+        sandbox
+            .psi()
+            .args(["-c", config.to_str().unwrap(), "creds", "store", "slow"]),
+        b"late but whole",
+    );
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
 
     let mut cmd = sandbox.psi();
-    cmd.args(["-c", config.to_str().unwrap(), "serve"]).env("NOTIFY_SOCKET", &notify_path).env("PATH", &path);
+    cmd.args(["-c", config.to_str().unwrap(), "serve"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("PATH", &path);
     let mut serve = ServeProcess::start(cmd, &sandbox.socket(), sandbox.path().join("serve.log"));
     let mut buf = [0u8; 64];
     let n = notify.recv(&mut buf).unwrap();
@@ -293,7 +465,12 @@ fn serve_process_notifies_systemd_and_stops_gracefully() {
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
     let reply = runtime.block_on(lookup).unwrap();
-    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"late but whole"[..]), "{}", serve.log());
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (200, &b"late but whole"[..]),
+        "{}",
+        serve.log()
+    );
     assert!(status.success(), "exit {status}: {}", serve.log());
     assert!(!sandbox.socket().exists(), "socket left behind");
     let log = serve.log();
@@ -313,10 +490,14 @@ fn serve_process_adopts_a_systemd_socket() {
     let fd = listener.as_raw_fd();
     // `sh` sets LISTEN_PID to its own PID, which `exec` hands to psi.
     let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#, crate::support::psi_bin()])
-        .args(["-c", config.to_str().unwrap(), "serve"])
-        .env("SYSTEMD_CREDENTIAL_SECRET", sandbox.credential_secret())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "-c",
+        r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#,
+        crate::support::psi_bin(),
+    ])
+    .args(["-c", config.to_str().unwrap(), "serve"])
+    .env("SYSTEMD_CREDENTIAL_SECRET", sandbox.credential_secret())
+    .stderr(std::process::Stdio::piped());
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
@@ -334,7 +515,11 @@ fn serve_process_adopts_a_systemd_socket() {
     let reply = runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), async { Ok::<_, ()>(get(&path, "/healthz").await) }).await {
+            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), async {
+                Ok::<_, ()>(get(&path, "/healthz").await)
+            })
+            .await
+            {
                 break reply;
             }
             assert!(Instant::now() < deadline);
@@ -344,7 +529,10 @@ fn serve_process_adopts_a_systemd_socket() {
     assert_eq!(reply.status, 200);
     // psi did not bind its configured socket, and leaves systemd's socket file in place.
     assert!(!sandbox.socket().exists());
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     assert!(child.wait().unwrap().success());
     assert!(path.exists(), "psi removed a socket systemd owns");
 }

@@ -44,7 +44,12 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::Builder::new().prefix("psi-test.").tempdir().unwrap() }
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("psi-test.")
+                .tempdir()
+                .unwrap(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -94,14 +99,26 @@ impl Sandbox {
 
     /// The systemd-creds provider on this sandbox's host key.
     pub fn creds_provider(&self, slow_secs: u32) -> SystemdCreds {
-        SystemdCreds::new(OsString::from(self.creds_wrapper(slow_secs)), WithKey::Host, None)
+        SystemdCreds::new(
+            OsString::from(self.creds_wrapper(slow_secs)),
+            WithKey::Host,
+            None,
+        )
     }
 
     /// A `psi` command with this sandbox's environment (host key, no inherited psi vars).
     pub fn psi(&self) -> Command {
         let mut cmd = Command::new(psi_bin());
         cmd.env("SYSTEMD_CREDENTIAL_SECRET", self.credential_secret());
-        for var in ["PSI_CONFIG", "PSI_SOCKET", "PSI_SOCKET_TOKEN", "PSI_LOG_LEVEL", "PSI_LOG_JSON", "CREDENTIALS_DIRECTORY", "SECRET_ID"] {
+        for var in [
+            "PSI_CONFIG",
+            "PSI_SOCKET",
+            "PSI_SOCKET_TOKEN",
+            "PSI_LOG_LEVEL",
+            "PSI_LOG_JSON",
+            "CREDENTIALS_DIRECTORY",
+            "SECRET_ID",
+        ] {
             cmd.env_remove(var);
         }
         cmd
@@ -110,14 +127,22 @@ impl Sandbox {
 
 /// The real systemd-creds binary (wrappers exec it by absolute path, never via PATH).
 fn real_systemd_creds() -> String {
-    let out = Command::new("sh").args(["-c", "command -v systemd-creds"]).output().unwrap();
+    let out = Command::new("sh")
+        .args(["-c", "command -v systemd-creds"])
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Runs `cmd` with `stdin` and returns its output.
 pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut pipe = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
@@ -128,19 +153,12 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
     output
 }
 
-/// Waits until `path` exists (a socket being bound), up to 10 s.
-pub fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Every file under `dir`, recursively, with its bytes.
 pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -175,13 +193,20 @@ impl ServeProcess {
     pub fn start(mut cmd: Command, socket: &Path, log: PathBuf) -> ServeProcess {
         let stderr = std::fs::File::create(&log).unwrap();
         let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
-        let mut serve = ServeProcess { child, stderr_path: log };
+        let mut serve = ServeProcess {
+            child,
+            stderr_path: log,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             if let Ok(Some(status)) = serve.child.try_wait() {
                 panic!("psi serve exited with {status}: {}", serve.log());
             }
-            assert!(Instant::now() < deadline, "psi serve did not bind: {}", serve.log());
+            assert!(
+                Instant::now() < deadline,
+                "psi serve did not bind: {}",
+                serve.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         serve

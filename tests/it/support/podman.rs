@@ -39,8 +39,16 @@ impl PodmanEnv {
         }
         let sandbox = Sandbox::new();
         let config = sandbox.config(config_extra);
-        let driver = sandbox.psi().args(["-c", config.to_str().unwrap(), "install", "--stdout"]).output().unwrap();
-        assert!(driver.status.success(), "psi install --stdout: {}", String::from_utf8_lossy(&driver.stderr));
+        let driver = sandbox
+            .psi()
+            .args(["-c", config.to_str().unwrap(), "install", "--stdout"])
+            .output()
+            .unwrap();
+        assert!(
+            driver.status.success(),
+            "psi install --stdout: {}",
+            String::from_utf8_lossy(&driver.stderr)
+        );
         let mut conf = BASE_CONF.as_bytes().to_vec();
         conf.extend_from_slice(&driver.stdout);
         std::fs::write(sandbox.path().join("containers.conf"), conf).unwrap();
@@ -52,18 +60,43 @@ impl PodmanEnv {
 
         let mut serve_cmd = sandbox.psi();
         serve_cmd.args(["-c", config.to_str().unwrap(), "serve"]);
-        let serve = ServeProcess::start(serve_cmd, &sandbox.socket(), sandbox.path().join("serve.log"));
-        let env = PodmanEnv { sandbox, config, serve };
-        let imported = env.podman().args(["import", image_tar().to_str().unwrap(), IMAGE]).output().unwrap();
-        assert!(imported.status.success(), "podman import: {}", String::from_utf8_lossy(&imported.stderr));
+        let serve = ServeProcess::start(
+            serve_cmd,
+            &sandbox.socket(),
+            sandbox.path().join("serve.log"),
+        );
+        let env = PodmanEnv {
+            sandbox,
+            config,
+            serve,
+        };
+        let imported = env
+            .podman()
+            .args(["import", image_tar().to_str().unwrap(), IMAGE])
+            .output()
+            .unwrap();
+        assert!(
+            imported.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
         Some(env)
     }
 
     /// Environment shared by podman and psi children: this test's conf, storage, host key.
     fn apply_env(&self, cmd: &mut Command) {
-        cmd.env("CONTAINERS_CONF", self.sandbox.path().join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.sandbox.path().join("storage.conf"))
-            .env("SYSTEMD_CREDENTIAL_SECRET", self.sandbox.credential_secret());
+        cmd.env(
+            "CONTAINERS_CONF",
+            self.sandbox.path().join("containers.conf"),
+        )
+        .env(
+            "CONTAINERS_STORAGE_CONF",
+            self.sandbox.path().join("storage.conf"),
+        )
+        .env(
+            "SYSTEMD_CREDENTIAL_SECRET",
+            self.sandbox.credential_secret(),
+        );
     }
 
     pub fn podman(&self) -> Command {
@@ -100,8 +133,16 @@ impl PodmanEnv {
 
     /// Podman's ID for secret `name`.
     pub fn secret_id(&self, name: &str) -> String {
-        let out = self.podman().args(["secret", "inspect", "--format", "{{.ID}}", name]).output().unwrap();
-        assert!(out.status.success(), "secret inspect: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .podman()
+            .args(["secret", "inspect", "--format", "{{.ID}}", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "secret inspect: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -118,13 +159,27 @@ fn image_tar() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         let root = dir.join("root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
-        let busybox = String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
+        let busybox = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v busybox"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
         std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
         for applet in ["sh", "cat", "printf", "od", "ls", "wc", "stat"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         let tar = dir.join("bb.tar");
-        let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
         assert!(status.success());
         tar
     })
