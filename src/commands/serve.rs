@@ -50,7 +50,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         context: "SIGINT handler".into(),
         source: e,
     })?;
-    tracing::info!(socket = %settings.socket_path.display(), activated = bound.activated(), "listening");
+    tracing::info!(socket = %settings.socket_path.display(), activated = bound.file.activated(), "listening");
     server::notify(&process_env, "READY=1");
 
     let shutdown = async move {
@@ -61,16 +61,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         tracing::info!(signal = name, "stopping: finishing in-flight requests");
         server::notify(&process_env, "STOPPING=1");
     };
-    let listener = bound.listener.try_clone().map_err(|e| Error::Io {
-        context: "socket".into(),
-        source: e,
-    })?;
     let app = Arc::new(App {
         service,
         token,
         limits: server::Limits::default(),
     });
-    let result = server::run(listener, app, shutdown).await;
-    bound.remove_socket();
+    let result = server::run(bound.listener, app, shutdown).await;
+    bound.file.remove();
     result
 }

@@ -64,15 +64,18 @@ pub struct App {
 /// A listening socket and, when psi bound it itself, the file to remove on shutdown.
 pub struct Bound {
     pub listener: StdListener,
-    /// Path and identity (device, inode) of the socket file psi created.
-    created: Option<(PathBuf, u64, u64)>,
+    pub file: SocketFile,
 }
 
-impl Bound {
+/// The socket file psi created (path and device/inode identity), or none when systemd
+/// owns the socket.
+pub struct SocketFile(Option<(PathBuf, u64, u64)>);
+
+impl SocketFile {
     /// Removes the socket file, if psi created it and it is still the same file (a newer
     /// psi may have replaced it).
-    pub fn remove_socket(&self) {
-        if let Some((path, dev, ino)) = &self.created {
+    pub fn remove(&self) {
+        if let Some((path, dev, ino)) = &self.0 {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if meta.dev() == *dev && meta.ino() == *ino {
                     let _ = std::fs::remove_file(path);
@@ -83,7 +86,7 @@ impl Bound {
 
     /// Whether the socket came from systemd.
     pub fn activated(&self) -> bool {
-        self.created.is_none()
+        self.0.is_none()
     }
 }
 
@@ -130,7 +133,7 @@ pub fn bind(path: &Path) -> Result<Bound> {
         std::fs::symlink_metadata(path).map_err(|err| Error::io("cannot stat", path, err))?;
     Ok(Bound {
         listener,
-        created: Some((path.to_path_buf(), meta.dev(), meta.ino())),
+        file: SocketFile(Some((path.to_path_buf(), meta.dev(), meta.ino()))),
     })
 }
 
@@ -160,7 +163,7 @@ pub fn from_systemd(env: EnvLookup<'_>) -> Result<Option<Bound>> {
     let listener = adopt_fd3()?;
     Ok(Some(Bound {
         listener,
-        created: None,
+        file: SocketFile(None),
     }))
 }
 

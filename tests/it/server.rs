@@ -406,7 +406,7 @@ fn stale_socket_is_replaced_live_one_and_other_files_are_not() {
     // Live: psi refuses to steal it.
     let err = server::bind(&path).err().expect("live socket refused");
     assert!(err.to_string().contains("in use"), "{err}");
-    bound.remove_socket();
+    bound.file.remove();
     assert!(!path.exists());
     // A regular file is never replaced.
     std::fs::write(&path, b"keep me").unwrap();
