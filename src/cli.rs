@@ -36,7 +36,7 @@ pub struct Cli {
     pub log_level: String,
 
     /// Log JSON lines (the default when stderr is not a terminal)
-    #[arg(long, env = "PSI_LOG_JSON", global = true)]
+    #[arg(long, env = "PSI_LOG_JSON", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
 
     #[command(subcommand)]

@@ -44,7 +44,7 @@ pub enum Error {
     #[error("corrupt mapping for {id}: {reason}")]
     CorruptMapping { id: String, reason: String },
     /// A mapping names a provider this psi does not run (HTTP 500).
-    #[error("provider '{name}' is not configured (configured: {configured})")]
+    #[error("provider '{name}' is not running in this psi (running: {configured})")]
     UnknownProvider { name: String, configured: String },
     /// The provider answered that the secret does not exist (HTTP 404).
     #[error("{provider}: secret not found: {detail}")]

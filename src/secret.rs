@@ -121,6 +121,28 @@ impl Mapping {
         }
     }
 
+    /// Whether this mapping has exactly the shape of a mapping psi (or the original) writes:
+    /// a known provider, its required string fields, and no other keys. Only such a body is
+    /// kept as-is on store; anything else is treated as a raw value, so a secret that happens
+    /// to be JSON with a `provider` key is sealed rather than written in plaintext.
+    pub fn has_known_shape(&self) -> bool {
+        let (required, optional): (&[&str], &[&str]) = match self.provider() {
+            "infisical" => (&["project", "path", "key"], &[]),
+            "nitrokeyhsm" => (&["blob"], &[]),
+            "systemd-creds" => (&["name", "blob"], &["payload"]),
+            _ => return false,
+        };
+        let allowed =
+            |key: &str| key == "provider" || required.contains(&key) || optional.contains(&key);
+        required
+            .iter()
+            .all(|key| matches!(self.object.get(*key), Some(Value::String(_))))
+            && self
+                .object
+                .iter()
+                .all(|(key, value)| allowed(key) && value.is_string())
+    }
+
     /// Builds a mapping from `(key, value)` string pairs, `provider` first.
     pub fn new(provider: &str, fields: &[(&str, &str)]) -> Mapping {
         let mut object = Map::new();
@@ -201,6 +223,24 @@ mod tests {
         assert_eq!(m.to_bytes(), text.as_bytes());
         assert_eq!(m.str_field("key").unwrap(), "DB_HOST");
         assert!(m.str_field("blob").unwrap_err().contains("'blob'"));
+    }
+
+    #[test]
+    fn only_known_shapes_count_as_mappings() {
+        let shape = |text: &str| Mapping::parse(text.as_bytes()).unwrap().has_known_shape();
+        assert!(shape(
+            r#"{"provider": "infisical", "project": "p", "path": "/", "key": "K"}"#
+        ));
+        assert!(shape(r#"{"provider": "nitrokeyhsm", "blob": "AAEC"}"#));
+        assert!(shape(
+            r#"{"provider": "systemd-creds", "name": "n", "blob": "b", "payload": "p"}"#
+        ));
+        assert!(!shape(r#"{"provider": "x", "pw": "hunter2"}"#));
+        assert!(!shape(
+            r#"{"provider": "infisical", "project": "p", "path": "/", "key": "K", "pw": "x"}"#
+        ));
+        assert!(!shape(r#"{"provider": "nitrokeyhsm"}"#));
+        assert!(!shape(r#"{"provider": "nitrokeyhsm", "blob": 1}"#));
     }
 
     #[test]

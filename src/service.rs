@@ -76,9 +76,9 @@ impl Service {
         Ok((value, provider.name()))
     }
 
-    /// Stores what Podman handed the driver for `id`. A mapping is kept byte for byte (as the
-    /// original did); anything else is a raw value, sealed by the configured provider or
-    /// refused, never written as plaintext.
+    /// Stores what Podman handed the driver for `id`. A mapping of a known shape is kept byte
+    /// for byte (as the original did); anything else is a raw value, sealed by the configured
+    /// provider or refused, never written as plaintext.
     pub async fn store(&self, id: &SecretId, body: &[u8]) -> Result<()> {
         let result = self.store_inner(id, body).await;
         match &result {
@@ -98,7 +98,7 @@ impl Service {
                 "empty body: there is no mapping or value to store".into(),
             ));
         }
-        if Mapping::parse(body).is_ok() {
+        if Mapping::parse(body).is_ok_and(|m| m.has_known_shape()) {
             self.state.write_mapping(id, body)?;
             return Ok("mapping");
         }

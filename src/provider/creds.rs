@@ -180,7 +180,7 @@ impl SystemdCreds {
                 .code
                 .map_or("a signal".to_owned(), |c| format!("status {c}"));
             return Err(failed(format!(
-                "systemd-creds {verb} failed ({code}): {}",
+                "{verb} failed ({code}): {}",
                 last_line(&output.stderr)
             )));
         }

@@ -51,6 +51,17 @@ impl Registry {
     /// Builds the configured providers that this version implements.
     pub fn from_config(config: &ProvidersConfig) -> Registry {
         let mut providers = Vec::new();
+        for (name, present) in [
+            ("infisical", config.infisical.is_some()),
+            ("nitrokeyhsm", config.nitrokeyhsm.is_some()),
+        ] {
+            if present {
+                tracing::warn!(
+                    provider = name,
+                    "provider is configured, but this version of psi does not implement it yet"
+                );
+            }
+        }
         if let Some(creds) = &config.systemd_creds {
             providers.push(Provider::SystemdCreds(creds::SystemdCreds::from_config(
                 creds,

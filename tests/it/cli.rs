@@ -77,3 +77,20 @@ fn serve_refuses_a_socket_in_use_with_exit_1() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
 }
+
+#[test]
+fn log_json_takes_the_usual_boolean_spellings() {
+    for value in ["1", "0", "yes", "no", "true", "false"] {
+        let out = Sandbox::new()
+            .psi()
+            .env("PSI_LOG_JSON", value)
+            .args(["install", "--stdout"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "PSI_LOG_JSON={value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -59,7 +59,7 @@ async fn tampering_and_renaming_fail_with_a_reason() {
     let err = provider.lookup(&renamed).await.unwrap_err();
     assert_eq!(err.http_status(), (502, "provider_error"));
     assert!(
-        err.to_string().contains("systemd-creds decrypt failed"),
+        err.to_string().contains("systemd-creds: decrypt failed"),
         "{err}"
     );
 
@@ -274,7 +274,7 @@ async fn tpm2_sealing_with_pcr_binding() {
     assert!(extended.success());
     let err = provider.lookup(&mapping).await.unwrap_err();
     assert!(
-        err.to_string().contains("systemd-creds decrypt failed"),
+        err.to_string().contains("systemd-creds: decrypt failed"),
         "{err}"
     );
 }

@@ -204,6 +204,23 @@ async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
         0o700
     );
 
+    // JSON with a `provider` key is still a raw value unless it has a mapping's exact shape.
+    let json_secret = br#"{"provider": "x", "password": "correct horse"}"#;
+    assert_eq!(
+        request(&running.socket, "POST", "/store/jsonish", &[], json_secret)
+            .await
+            .status,
+        200
+    );
+    crate::support::assert_not_on_disk(running.sandbox.path(), b"correct horse");
+    assert_eq!(
+        get(&running.socket, "/lookup/jsonish").await.body,
+        json_secret
+    );
+    StateDir::new(running.sandbox.state_dir())
+        .delete_mapping(&SecretId::parse("jsonish").unwrap())
+        .unwrap();
+
     let raw = b"not json\nhunter2";
     assert_eq!(
         request(&running.socket, "POST", "/store/raw", &[], raw)
@@ -220,7 +237,7 @@ async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
     assert!(
         reply
             .text()
-            .contains("provider 'infisical' is not configured"),
+            .contains("provider 'infisical' is not running in this psi"),
         "{}",
         reply.text()
     );

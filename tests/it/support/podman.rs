@@ -14,14 +14,14 @@ use super::{require, run_with_stdin, Sandbox, ServeProcess};
 pub const IMAGE: &str = "localhost/psi-test-bb";
 
 /// Settings that let Podman 4.3 start containers on these machines (crun and cgroups v1
-/// hybrid do not mix; see TESTING.md).
-const BASE_CONF: &str = r#"[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"#;
+/// hybrid do not mix; see TESTING.md), with Podman's temp dir (events log, locks) inside
+/// the sandbox instead of the host's /run/libpod.
+fn base_conf(dir: &Path) -> String {
+    format!(
+        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\ntmp_dir = \"{}/tmp\"\n",
+        dir.display()
+    )
+}
 
 pub struct PodmanEnv {
     pub sandbox: Sandbox,
@@ -49,7 +49,7 @@ impl PodmanEnv {
             "psi install --stdout: {}",
             String::from_utf8_lossy(&driver.stderr)
         );
-        let mut conf = BASE_CONF.as_bytes().to_vec();
+        let mut conf = base_conf(sandbox.path()).into_bytes();
         conf.extend_from_slice(&driver.stdout);
         std::fs::write(sandbox.path().join("containers.conf"), conf).unwrap();
         let storage = format!(
