@@ -139,17 +139,6 @@ impl Error {
     }
 }
 
-/// `.context(..)` on results, so call sites read as a sentence.
-pub trait ResultExt<T> {
-    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
-}
-
-impl<T> ResultExt<T> for Result<T> {
-    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|err| err.context(context()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,17 +34,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Writes only when the content or mode differs; returns whether it wrote.
-pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
-    if let (Ok(old), Ok(meta)) = (fs::read(path), fs::metadata(path)) {
-        if old == bytes && meta.permissions().mode() & 0o7777 == mode {
-            return Ok(false);
-        }
-    }
-    write_atomic(path, bytes, mode)?;
-    Ok(true)
-}
-
 /// Creates `path` and missing parents; directories this call creates get `mode`.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
     DirBuilder::new()
@@ -59,7 +48,7 @@ fn write_temp(temp: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(PRIVATE & mode | 0o600)
+        .mode(PRIVATE)
         .open(temp)
         .map_err(|err| Error::io("cannot create", temp, err))?;
     file.set_permissions(fs::Permissions::from_mode(mode))
@@ -103,8 +92,6 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o644
         );
-        assert!(!write_if_changed(&path, b"two", 0o644).unwrap());
-        assert!(write_if_changed(&path, b"two", 0o600).unwrap());
         // No temp file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -39,12 +39,6 @@ impl Service {
         )
     }
 
-    /// Changes the per-lookup deadline.
-    pub fn with_deadline(mut self, deadline: Duration) -> Service {
-        self.deadline = deadline;
-        self
-    }
-
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

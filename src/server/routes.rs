@@ -29,19 +29,6 @@ pub enum Route {
     List,
 }
 
-impl Route {
-    /// The audit event name.
-    pub fn event(&self) -> &'static str {
-        match self {
-            Route::Healthz => "healthz",
-            Route::Lookup(_) => "secret.lookup",
-            Route::Store(_) => "secret.store",
-            Route::Delete(_) => "secret.delete",
-            Route::List => "secret.list",
-        }
-    }
-}
-
 /// Maps a method and a path (without query; `Uri::path`) to a route.
 pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
     // One trailing slash is tolerated on the fixed routes, as clients of the original sent it.
