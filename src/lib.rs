@@ -9,6 +9,7 @@
 //! - [`cli`]: the clap command tree; no I/O.
 //! - [`error`]: the one error type, with exit codes and HTTP statuses.
 //! - [`config`]: `config.yaml` schema, validation, scope paths, credential resolution.
+//! - [`duration`]: durations in configuration (`30s`, `5m`, `90d`).
 //! - [`secret`]: `SecretId`, `Mapping` (the wire JSON), `SecretValue`.
 //! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
 //! - [`fsutil`]: atomic writes with the mode set at open, private directories.
@@ -24,6 +25,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod fsutil;
 pub mod process;

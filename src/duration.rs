@@ -1,0 +1,48 @@
+//! Durations in configuration (`30s`, `5m`, `1h`, `90d`, or plain seconds), as the original
+//! accepted them. One parser, so every key that takes a duration reads the same.
+
+use std::time::Duration;
+
+/// Parses `text` as a number with an optional unit: `s`, `m`, `h`, `d` (seconds when none).
+/// The error says what is accepted; it is meant to be prefixed with the key path.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(invalid(text)),
+    };
+    let count: u64 = number.parse().map_err(|_| invalid(text))?;
+    count
+        .checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| invalid(text))
+}
+
+fn invalid(text: &str) -> String {
+    format!("'{text}' is not a duration; use a number with an optional unit s, m, h or d (for example 30s, 5m, 1h, 90d)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(parse("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse(" 90d ").unwrap(), Duration::from_secs(90 * 86400));
+        for bad in ["", "s", "5x", "-1s", "1.5h", "99999999999999999999d"] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains("is not a duration"), "{bad}: {err}");
+        }
+    }
+}
