@@ -34,6 +34,9 @@ pub struct ConfigFile {
     pub socket_token: Option<SecretString>,
     /// New: the socket `psi serve` listens on and `psi install` points curl at.
     pub socket_path: Option<PathBuf>,
+    /// New: the Podman API socket `psi setup` talks to [default: `CONTAINER_HOST`, else
+    /// /run/podman/podman.sock, or $XDG_RUNTIME_DIR/podman/podman.sock for users].
+    pub podman_socket: Option<PathBuf>,
     /// Absent means "the embedded default": systemd-creds alone.
     pub providers: Option<ProvidersConfig>,
     #[serde(default)]
@@ -419,13 +422,38 @@ pub struct SecretSource {
     pub path: String,
     #[serde(default)]
     pub recursive: bool,
+    /// New: merge the folder's Infisical secret imports (the original dropped them).
+    #[serde(default = "yes")]
+    pub include_imports: bool,
     /// New: `{VAR: KEY}`; only these keys become environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// New: `env` (default) or `mount` for file secrets.
+    /// New: `{KEY: {target, mode, uid, gid}}`; these keys become files in the container.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSecret>,
+    /// New: `env` (default) or `mount`: every key of the source becomes a file.
     #[serde(rename = "type")]
     pub kind: Option<SecretKind>,
     pub target: Option<String>,
+    pub mode: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl SecretSource {
+    /// Whether the source names its keys (`env` or `files`) instead of taking all of them.
+    pub fn selects_keys(&self) -> bool {
+        !self.env.is_empty() || !self.files.is_empty()
+    }
+}
+
+/// How one key is mounted as a file (`Secret=NAME,type=mount,target=...`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecret {
+    /// Path in the container; relative paths are under /run/secrets [default: the key].
+    pub target: Option<String>,
+    /// Octal file mode, e.g. `0400`.
     pub mode: Option<String>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -748,8 +776,88 @@ fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String
                 list_or_none(&configured)
             ));
         }
+        validate_workload(name, workload)?;
     }
     Ok(())
+}
+
+/// A workload name becomes part of Podman secret names (`{workload}--{KEY}`) and of a unit
+/// name; a source must ask for one coherent thing. Checked at load so `psi setup` never
+/// starts on a config it would half apply.
+fn validate_workload(name: &str, workload: &WorkloadConfig) -> Result<(), String> {
+    let stem = name.strip_suffix('@').unwrap_or(name);
+    if stem.is_empty()
+        || !stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        || stem.starts_with(['.', '-'])
+    {
+        return Err(format!(
+            "workloads.{name}: '{name}' is not a usable workload name; use letters, digits, '_', '.' and '-' (and a final '@' for a template unit)"
+        ));
+    }
+    for (index, source) in workload.secrets.iter().enumerate() {
+        let at = format!("workloads.{name}.secrets[{index}]");
+        if !source.path.starts_with('/') {
+            return Err(format!("{at}.path: '{}' must start with '/'", source.path));
+        }
+        for (var, key) in &source.env {
+            if !is_env_name(var) {
+                return Err(format!(
+                    "{at}.env.{var}: '{var}' is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
+                ));
+            }
+            if key.is_empty() {
+                return Err(format!("{at}.env.{var}: the key is empty"));
+            }
+        }
+        let mount = source.kind == Some(SecretKind::Mount);
+        if mount && !source.env.is_empty() {
+            return Err(format!(
+                "{at}: 'type: mount' mounts every key of the source as a file, so it cannot have an 'env' map; use 'files' for the keys to mount and 'env' for the variables"
+            ));
+        }
+        if !mount {
+            for (field, set) in [
+                ("target", source.target.is_some()),
+                ("mode", source.mode.is_some()),
+                ("uid", source.uid.is_some()),
+                ("gid", source.gid.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{at}.{field}: only applies to file secrets; add 'type: mount' to the source, or use 'files'"
+                    ));
+                }
+            }
+        }
+        if let Some(mode) = &source.mode {
+            check_mode(mode).map_err(|e| format!("{at}.mode: {e}"))?;
+        }
+        for (key, file) in &source.files {
+            if let Some(mode) = &file.mode {
+                check_mode(mode).map_err(|e| format!("{at}.files.{key}.mode: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_mode(mode: &str) -> Result<(), String> {
+    match u32::from_str_radix(mode, 8) {
+        Ok(bits) if bits <= 0o777 && !mode.is_empty() => Ok(()),
+        _ => Err(format!(
+            "'{mode}' is not a file mode; use octal digits, e.g. 0400"
+        )),
+    }
 }
 
 fn list_or_none(names: &[&str]) -> String {

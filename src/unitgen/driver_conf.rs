@@ -31,14 +31,17 @@ impl DriverConf<'_> {
     }
 }
 
-pub fn render(spec: &DriverConf<'_>) -> String {
+/// The four driver commands by option name. Podman copies them into each secret's driver
+/// options at create time, so `psi setup` compares a secret's options with these to tell a
+/// current secret from one made under an older psi.conf.
+pub fn commands(spec: &DriverConf<'_>) -> [(&'static str, String); 4] {
     let auth = spec
         .token
         .map(|t| format!("-H 'Authorization: Bearer {t}' "))
         .unwrap_or_default();
     let socket = shell_word(&spec.socket.to_string_lossy());
     let curl = |flags: &str| format!("curl {flags} {auth}--unix-socket {socket}");
-    let lines = [
+    [
         (
             "store",
             format!(
@@ -58,9 +61,12 @@ pub fn render(spec: &DriverConf<'_>) -> String {
             ),
         ),
         ("list", format!("{} http://localhost/list", curl("-sf"))),
-    ];
+    ]
+}
+
+pub fn render(spec: &DriverConf<'_>) -> String {
     let mut out = String::from("[secrets]\ndriver = \"shell\"\n\n[secrets.opts]\n");
-    for (key, command) in lines {
+    for (key, command) in commands(spec) {
         out.push_str(&format!("{key} = \"{}\"\n", toml_basic(&command)));
     }
     out

@@ -2,6 +2,7 @@
 //! environment, no clock. Writing is the commands' job.
 
 pub mod driver_conf;
+pub mod dropin;
 
 /// Quotes `word` for `/bin/sh` when it needs it; plain paths stay as they are, so the output
 /// matches the original's byte for byte.
