@@ -1,0 +1,381 @@
+//! `psi setup` and `psi check`: discover -> plan -> apply (DESIGN.md section 2).
+//!
+//! - **discover** asks each workload's provider for its sources (one listing per distinct
+//!   source per run, shared between workloads) and builds the [`Desired`] state;
+//! - **plan** ([`plan`]) diffs it against Podman's secrets, their mapping files and the
+//!   drop-ins on disk: pure data;
+//! - **apply** carries the plan out through the libpod API and atomic writes, then reloads
+//!   systemd once if a drop-in changed.
+//!
+//! Workloads are independent: one that fails is reported and the others still run; its
+//! Podman secrets and drop-in are left as they were.
+
+pub mod desired;
+pub mod plan;
+mod report;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use crate::config::{Settings, WorkloadConfig};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::podman::Podman;
+use crate::provider::infisical::{self, Infisical};
+use crate::secret::SecretId;
+use crate::state::StateDir;
+use crate::unitgen::driver_conf::{self, DriverConf};
+use crate::unitgen::dropin::{self, DropIn};
+
+use desired::{Desired, Found, Missing};
+use plan::{Action, Existing, WorkloadPlan};
+pub use report::{CheckReport, Classification, SetupReport, WorkloadReport};
+
+/// What `psi setup` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Only workloads of this provider.
+    pub provider: Option<String>,
+    pub dry_run: bool,
+    pub prune: bool,
+}
+
+/// The workloads selected for this run, in config order.
+fn selected<'a>(
+    settings: &'a Settings,
+    provider: Option<&str>,
+    names: &[String],
+) -> Result<Vec<(&'a str, &'a WorkloadConfig)>> {
+    for name in names {
+        if !settings.file.workloads.contains_key(name) {
+            return Err(Error::Usage(format!(
+                "no workload '{name}' in {} (configured: {})",
+                settings.config_path.display(),
+                list(settings.file.workloads.keys())
+            )));
+        }
+    }
+    Ok(settings
+        .file
+        .workloads
+        .iter()
+        .filter(|(name, _)| names.is_empty() || names.contains(name))
+        .filter(|(_, w)| provider.is_none_or(|p| w.provider == p))
+        .map(|(name, w)| (name.as_str(), w))
+        .collect())
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Why one workload could not be discovered.
+#[derive(Debug)]
+pub enum DiscoverError {
+    /// A source could not be listed.
+    Source {
+        source: usize,
+        location: String,
+        error: Error,
+    },
+    /// Keys named in `env`/`files` that the sources do not have.
+    Missing(Vec<Missing>),
+    /// The workload's provider has nothing to discover.
+    Unsupported(String),
+}
+
+impl std::fmt::Display for DiscoverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoverError::Source {
+                source,
+                location,
+                error,
+            } => write!(f, "secrets[{source}] ({location}): {error}"),
+            DiscoverError::Missing(missing) => {
+                let keys: Vec<String> = missing
+                    .iter()
+                    .map(|m| format!("{} (secrets[{}], {})", m.key, m.source, m.location))
+                    .collect();
+                write!(f, "not found in Infisical: {}", keys.join(", "))
+            }
+            DiscoverError::Unsupported(message) => f.write_str(message),
+        }
+    }
+}
+
+/// Lists sources once per run, however many workloads read them.
+struct Discoverer<'a> {
+    infisical: Option<&'a Infisical>,
+    listings: HashMap<(String, String, bool, bool), Vec<Found>>,
+}
+
+impl<'a> Discoverer<'a> {
+    fn new(infisical: Option<&'a Infisical>) -> Discoverer<'a> {
+        Discoverer {
+            infisical,
+            listings: HashMap::new(),
+        }
+    }
+
+    async fn workload(
+        &mut self,
+        name: &str,
+        config: &WorkloadConfig,
+    ) -> std::result::Result<Desired, DiscoverError> {
+        if config.provider != infisical::NAME {
+            return Err(DiscoverError::Unsupported(format!(
+                "provider '{}' has nothing to discover; its secrets are created with 'psi {} store NAME --register'",
+                config.provider,
+                match config.provider.as_str() {
+                    "systemd-creds" => "creds",
+                    other => other,
+                }
+            )));
+        }
+        let client = self.infisical.ok_or_else(|| {
+            DiscoverError::Unsupported("providers.infisical is not configured".into())
+        })?;
+        let mut listings = Vec::with_capacity(config.secrets.len());
+        for (index, source) in config.secrets.iter().enumerate() {
+            let key = (
+                source.project.clone(),
+                source.path.clone(),
+                source.recursive,
+                source.include_imports,
+            );
+            if !self.listings.contains_key(&key) {
+                tracing::info!(workload = name, project = %source.project, path = %source.path, recursive = source.recursive, "listing");
+                let listed = client
+                    .list(
+                        &source.project,
+                        &source.path,
+                        source.recursive,
+                        source.include_imports,
+                    )
+                    .await
+                    .map_err(|error| DiscoverError::Source {
+                        source: index,
+                        location: format!("{}:{}", source.project, source.path),
+                        error,
+                    })?;
+                let found = listed
+                    .into_iter()
+                    .map(|l| Found {
+                        key: l.key,
+                        path: l.path,
+                    })
+                    .collect();
+                self.listings.insert(key.clone(), found);
+            }
+            listings.push(self.listings[&key].clone());
+        }
+        desired::desired(name, config, &listings).map_err(DiscoverError::Missing)
+    }
+}
+
+/// The Infisical client, when any selected workload needs it.
+fn infisical_client(settings: &Settings) -> Result<Option<Infisical>> {
+    match &settings.providers.infisical {
+        Some(config) => Infisical::new(config, &settings.state_dir).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `psi check`: resolve every source and key of the named workloads (all when empty),
+/// changing nothing.
+pub async fn check(settings: &Settings, names: &[String]) -> Result<CheckReport> {
+    let workloads = selected(settings, None, names)?;
+    let client = infisical_client(settings)?;
+    let mut discoverer = Discoverer::new(client.as_ref());
+    let mut report = CheckReport::default();
+    for (name, config) in workloads {
+        let outcome = discoverer.workload(name, config).await;
+        report.add(name, outcome);
+    }
+    Ok(report)
+}
+
+/// `psi setup`.
+pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport> {
+    let workloads = selected(settings, options.provider.as_deref(), &[])?;
+    let client = infisical_client(settings)?;
+    let podman = Podman::new(podman_socket(settings)?);
+    let state = StateDir::new(&settings.state_dir);
+    let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
+    let current_opts: BTreeMap<String, String> = driver_conf::commands(&DriverConf {
+        socket: &settings.socket_path,
+        token,
+    })
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+
+    let mut discoverer = Discoverer::new(client.as_ref());
+    let mut discovered = Vec::new();
+    for (name, config) in &workloads {
+        tracing::info!(workload = name, "discovering");
+        discovered.push((*name, *config, discoverer.workload(name, config).await));
+    }
+
+    let shell = shell_secrets(&podman, &state).await?;
+    let names: Vec<&str> = settings.file.workloads.keys().map(String::as_str).collect();
+    let mut report = SetupReport::new(options.dry_run);
+    report.classification = Some(Classification::of(
+        &shell,
+        &current_opts,
+        &names,
+        |w| read_dropin(settings, w),
+    ));
+    let mut reload = false;
+    for (name, config, outcome) in discovered {
+        let desired = match outcome {
+            Ok(desired) => desired,
+            Err(err) => {
+                tracing::error!(workload = name, error = %err, "workload failed");
+                report.failed(name, err.to_string());
+                continue;
+            }
+        };
+        let owned: Vec<Existing> = shell
+            .iter()
+            .filter(|e| plan::owner(&e.name, names.iter().copied()) == Some(name))
+            .cloned()
+            .collect();
+        let rendered = dropin::render(&DropIn {
+            depends_on: &config.depends_on,
+            secrets: &desired.lines,
+        });
+        let current = read_dropin(settings, name);
+        let plan = plan::plan(
+            &desired,
+            &owned,
+            &current_opts,
+            &config.provider,
+            &rendered,
+            current.as_deref(),
+            options.prune,
+        );
+        let path = dropin_path(settings, name);
+        if options.dry_run {
+            report.planned(name, &desired, &plan, &path);
+            continue;
+        }
+        match apply(&podman, &desired, &plan, &current_opts, &path).await {
+            Ok(()) => {
+                reload |= plan.dropin.is_some();
+                report.applied(name, &desired, &plan, &path);
+            }
+            Err((done, err)) => {
+                tracing::error!(workload = name, error = %err, "workload failed");
+                report.partly_applied(name, &desired, &plan, done, err.to_string());
+            }
+        }
+    }
+    if reload {
+        match crate::systemd::daemon_reload(settings.scope).await {
+            Ok(()) => report.reloaded = true,
+            Err(err) => tracing::warn!(error = %err, "drop-ins changed, but systemd could not be reloaded; run 'systemctl daemon-reload' before starting the containers"),
+        }
+    }
+    Ok(report)
+}
+
+fn podman_socket(settings: &Settings) -> Result<PathBuf> {
+    match &settings.file.podman_socket {
+        Some(path) => Ok(path.clone()),
+        None => crate::podman::default_socket(settings.scope, &crate::config::process_env),
+    }
+}
+
+/// Podman's shell-driver secrets with their mapping files.
+async fn shell_secrets(podman: &Podman, state: &StateDir) -> Result<Vec<Existing>> {
+    let secrets = podman.list_secrets().await?;
+    Ok(secrets
+        .into_iter()
+        .filter(|s| s.driver == "shell" && !s.name.is_empty())
+        .map(|s| {
+            let mapping = SecretId::parse(&s.id)
+                .ok()
+                .and_then(|id| std::fs::read(state.mapping_path(&id)).ok());
+            Existing {
+                id: s.id,
+                name: s.name,
+                options: s.driver_options,
+                mapping,
+            }
+        })
+        .collect())
+}
+
+fn dropin_path(settings: &Settings, workload: &str) -> PathBuf {
+    settings
+        .systemd_dir
+        .join(dropin::dir_name(workload))
+        .join(dropin::FILE_NAME)
+}
+
+fn read_dropin(settings: &Settings, workload: &str) -> Option<String> {
+    std::fs::read_to_string(dropin_path(settings, workload)).ok()
+}
+
+/// Carries out one workload's plan. Podman first, then the drop-in, and the drop-in only when
+/// every Podman change worked, so a container is never pointed at a secret that is not
+/// there. On failure, returns how many actions were done.
+async fn apply(
+    podman: &Podman,
+    desired: &Desired,
+    plan: &WorkloadPlan,
+    opts: &BTreeMap<String, String>,
+    dropin_path: &std::path::Path,
+) -> std::result::Result<(), (usize, Error)> {
+    for (done, action) in plan.actions.iter().enumerate() {
+        let result = match action {
+            Action::Create { name } => create(podman, name, desired, opts).await,
+            Action::Replace { name, id, .. } => {
+                // Podman 4 has no replace: remove, then create under the same name.
+                match podman.remove_secret(id).await {
+                    Ok(_) => create(podman, name, desired, opts).await,
+                    Err(err) => Err(err),
+                }
+            }
+            Action::Remove { id, .. } => podman.remove_secret(id).await.map(drop),
+            Action::Keep { .. } | Action::Drift { .. } => Ok(()),
+        };
+        if let Err(err) = result {
+            return Err((done, err.context(format!("podman secret {}", action.name()))));
+        }
+        if action.changes_podman() {
+            tracing::info!(event = "setup.apply", secret = action.name(), action = ?action, outcome = "success");
+        }
+    }
+    if let Some(text) = &plan.dropin {
+        let write = || -> Result<()> {
+            if let Some(dir) = dropin_path.parent() {
+                fsutil::ensure_dir(dir, 0o755)?;
+            }
+            fsutil::write_atomic(dropin_path, text.as_bytes(), 0o644)
+        };
+        write().map_err(|err| (plan.actions.len(), err))?;
+        tracing::info!(event = "setup.apply", path = %dropin_path.display(), outcome = "success", "drop-in written");
+    }
+    Ok(())
+}
+
+async fn create(
+    podman: &Podman,
+    name: &str,
+    desired: &Desired,
+    opts: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mapping = &desired.secrets[name];
+    podman
+        .create_secret(name, "shell", opts, mapping)
+        .await
+        .map(drop)
+}

@@ -1,0 +1,250 @@
+//! The diff between what a workload should have ([`Desired`]) and what Podman and the
+//! systemd dir hold now: which secrets to create, keep, replace or remove, and whether the
+//! drop-in changes. Pure data in, pure data out; `apply` carries it out and `--dry-run`
+//! prints it.
+//!
+//! A secret is kept (same Podman ID) when its mapping file holds exactly the desired mapping
+//! and its driver options are the current psi.conf commands. Secrets of the workload that
+//! are no longer desired are drift: reported, and removed only with `--prune`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::desired::Desired;
+
+/// A Podman shell-driver secret as setup sees it.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    pub id: String,
+    pub name: String,
+    pub options: BTreeMap<String, String>,
+    /// `state_dir/<id>`, if there is one.
+    pub mapping: Option<Vec<u8>>,
+}
+
+impl Existing {
+    /// The provider its mapping names, if the mapping file exists and parses.
+    fn provider(&self) -> Option<String> {
+        let bytes = self.mapping.as_deref()?;
+        crate::secret::Mapping::parse(bytes)
+            .ok()
+            .map(|m| m.provider().to_owned())
+    }
+}
+
+/// Why a secret is re-created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Its mapping points somewhere else now (another folder or project).
+    MappingChanged,
+    /// Its driver options are not the current psi.conf commands (socket or token changed).
+    StaleOpts,
+    /// psi has no mapping for its ID; lookups would fail.
+    Orphaned,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    Create { name: String },
+    Keep { name: String, id: String },
+    Replace { name: String, id: String, reason: Reason },
+    /// Drift removed with `--prune`.
+    Remove { name: String, id: String },
+    /// Drift left in place (no `--prune`).
+    Drift { name: String, id: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &str {
+        match self {
+            Action::Create { name }
+            | Action::Keep { name, .. }
+            | Action::Replace { name, .. }
+            | Action::Remove { name, .. }
+            | Action::Drift { name, .. } => name,
+        }
+    }
+
+    /// Whether carrying it out calls Podman.
+    pub fn changes_podman(&self) -> bool {
+        matches!(
+            self,
+            Action::Create { .. } | Action::Replace { .. } | Action::Remove { .. }
+        )
+    }
+}
+
+/// The plan for one workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadPlan {
+    pub actions: Vec<Action>,
+    /// The drop-in text to write, `None` when the file already says exactly this.
+    pub dropin: Option<String>,
+}
+
+/// The workload that owns Podman secret `name`: the longest configured workload `w` with
+/// `name` starting `w--`, so workload `a` never claims `a--b--KEY` of workload `a--b`.
+pub fn owner<'a>(name: &str, workloads: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    workloads
+        .into_iter()
+        .filter(|w| {
+            name.strip_prefix(*w)
+                .is_some_and(|rest| rest.starts_with("--") && rest.len() > 2)
+        })
+        .max_by_key(|w| w.len())
+}
+
+/// Plans one workload. `existing` holds the shell secrets this workload owns (see [`owner`]);
+/// `provider` is the workload's provider, so a secret of another provider that happens to
+/// carry the workload's prefix (say, made by `psi creds store --register`) is never drift.
+pub fn plan(
+    desired: &Desired,
+    existing: &[Existing],
+    current_opts: &BTreeMap<String, String>,
+    provider: &str,
+    rendered_dropin: &str,
+    current_dropin: Option<&str>,
+    prune: bool,
+) -> WorkloadPlan {
+    let by_name: BTreeMap<&str, &Existing> =
+        existing.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut actions = Vec::new();
+    for (name, mapping) in &desired.secrets {
+        let action = match by_name.get(name.as_str()) {
+            None => Action::Create { name: name.clone() },
+            Some(found) => {
+                let reason = match &found.mapping {
+                    None => Some(Reason::Orphaned),
+                    Some(bytes) if bytes.trim_ascii() != mapping.as_slice() => {
+                        Some(Reason::MappingChanged)
+                    }
+                    Some(_) if !opts_current(&found.options, current_opts) => {
+                        Some(Reason::StaleOpts)
+                    }
+                    Some(_) => None,
+                };
+                match reason {
+                    None => Action::Keep {
+                        name: name.clone(),
+                        id: found.id.clone(),
+                    },
+                    Some(reason) => Action::Replace {
+                        name: name.clone(),
+                        id: found.id.clone(),
+                        reason,
+                    },
+                }
+            }
+        };
+        actions.push(action);
+    }
+    for found in existing {
+        if desired.secrets.contains_key(&found.name) {
+            continue;
+        }
+        let ours = match found.provider() {
+            Some(p) => p == provider,
+            None => found.mapping.is_none(),
+        };
+        if !ours {
+            continue;
+        }
+        let (name, id) = (found.name.clone(), found.id.clone());
+        actions.push(if prune {
+            Action::Remove { name, id }
+        } else {
+            Action::Drift { name, id }
+        });
+    }
+    actions.sort_by(|a, b| a.name().cmp(b.name()));
+    WorkloadPlan {
+        actions,
+        dropin: (current_dropin != Some(rendered_dropin)).then(|| rendered_dropin.to_owned()),
+    }
+}
+
+/// Compares the four driver commands the way the original's dry run did: a missing option
+/// counts as empty, and other options Podman may hold do not matter.
+pub fn opts_current(stored: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> bool {
+    current
+        .iter()
+        .all(|(key, value)| stored.get(key).map(String::as_str).unwrap_or("") == value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> BTreeMap<String, String> {
+        [("lookup".to_owned(), "curl lookup".to_owned())].into()
+    }
+
+    fn desired(names: &[(&str, &str)]) -> Desired {
+        Desired {
+            secrets: names
+                .iter()
+                .map(|(n, m)| ((*n).to_owned(), m.as_bytes().to_vec()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn existing(name: &str, id: &str, mapping: Option<&str>, opts: BTreeMap<String, String>) -> Existing {
+        Existing {
+            id: id.into(),
+            name: name.into(),
+            options: opts,
+            mapping: mapping.map(|m| m.as_bytes().to_vec()),
+        }
+    }
+
+    const A: &str = r#"{"provider": "infisical", "project": "p", "path": "/", "key": "A"}"#;
+    const B: &str = r#"{"provider": "infisical", "project": "p", "path": "/x", "key": "B"}"#;
+
+    #[test]
+    fn classifies_every_case() {
+        let want = desired(&[("w--A", A), ("w--B", B), ("w--C", A), ("w--D", A), ("w--E", A)]);
+        let have = [
+            existing("w--A", "1", Some(A), opts()),
+            existing("w--B", "2", Some(A), opts()),
+            existing("w--C", "3", None, opts()),
+            existing("w--D", "4", Some(A), BTreeMap::new()),
+            existing("w--OLD", "5", Some(B), opts()),
+            existing("w--CREDS", "6", Some(r#"{"provider": "systemd-creds", "name": "x", "blob": "y"}"#), opts()),
+            existing("w--GONE", "7", None, opts()),
+        ];
+        let plan = plan(&want, &have, &opts(), "infisical", "x", Some("x"), false);
+        assert_eq!(plan.dropin, None);
+        let got: Vec<String> = plan.actions.iter().map(|a| format!("{a:?}")).collect();
+        assert_eq!(
+            got,
+            [
+                r#"Keep { name: "w--A", id: "1" }"#,
+                r#"Replace { name: "w--B", id: "2", reason: MappingChanged }"#,
+                r#"Replace { name: "w--C", id: "3", reason: Orphaned }"#,
+                r#"Replace { name: "w--D", id: "4", reason: StaleOpts }"#,
+                r#"Create { name: "w--E" }"#,
+                r#"Drift { name: "w--GONE", id: "7" }"#,
+                r#"Drift { name: "w--OLD", id: "5" }"#,
+            ]
+        );
+        let pruned = super::plan(&want, &have, &opts(), "infisical", "y", Some("x"), true);
+        assert_eq!(pruned.dropin.as_deref(), Some("y"));
+        assert!(pruned
+            .actions
+            .contains(&Action::Remove { name: "w--OLD".into(), id: "5".into() }));
+    }
+
+    #[test]
+    fn longest_workload_owns_a_name() {
+        let workloads = ["a", "a--b", "web@"];
+        assert_eq!(owner("a--KEY", workloads), Some("a"));
+        assert_eq!(owner("a--b--KEY", workloads), Some("a--b"));
+        assert_eq!(owner("web@--KEY", workloads), Some("web@"));
+        assert_eq!(owner("a--", workloads), None);
+        assert_eq!(owner("ab--KEY", workloads), None);
+    }
+}

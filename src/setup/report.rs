@@ -1,0 +1,379 @@
+//! What `psi setup` and `psi check` tell the user: serializable reports (`--json`) with a
+//! plain-text rendering for terminals. The text goes to stdout; logs stay on stderr.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::desired::{Collision, Desired};
+use super::plan::{self, Action, Existing, WorkloadPlan};
+use super::DiscoverError;
+use crate::unitgen::dropin;
+
+#[derive(Debug, Serialize)]
+pub struct SetupReport {
+    pub dry_run: bool,
+    pub workloads: Vec<WorkloadReport>,
+    /// Every shell-driver secret in Podman, classified as the original's dry run did.
+    pub classification: Option<Classification>,
+    /// Whether systemd was reloaded (drop-ins changed).
+    pub reloaded: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkloadReport {
+    pub workload: String,
+    /// `ok`, `failed` or, in a dry run, `planned`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub actions: Vec<ActionReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropin: Option<DropinReport>,
+    pub collisions: Vec<Collision>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActionReport {
+    #[serde(flatten)]
+    pub action: Action,
+    /// False for actions not carried out (dry run, or after a failure).
+    pub done: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DropinReport {
+    pub path: String,
+    pub changed: bool,
+}
+
+impl SetupReport {
+    pub fn new(dry_run: bool) -> SetupReport {
+        SetupReport {
+            dry_run,
+            workloads: Vec::new(),
+            classification: None,
+            reloaded: false,
+        }
+    }
+
+    pub fn failures(&self) -> usize {
+        self.workloads.iter().filter(|w| w.status == "failed").count()
+    }
+
+    pub(super) fn failed(&mut self, workload: &str, error: String) {
+        self.workloads.push(WorkloadReport {
+            workload: workload.to_owned(),
+            status: "failed",
+            error: Some(error),
+            actions: Vec::new(),
+            dropin: None,
+            collisions: Vec::new(),
+        });
+    }
+
+    pub(super) fn planned(&mut self, workload: &str, desired: &Desired, plan: &WorkloadPlan, path: &Path) {
+        self.push(workload, "planned", None, desired, plan, 0, path, false);
+    }
+
+    pub(super) fn applied(&mut self, workload: &str, desired: &Desired, plan: &WorkloadPlan, path: &Path) {
+        let all = plan.actions.len();
+        self.push(workload, "ok", None, desired, plan, all, path, plan.dropin.is_some());
+    }
+
+    pub(super) fn partly_applied(
+        &mut self,
+        workload: &str,
+        desired: &Desired,
+        plan: &WorkloadPlan,
+        done: usize,
+        error: String,
+    ) {
+        self.push(workload, "failed", Some(error), desired, plan, done, Path::new(""), false);
+        if let Some(report) = self.workloads.last_mut() {
+            report.dropin = None;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        workload: &str,
+        status: &'static str,
+        error: Option<String>,
+        desired: &Desired,
+        plan: &WorkloadPlan,
+        done: usize,
+        path: &Path,
+        written: bool,
+    ) {
+        let actions = plan
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, action)| ActionReport {
+                action: action.clone(),
+                done: i < done && action.changes_podman(),
+            })
+            .collect();
+        self.workloads.push(WorkloadReport {
+            workload: workload.to_owned(),
+            status,
+            error,
+            actions,
+            dropin: Some(DropinReport {
+                path: path.display().to_string(),
+                changed: if status == "planned" { plan.dropin.is_some() } else { written },
+            }),
+            collisions: desired.collisions.clone(),
+        });
+    }
+
+    /// The report as text for a terminal.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        if self.dry_run {
+            out.push_str("psi setup --dry-run: nothing was changed\n");
+        }
+        for w in &self.workloads {
+            let _ = writeln!(out, "{}: {}", w.workload, summary(w, self.dry_run));
+            if let Some(error) = &w.error {
+                let _ = writeln!(out, "  error: {error}");
+            }
+            for a in &w.actions {
+                let line = match &a.action {
+                    Action::Keep { .. } => continue,
+                    Action::Create { name } => format!("create   {name}"),
+                    Action::Replace { name, reason, .. } => {
+                        format!("replace  {name} ({})", reason_text(*reason))
+                    }
+                    Action::Remove { name, .. } => format!("remove   {name} (drift, --prune)"),
+                    Action::Drift { name, .. } => format!(
+                        "drift    {name}: no longer in the workload's sources; 'psi setup --prune' removes it"
+                    ),
+                };
+                let _ = writeln!(out, "  {line}");
+            }
+            for c in &w.collisions {
+                let _ = writeln!(
+                    out,
+                    "  collision {}: {} wins over {}",
+                    c.key, c.kept, c.dropped
+                );
+            }
+        }
+        if let Some(c) = &self.classification {
+            c.human(&mut out);
+        }
+        if self.reloaded {
+            out.push_str("systemd reloaded\n");
+        }
+        out
+    }
+}
+
+fn summary(w: &WorkloadReport, dry_run: bool) -> String {
+    if w.status == "failed" && w.actions.is_empty() {
+        return "FAILED".into();
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in &w.actions {
+        let kind = match a.action {
+            Action::Create { .. } => "created",
+            Action::Keep { .. } => "kept",
+            Action::Replace { .. } => "replaced",
+            Action::Remove { .. } => "removed",
+            Action::Drift { .. } => "drift",
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    let mut parts: Vec<String> = ["created", "replaced", "removed", "kept", "drift"]
+        .iter()
+        .filter_map(|k| counts.get(k).map(|n| format!("{n} {k}")))
+        .collect();
+    if parts.is_empty() {
+        parts.push("no secrets".into());
+    }
+    if let Some(d) = &w.dropin {
+        parts.push(match (d.changed, dry_run) {
+            (true, true) => format!("drop-in {} would change", d.path),
+            (true, false) => format!("drop-in {} written", d.path),
+            (false, _) => "drop-in unchanged".into(),
+        });
+    }
+    let text = parts.join(", ");
+    match (w.status, dry_run) {
+        ("failed", _) => format!("FAILED after changes ({text})"),
+        (_, true) => format!("would be: {text}"),
+        _ => text,
+    }
+}
+
+fn reason_text(reason: plan::Reason) -> &'static str {
+    match reason {
+        plan::Reason::MappingChanged => "mapping changed",
+        plan::Reason::StaleOpts => "driver options differ from the current psi.conf",
+        plan::Reason::Orphaned => "no mapping in the state dir",
+    }
+}
+
+/// The original dry run's view of Podman: every shell-driver secret is managed, stale-opts
+/// (driver options differ from the current psi.conf) or orphaned (no mapping file), plus,
+/// per workload, secrets in Podman and in the drop-in that do not match.
+#[derive(Debug, Default, Serialize)]
+pub struct Classification {
+    pub total: usize,
+    pub managed: Vec<String>,
+    pub stale_opts: Vec<String>,
+    pub orphaned: Vec<String>,
+    pub workload_drift: BTreeMap<String, WorkloadDrift>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct WorkloadDrift {
+    pub in_podman_not_in_dropin: Vec<String>,
+    pub in_dropin_not_in_podman: Vec<String>,
+}
+
+impl Classification {
+    pub fn of(
+        shell: &[Existing],
+        current_opts: &BTreeMap<String, String>,
+        workloads: &[&str],
+        read_dropin: impl Fn(&str) -> Option<String>,
+    ) -> Classification {
+        let mut c = Classification {
+            total: shell.len(),
+            ..Default::default()
+        };
+        for secret in shell {
+            let list = if secret.mapping.is_none() {
+                &mut c.orphaned
+            } else if !plan::opts_current(&secret.options, current_opts) {
+                &mut c.stale_opts
+            } else {
+                &mut c.managed
+            };
+            list.push(secret.name.clone());
+        }
+        for list in [&mut c.managed, &mut c.stale_opts, &mut c.orphaned] {
+            list.sort();
+        }
+        for workload in workloads {
+            let in_podman: std::collections::BTreeSet<String> = shell
+                .iter()
+                .filter(|s| plan::owner(&s.name, workloads.iter().copied()) == Some(*workload))
+                .map(|s| s.name.clone())
+                .collect();
+            let in_dropin = read_dropin(workload)
+                .map(|text| dropin::referenced_secrets(&text))
+                .unwrap_or_default();
+            let drift = WorkloadDrift {
+                in_podman_not_in_dropin: in_podman.difference(&in_dropin).cloned().collect(),
+                in_dropin_not_in_podman: in_dropin.difference(&in_podman).cloned().collect(),
+            };
+            if !drift.in_podman_not_in_dropin.is_empty() || !drift.in_dropin_not_in_podman.is_empty() {
+                c.workload_drift.insert((*workload).to_owned(), drift);
+            }
+        }
+        c
+    }
+
+    fn human(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Podman shell-driver secrets: {} ({} managed, {} stale-opts, {} orphaned; {} workload(s) with drift)",
+            self.total,
+            self.managed.len(),
+            self.stale_opts.len(),
+            self.orphaned.len(),
+            self.workload_drift.len()
+        );
+        if !self.stale_opts.is_empty() {
+            out.push_str("Stale-opts: driver options differ from the current psi.conf; 'psi setup' re-creates the ones it manages:\n");
+            for name in &self.stale_opts {
+                let _ = writeln!(out, "  {name}");
+            }
+        }
+        if !self.orphaned.is_empty() {
+            out.push_str("Orphaned: no mapping in the state dir; lookups would fail:\n");
+            for name in &self.orphaned {
+                let _ = writeln!(out, "  {name}");
+            }
+        }
+        for (workload, drift) in &self.workload_drift {
+            let _ = writeln!(out, "Workload drift in {workload}: drop-in and Podman differ");
+            for name in &drift.in_podman_not_in_dropin {
+                let _ = writeln!(out, "  in Podman, not in the drop-in: {name}");
+            }
+            for name in &drift.in_dropin_not_in_podman {
+                let _ = writeln!(out, "  in the drop-in, not in Podman: {name}");
+            }
+        }
+    }
+}
+
+/// `psi check`: per workload, whether every source and key resolved.
+#[derive(Debug, Default, Serialize)]
+pub struct CheckReport {
+    pub workloads: Vec<CheckWorkload>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckWorkload {
+    pub workload: String,
+    pub ok: bool,
+    /// Podman secrets the workload resolves to.
+    pub secrets: usize,
+    pub problems: Vec<String>,
+    pub collisions: Vec<Collision>,
+}
+
+impl CheckReport {
+    pub(super) fn add(&mut self, workload: &str, outcome: Result<Desired, DiscoverError>) {
+        let (ok, secrets, problems, collisions) = match outcome {
+            Ok(desired) => (true, desired.secrets.len(), Vec::new(), desired.collisions),
+            Err(DiscoverError::Missing(missing)) => (
+                false,
+                0,
+                missing
+                    .iter()
+                    .map(|m| format!("missing: {} (secrets[{}], {})", m.key, m.source, m.location))
+                    .collect(),
+                Vec::new(),
+            ),
+            Err(err) => (false, 0, vec![err.to_string()], Vec::new()),
+        };
+        self.workloads.push(CheckWorkload {
+            workload: workload.to_owned(),
+            ok,
+            secrets,
+            problems,
+            collisions,
+        });
+    }
+
+    pub fn failures(&self) -> usize {
+        self.workloads.iter().filter(|w| !w.ok).count()
+    }
+
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for w in &self.workloads {
+            if w.ok {
+                let _ = writeln!(out, "OK    {}: {} secret(s)", w.workload, w.secrets);
+            } else {
+                let _ = writeln!(out, "FAIL  {}", w.workload);
+                for p in &w.problems {
+                    let _ = writeln!(out, "      {p}");
+                }
+            }
+            for c in &w.collisions {
+                let _ = writeln!(out, "      collision {}: {} wins over {}", c.key, c.kept, c.dropped);
+            }
+        }
+        out
+    }
+}
