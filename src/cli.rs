@@ -55,6 +55,36 @@ pub enum Command {
     /// Values sealed with systemd-creds (TPM2 or host key)
     #[command(subcommand)]
     Creds(CredsCommand),
+    /// Discover secrets, register them with Podman and write the quadlet drop-ins
+    Setup(SetupArgs),
+    /// Resolve every configured source and key without changing anything
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Only workloads of this provider
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
+    /// Print the plan and the state of Podman's secrets; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Remove Podman secrets of a workload that its sources no longer have
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Workloads to check [default: all]
+    #[arg(value_name = "WORKLOAD")]
+    pub workloads: Vec<String>,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ pub mod creds;
 pub mod install;
 pub mod secret;
 pub mod serve;
+pub mod setup;
 
 use std::future::Future;
 
@@ -23,6 +24,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Install(args) => install::run(&settings, &args),
         Command::Secret(command) => block_on(secret::run(&settings, command)),
         Command::Creds(command) => block_on(creds::run(&settings, command)),
+        Command::Setup(args) => block_on(setup::setup(&settings, &args)),
+        Command::Check(args) => block_on(setup::check(&settings, &args)),
     }
 }
 
@@ -54,6 +57,19 @@ pub fn read_stdin(limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         )));
     }
     Ok(buffer)
+}
+
+/// Prints a report: JSON when asked for (machines), else its text.
+pub fn print_report<T: serde::Serialize>(report: &T, json: bool, human: impl FnOnce(&T) -> String) -> Result<()> {
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(report)
+            .map_err(|err| Error::Failed(format!("cannot encode the report: {err}")))?;
+        text.push('\n');
+        text
+    } else {
+        human(report)
+    };
+    write_stdout(text.as_bytes())
 }
 
 /// Writes to stdout; a reader that went away (closed pipe) is not psi's failure.

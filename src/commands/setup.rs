@@ -1,0 +1,36 @@
+//! `psi setup` and `psi check`: thin wrappers that print the report and turn failures into
+//! the exit code (the report itself says which workload failed and why).
+
+use crate::cli::{CheckArgs, SetupArgs};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::setup::{self, Options};
+
+pub async fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
+    let options = Options {
+        provider: args.provider.clone(),
+        dry_run: args.dry_run,
+        prune: args.prune,
+    };
+    let report = setup::setup(settings, &options).await?;
+    super::print_report(&report, args.json, setup::SetupReport::human)?;
+    match report.failures() {
+        0 => Ok(()),
+        n => Err(Error::Failed(format!(
+            "{n} of {} workload(s) failed; the others were set up",
+            report.workloads.len()
+        ))),
+    }
+}
+
+pub async fn check(settings: &Settings, args: &CheckArgs) -> Result<()> {
+    let report = setup::check(settings, &args.workloads).await?;
+    super::print_report(&report, args.json, setup::CheckReport::human)?;
+    match report.failures() {
+        0 => Ok(()),
+        n => Err(Error::Failed(format!(
+            "{n} of {} workload(s) have missing or unreachable secrets",
+            report.workloads.len()
+        ))),
+    }
+}
