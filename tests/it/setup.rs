@@ -1,0 +1,316 @@
+//! `psi setup` and `psi check` end to end: the fake Infisical, real Podman through its libpod
+//! API socket, `psi serve` answering Podman's shell driver, and the drop-ins on disk. Plus the
+//! drop-in golden files, rendered from config through the same pure path setup uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::support::infisical::{FakeInfisical, Generation};
+use crate::support::podman::PodmanEnv;
+
+const PROJECT: &str = "0b6f6d0e-6a55-4d5e-8f5e-1f2a3b4c5d6e";
+
+/// The fake Infisical with one identity and project `web` (environment prod).
+fn infisical() -> FakeInfisical {
+    let fake = FakeInfisical::start(Generation::Current);
+    fake.add_universal_auth("client-1", "secret-1", 3600, 86400);
+    fake.add_project(PROJECT, "web-project");
+    fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db.internal");
+    fake.set_secret(PROJECT, "prod", "/app", "DB_PASS", "s3cr3t with spaces");
+    fake.set_secret(PROJECT, "prod", "/app", "API_KEY", "key-1");
+    fake.set_secret(PROJECT, "prod", "/tls", "TLS_KEY", "-----BEGIN KEY-----\nabc\n-----END KEY-----");
+    fake
+}
+
+fn providers(fake: &FakeInfisical) -> String {
+    format!(
+        "providers:\n  systemd-creds: {{}}\n  infisical:\n    api_url: {}\n    auth:\n      method: universal-auth\n      client_id: client-1\n      client_secret: secret-1\n    projects:\n      web:\n        id: {PROJECT}\n        environment: prod\n",
+        fake.url()
+    )
+}
+
+/// A Podman environment whose config has `extra` workloads, the systemd dir and the Podman
+/// API socket in the sandbox.
+fn env_with(fake: &FakeInfisical, workloads: &str) -> Option<(PodmanEnv, PathBuf)> {
+    let mut env = PodmanEnv::new(&format!("{}{workloads}", providers(fake)))?;
+    let socket = env.api_socket();
+    let systemd = env.sandbox.path().join("systemd");
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&format!(
+        "systemd_dir: {}\npodman_socket: {}\n",
+        systemd.display(),
+        socket.display()
+    ));
+    std::fs::write(&env.config, text).unwrap();
+    Some((env, systemd))
+}
+
+fn setup(env: &PodmanEnv, args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["setup", "--json"];
+    all.extend_from_slice(args);
+    let out = env.psi(&all).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("setup --json printed no JSON ({e}); stderr: {stderr}"));
+    (out.status.code().unwrap(), report, stderr)
+}
+
+/// Podman's secrets by name -> ID.
+fn secret_ids(env: &PodmanEnv) -> BTreeMap<String, String> {
+    let out = env
+        .podman()
+        .args(["secret", "ls", "--format", "{{.Name}} {{.ID}}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, i)| (n.to_owned(), i.to_owned()))
+        .collect()
+}
+
+/// Actions of one workload in a report, as "action name" strings.
+fn actions(report: &Value, workload: &str) -> Vec<String> {
+    report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == workload)
+        .unwrap_or_else(|| panic!("no workload {workload} in {report}"))["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{} {}", a["action"].as_str().unwrap(), a["name"].as_str().unwrap()))
+        .collect()
+}
+
+fn state_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+const WORKLOADS: &str = "workloads:\n  myapp:\n    depends_on: [postgres.service]\n    secrets:\n      - project: web\n        path: /app\n  proxy:\n    secrets:\n      - project: web\n        path: /tls\n        files:\n          TLS_KEY: {target: /etc/proxy/tls.key, mode: \"0400\"}\n      - project: web\n        path: /app\n        env: {UPSTREAM: DB_HOST, UPSTREAM_COPY: DB_HOST}\n";
+
+#[test]
+fn setup_registers_secrets_that_containers_resolve_through_psi() {
+    let fake = infisical();
+    let Some((env, systemd)) = env_with(&fake, WORKLOADS) else {
+        return;
+    };
+
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(
+        actions(&report, "myapp"),
+        ["create myapp--API_KEY", "create myapp--DB_HOST", "create myapp--DB_PASS"]
+    );
+    assert_eq!(
+        actions(&report, "proxy"),
+        ["create proxy--DB_HOST", "create proxy--TLS_KEY"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(systemd.join("myapp.container.d/50-secrets.conf")).unwrap(),
+        "[Unit]\nAfter=postgres.service\nWants=postgres.service\n\n[Container]\nSecret=myapp--API_KEY,type=env,target=API_KEY\nSecret=myapp--DB_HOST,type=env,target=DB_HOST\nSecret=myapp--DB_PASS,type=env,target=DB_PASS\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(systemd.join("proxy.container.d/50-secrets.conf")).unwrap(),
+        "[Container]\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM_COPY\nSecret=proxy--TLS_KEY,type=mount,target=/etc/proxy/tls.key,mode=0400\n"
+    );
+    // Podman stored the mapping through psi serve, under its own ID.
+    let ids = secret_ids(&env);
+    let mapping = std::fs::read(env.state_dir().join(&ids["myapp--DB_HOST"])).unwrap();
+    assert_eq!(
+        mapping,
+        br#"{"provider": "infisical", "project": "web", "path": "/app", "key": "DB_HOST"}"#
+    );
+
+    // A container gets the Infisical values, env and file alike.
+    let out = env.run(
+        &["myapp--DB_HOST,type=env,target=DB_HOST", "myapp--DB_PASS,type=env,target=DB_PASS"],
+        "printf '%s|%s' \"$DB_HOST\" \"$DB_PASS\"",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"db.internal|s3cr3t with spaces");
+    let out = env.run(
+        &["proxy--TLS_KEY,type=mount,target=/etc/proxy/tls.key,mode=0400"],
+        "cat /etc/proxy/tls.key; stat -c %a /etc/proxy/tls.key",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"-----BEGIN KEY-----\nabc\n-----END KEY-----400\n");
+
+    // A new value upstream reaches the next container without another setup.
+    fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db2.internal");
+    let out = env.run(&["myapp--DB_HOST,type=env,target=DB_HOST"], "printf %s \"$DB_HOST\"");
+    assert_eq!(out.stdout, b"db2.internal");
+
+    // Nothing changed: no Podman create or delete (same IDs, and no store or delete reached
+    // psi, which would have added or removed mapping files), drop-ins untouched.
+    let files = state_files(&env.state_dir());
+    let dropin = systemd.join("myapp.container.d/50-secrets.conf");
+    let mtime = std::fs::metadata(&dropin).unwrap().modified().unwrap();
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(
+        actions(&report, "myapp"),
+        ["keep myapp--API_KEY", "keep myapp--DB_HOST", "keep myapp--DB_PASS"]
+    );
+    assert_eq!(secret_ids(&env), ids);
+    assert_eq!(state_files(&env.state_dir()), files);
+    assert_eq!(std::fs::metadata(&dropin).unwrap().modified().unwrap(), mtime);
+    assert_eq!(report["workloads"][0]["dropin"]["changed"], false);
+
+    // A key removed upstream is drift: reported, kept until --prune.
+    fake.delete_secret(PROJECT, "prod", "/app", "API_KEY");
+    let (code, report, _) = setup(&env, &[]);
+    assert_eq!(code, 0);
+    assert!(actions(&report, "myapp").contains(&"drift myapp--API_KEY".to_owned()));
+    assert!(secret_ids(&env).contains_key("myapp--API_KEY"));
+    let (code, report, _) = setup(&env, &["--prune"]);
+    assert_eq!(code, 0);
+    assert!(actions(&report, "myapp").contains(&"remove myapp--API_KEY".to_owned()));
+    assert!(!secret_ids(&env).contains_key("myapp--API_KEY"));
+    assert!(!std::fs::read_to_string(&dropin).unwrap().contains("API_KEY"));
+    assert_eq!(secret_ids(&env)["myapp--DB_HOST"], ids["myapp--DB_HOST"]);
+}
+
+#[test]
+fn dry_run_plans_and_classifies_without_changing_anything() {
+    let fake = infisical();
+    let Some((env, systemd)) = env_with(&fake, WORKLOADS) else {
+        return;
+    };
+    // A secret made by hand with other driver options, and one without a mapping.
+    let made = env.secret_create("myapp--DB_PASS", b"{\"provider\": \"infisical\", \"project\": \"web\", \"path\": \"/app\", \"key\": \"DB_PASS\"}", &["--driver-opts", "lookup=true"]);
+    let _ = made;
+    let (code, report, stderr) = setup(&env, &["--dry-run"]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(report["dry_run"], true);
+    assert!(actions(&report, "myapp").contains(&"create myapp--DB_HOST".to_owned()));
+    assert!(!systemd.exists(), "a dry run wrote drop-ins");
+    let ids = secret_ids(&env);
+    assert!(!ids.contains_key("myapp--DB_HOST"));
+    let classification = &report["classification"];
+    assert_eq!(classification["total"], ids.len());
+    let _ = stderr;
+}
+
+#[test]
+fn one_failing_workload_does_not_stop_the_others() {
+    let fake = infisical();
+    let workloads = "workloads:\n  broken:\n    secrets:\n      - project: web\n        path: /app\n        env: {X: NO_SUCH_KEY}\n  good:\n    secrets:\n      - project: web\n        path: /app\n        env: {HOST: DB_HOST}\n";
+    let Some((env, systemd)) = env_with(&fake, workloads) else {
+        return;
+    };
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 1, "{report}\n{stderr}");
+    let broken = &report["workloads"][0];
+    assert_eq!(broken["workload"], "broken");
+    assert_eq!(broken["status"], "failed");
+    assert!(
+        broken["error"].as_str().unwrap().contains("NO_SUCH_KEY"),
+        "{broken}"
+    );
+    assert_eq!(report["workloads"][1]["status"], "ok");
+    assert!(secret_ids(&env).contains_key("good--DB_HOST"));
+    assert!(systemd.join("good.container.d/50-secrets.conf").exists());
+    assert!(!systemd.join("broken.container.d").exists());
+    assert!(stderr.contains("1 of 2 workload(s) failed"), "{stderr}");
+
+    // psi check lists the same problem and changes nothing.
+    let out = env.psi(&["check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL  broken"), "{text}");
+    assert!(text.contains("missing: NO_SUCH_KEY"), "{text}");
+    assert!(text.contains("OK    good: 1 secret(s)"), "{text}");
+}
+
+/// Renders each drop-in golden case from config and listings through the pure path setup
+/// uses (`desired` then `dropin::render`), and compares it with `tests/it/golden/dropin/`.
+/// `UPDATE_GOLDEN=1` rewrites the files.
+#[test]
+fn dropin_golden_files() {
+    use psi::config::{Overrides, Settings};
+    use psi::setup::desired::{desired, Found};
+    use psi::unitgen::dropin::{render, DropIn};
+
+    let cases: &[(&str, &str, &[&[(&str, &str)]])] = &[
+        (
+            "env",
+            "      - project: web\n        path: /app\n",
+            &[&[("DB_HOST", "/app"), ("DB_PASS", "/app"), ("API_KEY", "/app")]],
+        ),
+        (
+            "env-map",
+            "      - project: web\n        path: /app\n        env: {DATABASE_URL: DB_URL, DB_URL: DB_URL, PORT: APP_PORT}\n",
+            &[&[("DB_URL", "/app"), ("APP_PORT", "/app"), ("UNUSED", "/app")]],
+        ),
+        (
+            "mount",
+            "      - project: web\n        path: /tls\n        type: mount\n        target: /etc/tls\n        mode: \"0440\"\n        uid: 1000\n        gid: 1000\n      - project: web\n        path: /app\n        files:\n          CONFIG: {target: /etc/app/config.json}\n        env: {APP_PORT: APP_PORT}\n",
+            &[
+                &[("CERT", "/tls"), ("KEY", "/tls")],
+                &[("CONFIG", "/app"), ("APP_PORT", "/app")],
+            ],
+        ),
+        (
+            "depends-on",
+            "      - project: web\n        path: /app\n        recursive: true\n    depends_on: [postgres.service, redis.service]\n",
+            &[&[("DB_HOST", "/app"), ("DB_NAME", "/app/db")]],
+        ),
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/golden/dropin");
+    let update = std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1");
+    let temp = tempfile::tempdir().unwrap();
+    for (case, source, listings) in cases {
+        // A template workload for one case, so `name@` is covered as well.
+        let workload = if *case == "depends-on" { "worker@" } else { "myapp" };
+        let config = temp.path().join(format!("{case}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "providers:\n  infisical:\n    auth: {{method: universal-auth, client_id: a, client_secret: b}}\n    projects:\n      web: {{id: {PROJECT}}}\nworkloads:\n  {workload}:\n    secrets:\n{source}"
+            ),
+        )
+        .unwrap();
+        let overrides = Overrides {
+            config: Some(config),
+            ..Default::default()
+        };
+        let settings = Settings::load(&overrides, &|_| None, 0).unwrap();
+        let w = &settings.file.workloads[workload];
+        let listings: Vec<Vec<Found>> = listings
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|(key, path)| Found {
+                        key: (*key).into(),
+                        path: (*path).into(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let wanted = desired(workload, w, &listings).unwrap();
+        let text = render(&DropIn {
+            depends_on: &w.depends_on,
+            secrets: &wanted.lines,
+        });
+        let golden = dir.join(format!("{case}.conf"));
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&golden, &text).unwrap();
+        }
+        let expected = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", golden.display()));
+        assert_eq!(text, expected, "{case} drifted from {}", golden.display());
+    }
+}
