@@ -215,3 +215,43 @@ async fn an_unreachable_socket_is_named_with_how_to_start_podman() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_psi_serve_down_create_and_remove_fail_and_change_nothing() {
+    let Some(mut env) = PodmanEnv::new("") else {
+        return;
+    };
+    let podman = Podman::new(env.api_socket());
+    let opts = explicit_opts(&env.sandbox.socket());
+    let mapping = sealed_mapping(&env, "kept", b"kept-value");
+    let id = podman
+        .create_secret("kept", "shell", &opts, &mapping)
+        .await
+        .unwrap();
+    env.serve.stop();
+
+    // The delete command cannot reach psi: Podman keeps the secret and says so (500, not
+    // the 404 that would read as "already gone").
+    let err = podman.remove_secret("kept").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("remove Podman secret 'kept': Podman answered 500 Internal Server Error: deleting secret kept: {id}: no secret data with ID")
+    );
+    // The store command cannot reach psi: curl exits 7 and nothing is created.
+    let err = podman
+        .create_secret("new", "shell", &opts, &mapping)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "create Podman secret 'new': Podman answered 500 Internal Server Error: creating secret new: exit status 7; the shell driver's store command failed"
+        ),
+        "{err}"
+    );
+    let listed = podman.list_secrets().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["kept"]
+    );
+    assert_eq!(std::fs::read(env.state_dir().join(&id)).unwrap(), mapping);
+}
