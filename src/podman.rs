@@ -196,18 +196,12 @@ impl Podman {
             .call(Method::POST, &path, Bytes::copy_from_slice(data), &what)
             .await?;
         if status != StatusCode::OK {
-            let mut err = api_error(status, &body);
-            if driver == "shell" && status == StatusCode::INTERNAL_SERVER_ERROR {
-                if let Error::Failed(message) = &mut err {
-                    if message.contains("exit status") {
-                        // Podman keeps the command's output to itself (module doc).
-                        message.push_str(
-                            "; the shell driver's store command failed: check that psi serve is running and see its log (or the Podman service's) for the reason",
-                        );
-                    }
-                }
+            let mut message = api_message(status, &body);
+            if driver == "shell" && message.contains("exit status") {
+                // Podman keeps the command's output to itself (module doc): say where it is.
+                message.push_str("; the shell driver's store command failed: check that psi serve is running and see its log (or the Podman service's) for the reason");
             }
-            return Err(err.context(what));
+            return Err(Error::Failed(message).context(what));
         }
         let created: WireCreated = serde_json::from_slice(&body).map_err(|err| {
             Error::Failed(format!("Podman's reply has no secret ID: {err}")).context(&what)
@@ -330,6 +324,10 @@ impl Podman {
 
 /// A non-2xx reply as an error: the status and Podman's own message.
 fn api_error(status: StatusCode, body: &[u8]) -> Error {
+    Error::Failed(api_message(status, body))
+}
+
+fn api_message(status: StatusCode, body: &[u8]) -> String {
     let detail = match serde_json::from_slice::<WireError>(body) {
         Ok(WireError { message, cause }) if !message.is_empty() => {
             if cause.is_empty() || message.contains(&cause) {
@@ -349,7 +347,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> Error {
             }
         }
     };
-    Error::Failed(format!("Podman answered {status}: {detail}"))
+    format!("Podman answered {status}: {detail}")
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters: safe both as a query
