@@ -14,6 +14,7 @@
 //! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
 //! - [`fsutil`]: atomic writes with the mode set at open, private directories.
 //! - [`state`]: the state directory, the one place that knows its layout.
+//! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
 //! - [`provider`]: the `Provider` enum and registry; one module per provider.
 //! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod fsutil;
+pub mod podman;
 pub mod process;
 pub mod provider;
 pub mod pyjson;

@@ -12,5 +12,6 @@ mod compat;
 mod config;
 mod creds;
 mod podman;
+mod podman_api;
 mod routes;
 mod server;

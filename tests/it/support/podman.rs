@@ -5,9 +5,12 @@
 //! The storage is chosen through `CONTAINERS_STORAGE_CONF` rather than flags because
 //! `psi creds store --register` runs plain `podman secret create` itself.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use super::{require, run_with_stdin, Sandbox, ServeProcess};
 
@@ -24,6 +27,8 @@ fn base_conf(dir: &Path) -> String {
 }
 
 pub struct PodmanEnv {
+    /// First, so it stops before the sandbox it lives in is removed.
+    api: Option<ApiService>,
     pub sandbox: Sandbox,
     pub config: PathBuf,
     pub serve: ServeProcess,
@@ -66,6 +71,7 @@ impl PodmanEnv {
             sandbox.path().join("serve.log"),
         );
         let env = PodmanEnv {
+            api: None,
             sandbox,
             config,
             serve,
@@ -149,6 +155,91 @@ impl PodmanEnv {
     pub fn state_dir(&self) -> PathBuf {
         self.sandbox.state_dir()
     }
+
+    /// The socket of this test's libpod API service (`podman system service`, with the same
+    /// containers.conf and storage as the CLI), started on first use and stopped on drop.
+    pub fn api_socket(&mut self) -> PathBuf {
+        if let Some(api) = &self.api {
+            return api.socket.clone();
+        }
+        let socket = self.sandbox.path().join("podman.sock");
+        let log = self.sandbox.path().join("podman-service.log");
+        // Shell driver commands run inside the service and write here.
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .podman()
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut api = ApiService {
+            child,
+            socket: socket.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pings(&socket) {
+            if let Ok(Some(status)) = api.child.try_wait() {
+                panic!(
+                    "podman system service exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podman system service did not answer on {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.api = Some(api);
+        socket
+    }
+
+    /// What the libpod API service printed, the shell driver commands' output included.
+    pub fn api_log(&self) -> String {
+        std::fs::read_to_string(self.sandbox.path().join("podman-service.log")).unwrap_or_default()
+    }
+}
+
+/// A running `podman system service`, stopped (SIGTERM, then SIGKILL) on drop.
+struct ApiService {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for ApiService {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(None) = self.child.try_wait() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether a libpod API service answers `GET /_ping` with 200 on `socket`.
+fn pings(socket: &Path) -> bool {
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply.starts_with(b"HTTP/1.1 200") || reply.starts_with(b"HTTP/1.0 200")
 }
 
 /// A busybox-static root file system as a tarball, built once per test run.
