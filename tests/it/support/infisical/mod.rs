@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use openssl::ssl::{SslAcceptor, SslMethod};
 use tokio::net::TcpListener;
 
-pub use auth::AwsLogin;
+pub use auth::{jwt, AwsLogin};
 pub use client::{send, Reply};
 use state::State;
 
