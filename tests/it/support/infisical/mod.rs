@@ -11,7 +11,9 @@
 
 mod auth;
 mod client;
+mod projects;
 mod routes;
+mod secrets;
 mod state;
 
 use std::collections::BTreeMap;
