@@ -680,30 +680,29 @@ async fn imports_merge_own_first_then_later_imports() {
 }
 
 #[tokio::test]
-async fn unattributable_imports_are_an_error_not_a_guess() {
-    let world = World::new(Generation::Legacy2024, 600, 6000);
+async fn imports_of_folders_without_secrets_are_found_by_walking_the_tree() {
+    let world = World::new(Generation::Current, 600, 6000);
     world
         .fake
         .set_secret(PROJECT, "staging", "/shared", "TOKEN", "t");
-    // /app/only-imports has no secret of its own, so the recursive tree does not show it.
+    // /app/a/only-imports has no secret of its own, so the recursive tree does not show it.
     world
         .fake
-        .add_import(PROJECT, "prod", "/app/only-imports", "staging", "/shared");
+        .add_import(PROJECT, "prod", "/app/a/only-imports", "staging", "/shared");
+    world.fake.set_secret(PROJECT, "prod", "/app/b", "B", "b");
     let client = world.client();
-    let err = client.list("web", "/app", true, true).await.unwrap_err();
-    assert!(
-        err.to_string().contains("cannot tell which folder"),
-        "{err}"
-    );
-    // Listing that folder as its own source works.
-    let listed = client
-        .list("web", "/app/only-imports", false, true)
-        .await
-        .unwrap();
+    world.fake.clear_requests();
+    let tree = client.list("web", "/app", true, true).await.unwrap();
     assert_eq!(
-        summary(&listed),
-        ["/app/only-imports TOKEN=t (staging:/shared)"]
+        summary(&tree),
+        [
+            "/app DB_HOST=db.internal (own)",
+            "/app/a/only-imports TOKEN=t (staging:/shared)",
+            "/app/b B=b (own)",
+        ]
     );
+    let folder_lists = world.count("GET /api/v1/folders");
+    assert_eq!(folder_lists, 4, "{:?}", world.requests());
 }
 
 #[tokio::test]

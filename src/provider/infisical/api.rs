@@ -103,7 +103,7 @@ impl Infisical {
 
     /// GET `url` with the project's token; when the server refuses the token, log in again
     /// and retry once. A second refusal is left for the caller to report.
-    async fn authed(&self, project: &Project, url: &Url) -> Result<Reply> {
+    pub(crate) async fn authed(&self, project: &Project, url: &Url) -> Result<Reply> {
         let etag = self.etag(project, url);
         let token = self.token(&project.auth, None).await?;
         let reply = self.get(url, token.expose(), etag.as_deref()).await?;

@@ -19,9 +19,11 @@
 //! Listing with imports: a folder's own secret wins over an imported one of the same name;
 //! among imports, the one configured later (later in Infisical's `imports` array) wins. A
 //! recursive listing reports every folder's imports without saying which folder imports
-//! them, so when it has any, psi lists each folder of the tree once more, non-recursively,
-//! to attribute them exactly: 1 + F requests (F = the folders holding secrets, and those
-//! between them and the root) instead of 1; without imports it stays 1.
+//! them, so when it has any, psi lists folders once more, non-recursively, to attribute
+//! them exactly. Cost: without imports, 1 request; with imports, 1 + F (F = the folders
+//! holding secrets and those between them and the root); and only when a folder has
+//! imports but no secrets of its own (so the tree does not show it), also one folder-list
+//! request per folder of the tree and one listing per folder not yet listed.
 
 mod api;
 mod auth;
@@ -322,8 +324,9 @@ impl Infisical {
     }
 
     /// Assigns the imports of a recursive listing to the folders that import them, by
-    /// listing each folder non-recursively; fails rather than guess when some imports
-    /// belong to a folder the tree does not show (one with no secrets of its own).
+    /// listing folders non-recursively until every import in the recursive answer is
+    /// accounted for: first the folders the tree shows, then (only if that is not enough:
+    /// a folder with imports but no secrets of its own) every folder of the tree.
     async fn attribute_imports(
         &self,
         project: &Project,
@@ -331,27 +334,73 @@ impl Infisical {
         body: &ListBody,
         out: &mut Vec<Listed>,
     ) -> Result<()> {
-        let mut importing = Vec::new();
+        let expected = listing::import_sources(body.imports.iter());
+        let mut listed = BTreeMap::new();
         for folder in listing::folders(root, out) {
-            let listed = self.fetch_list(project, &folder, false, true).await?;
-            if !listed.imports.is_empty() {
-                importing.push((folder, listed));
+            let folder_body = self.fetch_list(project, &folder, false, true).await?;
+            listed.insert(folder, folder_body);
+        }
+        let found = |listed: &BTreeMap<String, Arc<ListBody>>| {
+            listing::import_sources(listed.values().flat_map(|b| b.imports.iter()))
+        };
+        if found(&listed) != expected {
+            for folder in self.folder_tree(project, root).await? {
+                if !listed.contains_key(&folder) {
+                    let folder_body = self.fetch_list(project, &folder, false, true).await?;
+                    listed.insert(folder, folder_body);
+                }
             }
         }
-        let expected = listing::import_sources(body.imports.iter());
-        let found = listing::import_sources(importing.iter().flat_map(|(_, b)| b.imports.iter()));
-        if expected != found {
+        if found(&listed) != expected {
+            // Only if the tree changed between the requests: say so rather than guess.
             return Err(failed(format!(
-                "list {} recursively: some imports belong to folders that hold no secrets of \
-                 their own, so psi cannot tell which folder imports them; add those folders \
-                 as separate, non-recursive sources",
+                "list {} recursively: the imports of the recursive listing do not match those \
+                 of its folders (did the project change meanwhile?); try again",
                 project.describe(root, None)
             )));
         }
-        for (folder, listed) in &importing {
-            listing::merge_imports(out, folder, &listed.imports);
+        for (folder, folder_body) in &listed {
+            listing::merge_imports(out, folder, &folder_body.imports);
         }
         Ok(())
+    }
+
+    /// `root` and every folder below it, from `/api/v1/folders` (served by the 2024 and the
+    /// newest servers alike), one request per folder.
+    async fn folder_tree(&self, project: &Project, root: &str) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Folders {
+            folders: Vec<Folder>,
+        }
+        #[derive(Deserialize)]
+        struct Folder {
+            name: String,
+        }
+        let mut tree = Vec::new();
+        let mut queue = vec![root.to_owned()];
+        while let Some(folder) = queue.pop() {
+            let mut url = self.endpoint("/api/v1/folders");
+            url.query_pairs_mut()
+                .append_pair("workspaceId", &project.id)
+                .append_pair("environment", &project.environment)
+                .append_pair("path", &folder);
+            let what = || format!("list the folders of {}", project.describe(&folder, None));
+            let reply = self.authed(project, &url).await?;
+            if reply.class() != Class::Success {
+                return Err(self.failure(&reply, &what()));
+            }
+            let children: Folders = reply
+                .json()
+                .map_err(|why| failed(format!("{}: {why}", what())))?;
+            for child in children.folders {
+                queue.push(match folder.as_str() {
+                    "/" => format!("/{}", child.name),
+                    parent => format!("{parent}/{}", child.name),
+                });
+            }
+            tree.push(folder);
+        }
+        Ok(tree)
     }
 
     /// The configured project aliases, sorted.
