@@ -33,6 +33,7 @@ mod listing;
 mod sigv4;
 mod token;
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::Write;
@@ -345,9 +346,9 @@ impl Infisical {
         };
         if found(&listed) != expected {
             for folder in self.folder_tree(project, root).await? {
-                if !listed.contains_key(&folder) {
-                    let folder_body = self.fetch_list(project, &folder, false, true).await?;
-                    listed.insert(folder, folder_body);
+                if let Entry::Vacant(slot) = listed.entry(folder) {
+                    let folder_body = self.fetch_list(project, slot.key(), false, true).await?;
+                    slot.insert(folder_body);
                 }
             }
         }
