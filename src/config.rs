@@ -228,6 +228,35 @@ impl Default for InfisicalConfig {
     }
 }
 
+impl InfisicalConfig {
+    /// Checks what serde cannot: each auth block has what its method needs, every project is
+    /// covered by its own or the global auth, and `timeout` parses. Messages name the key path.
+    pub fn validate(&self) -> Result<(), String> {
+        const AT: &str = "providers.infisical";
+        if let Some(auth) = &self.auth {
+            auth.validate(&format!("{AT}.auth"))?;
+        }
+        let mut uncovered = Vec::new();
+        for (alias, project) in &self.projects {
+            match &project.auth {
+                Some(auth) => auth.validate(&format!("{AT}.projects.{alias}.auth"))?,
+                None if self.auth.is_none() => uncovered.push(alias.as_str()),
+                None => {}
+            }
+        }
+        if !uncovered.is_empty() {
+            return Err(format!(
+                "no global auth and no per-project auth for projects: {}; set {AT}.auth or add auth to each project",
+                uncovered.join(", ")
+            ));
+        }
+        if let Some(timeout) = &self.timeout {
+            crate::duration::parse(timeout).map_err(|err| format!("{AT}.timeout: {err}"))?;
+        }
+        Ok(())
+    }
+}
+
 fn default_api_url() -> String {
     "https://app.infisical.com".into()
 }
@@ -236,13 +265,43 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub method: AuthMethod,
     pub identity_id: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<SecretString>,
+    /// New, aws-iam only: the STS region to sign for (else `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`, then the EC2 instance identity document).
+    pub region: Option<String>,
+}
+
+impl AuthConfig {
+    /// What the method needs; `at` is the key path for the message.
+    fn validate(&self, at: &str) -> Result<(), String> {
+        let method = self.method.as_str();
+        match self.method {
+            AuthMethod::UniversalAuth => {
+                if self.client_id.is_none() || self.client_secret.is_none() {
+                    return Err(format!(
+                        "{at}: {method} requires client_id and client_secret"
+                    ));
+                }
+            }
+            AuthMethod::AwsIam | AuthMethod::Gcp | AuthMethod::Azure => {
+                if self.identity_id.is_none() {
+                    return Err(format!("{at}: {method} requires identity_id"));
+                }
+            }
+        }
+        if self.region.is_some() && self.method != AuthMethod::AwsIam {
+            return Err(format!(
+                "{at}.region: applies to aws-iam only, not {method}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -252,6 +311,18 @@ pub enum AuthMethod {
     AwsIam,
     Gcp,
     Azure,
+}
+
+impl AuthMethod {
+    /// The configuration spelling, also part of the token cache file name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::UniversalAuth => "universal-auth",
+            AuthMethod::AwsIam => "aws-iam",
+            AuthMethod::Gcp => "gcp",
+            AuthMethod::Azure => "azure",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -767,6 +838,9 @@ impl Settings {
 
 /// Checks that need more than one key: references between blocks.
 fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String> {
+    if let Some(infisical) = &providers.infisical {
+        infisical.validate()?;
+    }
     let configured = providers.names();
     for (name, workload) in &file.workloads {
         if !configured.contains(&workload.provider.as_str()) {

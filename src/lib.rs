@@ -16,7 +16,8 @@
 //! - [`state`]: the state directory, the one place that knows its layout.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
-//! - [`provider`]: the `Provider` enum and registry; one module per provider.
+//! - [`provider`]: the `Provider` enum and registry; one module per provider: `creds`
+//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings).
 //! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`unitgen`]: pure renderers for generated files (`psi.conf`).

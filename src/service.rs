@@ -31,12 +31,12 @@ impl Service {
         }
     }
 
-    pub fn from_settings(settings: &Settings) -> Service {
-        Service::new(
+    pub fn from_settings(settings: &Settings) -> Result<Service> {
+        Ok(Service::new(
             StateDir::new(&settings.state_dir),
-            Registry::from_config(&settings.providers),
+            Registry::from_config(&settings.providers, &settings.state_dir)?,
             settings.raw_values,
-        )
+        ))
     }
 
     pub fn registry(&self) -> &Registry {

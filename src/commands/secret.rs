@@ -9,7 +9,7 @@ use crate::server::routes::MAX_BODY;
 use crate::service::Service;
 
 pub async fn run(settings: &Settings, command: SecretCommand) -> Result<()> {
-    let service = Service::from_settings(settings);
+    let service = Service::from_settings(settings)?;
     match command {
         SecretCommand::Store => {
             let id = secret_id()?;

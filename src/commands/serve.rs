@@ -17,7 +17,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             "no config file; running with defaults (provider: systemd-creds)"
         );
     }
-    let service = Service::from_settings(&settings);
+    let service = Service::from_settings(&settings)?;
     for name in service.registry().names() {
         tracing::info!(
             event = "provider.open",

@@ -2,10 +2,13 @@
 //! is closed, a `match` is exhaustive when one is added (one module plus one arm), and async
 //! methods need no boxing.
 //!
-//! Infisical (`infisical/`) and the Nitrokey HSM (`nitrokeyhsm/`) join here in later work;
-//! their mappings already parse, and until then name a provider that is not configured.
+//! The Nitrokey HSM (`nitrokeyhsm/`) joins here in later work; its mappings already parse,
+//! and until then name a provider that is not configured.
 
 pub mod creds;
+pub mod infisical;
+
+use std::path::Path;
 
 use crate::config::{ProvidersConfig, SealWith};
 use crate::error::{Error, Result};
@@ -13,6 +16,7 @@ use crate::secret::{Mapping, SecretId, SecretValue};
 
 pub enum Provider {
     SystemdCreds(creds::SystemdCreds),
+    Infisical(infisical::Infisical),
 }
 
 impl Provider {
@@ -20,6 +24,7 @@ impl Provider {
     pub fn name(&self) -> &'static str {
         match self {
             Provider::SystemdCreds(_) => creds::NAME,
+            Provider::Infisical(_) => infisical::NAME,
         }
     }
 
@@ -27,6 +32,7 @@ impl Provider {
     pub async fn lookup(&self, mapping: &Mapping) -> Result<SecretValue> {
         match self {
             Provider::SystemdCreds(p) => p.lookup(mapping).await,
+            Provider::Infisical(p) => p.lookup(mapping).await,
         }
     }
 
@@ -34,6 +40,11 @@ impl Provider {
     pub async fn seal(&self, name: &SecretId, value: &[u8]) -> Result<Mapping> {
         match self {
             Provider::SystemdCreds(p) => p.seal(name, value).await,
+            // Sealing would mean writing the value into Infisical; psi only reads from it.
+            Provider::Infisical(_) => Err(Error::Provider {
+                provider: infisical::NAME,
+                detail: "infisical cannot seal values; use systemd-creds or nitrokeyhsm for store.seal_with".into(),
+            }),
         }
     }
 }
@@ -48,26 +59,35 @@ impl Registry {
         Registry { providers }
     }
 
-    /// Builds the configured providers that this version implements.
-    pub fn from_config(config: &ProvidersConfig) -> Registry {
+    /// Builds the configured providers that this version implements; `state_dir` holds
+    /// their caches (Infisical tokens).
+    pub fn from_config(config: &ProvidersConfig, state_dir: &Path) -> Result<Registry> {
         let mut providers = Vec::new();
-        for (name, present) in [
-            ("infisical", config.infisical.is_some()),
-            ("nitrokeyhsm", config.nitrokeyhsm.is_some()),
-        ] {
-            if present {
-                tracing::warn!(
-                    provider = name,
-                    "provider is configured, but this version of psi does not implement it yet"
-                );
-            }
+        if config.nitrokeyhsm.is_some() {
+            tracing::warn!(
+                provider = "nitrokeyhsm",
+                "provider is configured, but this version of psi does not implement it yet"
+            );
+        }
+        if let Some(infisical) = &config.infisical {
+            providers.push(Provider::Infisical(infisical::Infisical::new(
+                infisical, state_dir,
+            )?));
         }
         if let Some(creds) = &config.systemd_creds {
             providers.push(Provider::SystemdCreds(creds::SystemdCreds::from_config(
                 creds,
             )));
         }
-        Registry::new(providers)
+        Ok(Registry::new(providers))
+    }
+
+    /// The Infisical client, when Infisical is configured (setup lists through it).
+    pub fn infisical(&self) -> Option<&infisical::Infisical> {
+        self.providers.iter().find_map(|p| match p {
+            Provider::Infisical(client) => Some(client),
+            _ => None,
+        })
     }
 
     pub fn names(&self) -> Vec<&'static str> {

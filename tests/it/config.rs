@@ -310,3 +310,44 @@ fn socket_token_format_is_checked_whole() {
 fn process_env_reads_the_real_environment() {
     assert!(process_env("PATH").is_some());
 }
+
+#[test]
+fn infisical_auth_is_validated_per_project_with_key_paths() {
+    let msg = config_error(
+        "providers:\n  infisical:\n    projects:\n      web:\n        id: x\n        auth: {method: universal-auth, client_id: c}\n",
+    );
+    assert!(
+        msg.ends_with("providers.infisical.projects.web.auth: universal-auth requires client_id and client_secret"),
+        "{msg}"
+    );
+    let msg = config_error("providers:\n  infisical:\n    auth: {method: aws-iam}\n");
+    assert!(
+        msg.ends_with("providers.infisical.auth: aws-iam requires identity_id"),
+        "{msg}"
+    );
+    let msg = config_error(
+        "providers:\n  infisical:\n    projects:\n      b: {id: x}\n      a: {id: y}\n      c: {id: z, auth: {method: gcp, identity_id: i}}\n",
+    );
+    assert!(
+        msg.ends_with("no global auth and no per-project auth for projects: a, b; set providers.infisical.auth or add auth to each project"),
+        "{msg}"
+    );
+    let msg = config_error(
+        "providers:\n  infisical:\n    auth: {method: gcp, identity_id: i, region: eu-west-1}\n",
+    );
+    assert!(
+        msg.contains("providers.infisical.auth.region: applies to aws-iam only"),
+        "{msg}"
+    );
+    let msg = config_error(
+        "providers:\n  infisical:\n    timeout: soon\n    auth: {method: azure, identity_id: i}\n",
+    );
+    assert!(
+        msg.contains("providers.infisical.timeout: 'soon' is not a duration"),
+        "{msg}"
+    );
+    let ok = load_text(
+        "providers:\n  infisical:\n    auth: {method: aws-iam, identity_id: i, region: eu-west-1}\n    projects:\n      web: {id: x}\n      own: {id: y, auth: {method: universal-auth, client_id: c, client_secret: s}}\n",
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}

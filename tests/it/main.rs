@@ -11,6 +11,7 @@ mod cli;
 mod compat;
 mod config;
 mod creds;
+mod infisical_client;
 mod infisical_fake;
 mod podman;
 mod podman_api;
