@@ -7,7 +7,7 @@
 //! only, no Podman create or delete).
 
 #[path = "../tests/it/support/mod.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -26,7 +26,13 @@ fn main() {
     let mut workloads = String::from("workloads:\n");
     for w in 0..WORKLOADS {
         for k in 0..PER_WORKLOAD {
-            fake.set_secret(PROJECT, "prod", &format!("/w{w:02}"), &format!("KEY_{k:03}"), &format!("value-{w}-{k}"));
+            fake.set_secret(
+                PROJECT,
+                "prod",
+                &format!("/w{w:02}"),
+                &format!("KEY_{k:03}"),
+                &format!("value-{w}-{k}"),
+            );
         }
         workloads.push_str(&format!(
             "  app{w:02}:\n    secrets:\n      - project: bench\n        path: /w{w:02}\n"
@@ -36,7 +42,8 @@ fn main() {
         "providers:\n  infisical:\n    api_url: {}\n    auth: {{method: universal-auth, client_id: bench, client_secret: bench-secret}}\n    projects:\n      bench: {{id: {PROJECT}, environment: prod}}\n{workloads}",
         fake.url()
     );
-    let mut env = PodmanEnv::new(&config).expect("podman, runc, curl, systemd-creds and busybox are needed");
+    let mut env =
+        PodmanEnv::new(&config).expect("podman, runc, curl, systemd-creds and busybox are needed");
     let socket = env.api_socket();
     let mut text = std::fs::read_to_string(&env.config).unwrap();
     text.push_str(&format!(

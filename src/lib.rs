@@ -20,7 +20,9 @@
 //!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings).
 //! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
-//! - [`unitgen`]: pure renderers for generated files (`psi.conf`).
+//! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
+//! - [`systemd`]: `systemctl daemon-reload`.
+//! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins).
 //! - [`commands`]: one module per command group; the only place that builds a runtime.
 #![deny(unsafe_code)]
 
@@ -37,5 +39,7 @@ pub mod pyjson;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod setup;
 pub mod state;
+pub mod systemd;
 pub mod unitgen;

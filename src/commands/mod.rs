@@ -60,7 +60,11 @@ pub fn read_stdin(limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
 }
 
 /// Prints a report: JSON when asked for (machines), else its text.
-pub fn print_report<T: serde::Serialize>(report: &T, json: bool, human: impl FnOnce(&T) -> String) -> Result<()> {
+pub fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    human: impl FnOnce(&T) -> String,
+) -> Result<()> {
     let text = if json {
         let mut text = serde_json::to_string_pretty(report)
             .map_err(|err| Error::Failed(format!("cannot encode the report: {err}")))?;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{FileSecret, SecretKind, SecretSource, WorkloadConfig};
-use crate::secret::Mapping;
+use crate::provider::infisical;
 use crate::unitgen::dropin::{Delivery, SecretLine};
 
 /// One key as a provider listed it for a source: where a lookup finds it.
@@ -47,12 +47,6 @@ pub struct Missing {
 /// The Podman secret name for `key` of `workload`.
 pub fn secret_name(workload: &str, key: &str) -> String {
     format!("{workload}--{key}")
-}
-
-/// The mapping of an Infisical secret, byte-compatible with the original's (`project` is the
-/// config alias, not the Infisical ID).
-pub fn infisical_mapping(project: &str, path: &str, key: &str) -> Mapping {
-    Mapping::new("infisical", &[("project", project), ("path", path), ("key", key)])
 }
 
 /// Builds the desired state of `workload` from one listing per source (same order as
@@ -99,7 +93,10 @@ pub fn desired(
                     });
                 }
             }
-            wanted.into_iter().filter(|k| by_key.contains_key(k)).collect()
+            wanted
+                .into_iter()
+                .filter(|k| by_key.contains_key(k))
+                .collect()
         } else {
             by_key.keys().copied().collect()
         };
@@ -107,7 +104,7 @@ pub fn desired(
         for key in keys {
             let found = seen[key];
             let name = secret_name(workload, key);
-            let mapping = infisical_mapping(&source.project, &found.path, key).to_bytes();
+            let mapping = infisical::mapping(&source.project, &found.path, key).to_bytes();
             let here = location(found);
             if let Some(before) = origin.insert(key.to_owned(), here.clone()) {
                 if before != here {
@@ -121,10 +118,11 @@ pub fn desired(
                 out.lines.retain(|line| line.name != name);
             }
             out.secrets.insert(name.clone(), mapping);
-            out.lines.extend(deliveries(source, key).map(|delivery| SecretLine {
-                name: name.clone(),
-                delivery,
-            }));
+            out.lines
+                .extend(deliveries(source, key).map(|delivery| SecretLine {
+                    name: name.clone(),
+                    delivery,
+                }));
         }
     }
     if missing.is_empty() {
@@ -158,7 +156,9 @@ fn deliveries<'a>(source: &'a SecretSource, key: &'a str) -> impl Iterator<Item 
         };
         vec![mount(&file, key)]
     } else {
-        vec![Delivery::Env { var: key.to_owned() }]
+        vec![Delivery::Env {
+            var: key.to_owned(),
+        }]
     };
     all.into_iter()
 }

@@ -226,12 +226,9 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     let shell = shell_secrets(&podman, &state).await?;
     let names: Vec<&str> = settings.file.workloads.keys().map(String::as_str).collect();
     let mut report = SetupReport::new(options.dry_run);
-    report.classification = Some(Classification::of(
-        &shell,
-        &current_opts,
-        &names,
-        |w| read_dropin(settings, w),
-    ));
+    report.classification = Some(Classification::of(&shell, &current_opts, &names, |w| {
+        read_dropin(settings, w)
+    }));
     let mut reload = false;
     for (name, config, outcome) in discovered {
         let desired = match outcome {
@@ -280,7 +277,9 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     if reload {
         match crate::systemd::daemon_reload(settings.scope).await {
             Ok(()) => report.reloaded = true,
-            Err(err) => tracing::warn!(error = %err, "drop-ins changed, but systemd could not be reloaded; run 'systemctl daemon-reload' before starting the containers"),
+            Err(err) => {
+                tracing::warn!(error = %err, "drop-ins changed, but systemd could not be reloaded; run 'systemctl daemon-reload' before starting the containers")
+            }
         }
     }
     Ok(report)
@@ -348,7 +347,10 @@ async fn apply(
             Action::Keep { .. } | Action::Drift { .. } => Ok(()),
         };
         if let Err(err) = result {
-            return Err((done, err.context(format!("podman secret {}", action.name()))));
+            return Err((
+                done,
+                err.context(format!("podman secret {}", action.name())),
+            ));
         }
         if action.changes_podman() {
             tracing::info!(event = "setup.apply", secret = action.name(), action = ?action, outcome = "success");

@@ -48,13 +48,28 @@ pub enum Reason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
-    Create { name: String },
-    Keep { name: String, id: String },
-    Replace { name: String, id: String, reason: Reason },
+    Create {
+        name: String,
+    },
+    Keep {
+        name: String,
+        id: String,
+    },
+    Replace {
+        name: String,
+        id: String,
+        reason: Reason,
+    },
     /// Drift removed with `--prune`.
-    Remove { name: String, id: String },
+    Remove {
+        name: String,
+        id: String,
+    },
     /// Drift left in place (no `--prune`).
-    Drift { name: String, id: String },
+    Drift {
+        name: String,
+        id: String,
+    },
 }
 
 impl Action {
@@ -192,7 +207,12 @@ mod tests {
         }
     }
 
-    fn existing(name: &str, id: &str, mapping: Option<&str>, opts: BTreeMap<String, String>) -> Existing {
+    fn existing(
+        name: &str,
+        id: &str,
+        mapping: Option<&str>,
+        opts: BTreeMap<String, String>,
+    ) -> Existing {
         Existing {
             id: id.into(),
             name: name.into(),
@@ -206,14 +226,25 @@ mod tests {
 
     #[test]
     fn classifies_every_case() {
-        let want = desired(&[("w--A", A), ("w--B", B), ("w--C", A), ("w--D", A), ("w--E", A)]);
+        let want = desired(&[
+            ("w--A", A),
+            ("w--B", B),
+            ("w--C", A),
+            ("w--D", A),
+            ("w--E", A),
+        ]);
         let have = [
             existing("w--A", "1", Some(A), opts()),
             existing("w--B", "2", Some(A), opts()),
             existing("w--C", "3", None, opts()),
             existing("w--D", "4", Some(A), BTreeMap::new()),
             existing("w--OLD", "5", Some(B), opts()),
-            existing("w--CREDS", "6", Some(r#"{"provider": "systemd-creds", "name": "x", "blob": "y"}"#), opts()),
+            existing(
+                "w--CREDS",
+                "6",
+                Some(r#"{"provider": "systemd-creds", "name": "x", "blob": "y"}"#),
+                opts(),
+            ),
             existing("w--GONE", "7", None, opts()),
         ];
         let plan = plan(&want, &have, &opts(), "infisical", "x", Some("x"), false);
@@ -233,9 +264,10 @@ mod tests {
         );
         let pruned = super::plan(&want, &have, &opts(), "infisical", "y", Some("x"), true);
         assert_eq!(pruned.dropin.as_deref(), Some("y"));
-        assert!(pruned
-            .actions
-            .contains(&Action::Remove { name: "w--OLD".into(), id: "5".into() }));
+        assert!(pruned.actions.contains(&Action::Remove {
+            name: "w--OLD".into(),
+            id: "5".into()
+        }));
     }
 
     #[test]

@@ -60,7 +60,10 @@ impl SetupReport {
     }
 
     pub fn failures(&self) -> usize {
-        self.workloads.iter().filter(|w| w.status == "failed").count()
+        self.workloads
+            .iter()
+            .filter(|w| w.status == "failed")
+            .count()
     }
 
     pub(super) fn failed(&mut self, workload: &str, error: String) {
@@ -74,13 +77,34 @@ impl SetupReport {
         });
     }
 
-    pub(super) fn planned(&mut self, workload: &str, desired: &Desired, plan: &WorkloadPlan, path: &Path) {
+    pub(super) fn planned(
+        &mut self,
+        workload: &str,
+        desired: &Desired,
+        plan: &WorkloadPlan,
+        path: &Path,
+    ) {
         self.push(workload, "planned", None, desired, plan, 0, path, false);
     }
 
-    pub(super) fn applied(&mut self, workload: &str, desired: &Desired, plan: &WorkloadPlan, path: &Path) {
+    pub(super) fn applied(
+        &mut self,
+        workload: &str,
+        desired: &Desired,
+        plan: &WorkloadPlan,
+        path: &Path,
+    ) {
         let all = plan.actions.len();
-        self.push(workload, "ok", None, desired, plan, all, path, plan.dropin.is_some());
+        self.push(
+            workload,
+            "ok",
+            None,
+            desired,
+            plan,
+            all,
+            path,
+            plan.dropin.is_some(),
+        );
     }
 
     pub(super) fn partly_applied(
@@ -91,7 +115,16 @@ impl SetupReport {
         done: usize,
         error: String,
     ) {
-        self.push(workload, "failed", Some(error), desired, plan, done, Path::new(""), false);
+        self.push(
+            workload,
+            "failed",
+            Some(error),
+            desired,
+            plan,
+            done,
+            Path::new(""),
+            false,
+        );
         if let Some(report) = self.workloads.last_mut() {
             report.dropin = None;
         }
@@ -125,7 +158,11 @@ impl SetupReport {
             actions,
             dropin: Some(DropinReport {
                 path: path.display().to_string(),
-                changed: if status == "planned" { plan.dropin.is_some() } else { written },
+                changed: if status == "planned" {
+                    plan.dropin.is_some()
+                } else {
+                    written
+                },
             }),
             collisions: desired.collisions.clone(),
         });
@@ -274,7 +311,9 @@ impl Classification {
                 in_podman_not_in_dropin: in_podman.difference(&in_dropin).cloned().collect(),
                 in_dropin_not_in_podman: in_dropin.difference(&in_podman).cloned().collect(),
             };
-            if !drift.in_podman_not_in_dropin.is_empty() || !drift.in_dropin_not_in_podman.is_empty() {
+            if !drift.in_podman_not_in_dropin.is_empty()
+                || !drift.in_dropin_not_in_podman.is_empty()
+            {
                 c.workload_drift.insert((*workload).to_owned(), drift);
             }
         }
@@ -304,7 +343,10 @@ impl Classification {
             }
         }
         for (workload, drift) in &self.workload_drift {
-            let _ = writeln!(out, "Workload drift in {workload}: drop-in and Podman differ");
+            let _ = writeln!(
+                out,
+                "Workload drift in {workload}: drop-in and Podman differ"
+            );
             for name in &drift.in_podman_not_in_dropin {
                 let _ = writeln!(out, "  in Podman, not in the drop-in: {name}");
             }
@@ -371,7 +413,11 @@ impl CheckReport {
                 }
             }
             for c in &w.collisions {
-                let _ = writeln!(out, "      collision {}: {} wins over {}", c.key, c.kept, c.dropped);
+                let _ = writeln!(
+                    out,
+                    "      collision {}: {} wins over {}",
+                    c.key, c.kept, c.dropped
+                );
             }
         }
         out

@@ -17,3 +17,4 @@ mod podman;
 mod podman_api;
 mod routes;
 mod server;
+mod setup;

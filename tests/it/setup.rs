@@ -20,7 +20,13 @@ fn infisical() -> FakeInfisical {
     fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db.internal");
     fake.set_secret(PROJECT, "prod", "/app", "DB_PASS", "s3cr3t with spaces");
     fake.set_secret(PROJECT, "prod", "/app", "API_KEY", "key-1");
-    fake.set_secret(PROJECT, "prod", "/tls", "TLS_KEY", "-----BEGIN KEY-----\nabc\n-----END KEY-----");
+    fake.set_secret(
+        PROJECT,
+        "prod",
+        "/tls",
+        "TLS_KEY",
+        "-----BEGIN KEY-----\nabc\n-----END KEY-----",
+    );
     fake
 }
 
@@ -84,7 +90,13 @@ fn actions(report: &Value, workload: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| format!("{} {}", a["action"].as_str().unwrap(), a["name"].as_str().unwrap()))
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["action"].as_str().unwrap(),
+                a["name"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -111,7 +123,11 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
     assert_eq!(code, 0, "{report}\n{stderr}");
     assert_eq!(
         actions(&report, "myapp"),
-        ["create myapp--API_KEY", "create myapp--DB_HOST", "create myapp--DB_PASS"]
+        [
+            "create myapp--API_KEY",
+            "create myapp--DB_HOST",
+            "create myapp--DB_PASS"
+        ]
     );
     assert_eq!(
         actions(&report, "proxy"),
@@ -135,21 +151,38 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
 
     // A container gets the Infisical values, env and file alike.
     let out = env.run(
-        &["myapp--DB_HOST,type=env,target=DB_HOST", "myapp--DB_PASS,type=env,target=DB_PASS"],
+        &[
+            "myapp--DB_HOST,type=env,target=DB_HOST",
+            "myapp--DB_PASS,type=env,target=DB_PASS",
+        ],
         "printf '%s|%s' \"$DB_HOST\" \"$DB_PASS\"",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"db.internal|s3cr3t with spaces");
     let out = env.run(
         &["proxy--TLS_KEY,type=mount,target=/etc/proxy/tls.key,mode=0400"],
         "cat /etc/proxy/tls.key; stat -c %a /etc/proxy/tls.key",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.stdout, b"-----BEGIN KEY-----\nabc\n-----END KEY-----400\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.stdout,
+        b"-----BEGIN KEY-----\nabc\n-----END KEY-----400\n"
+    );
 
     // A new value upstream reaches the next container without another setup.
     fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db2.internal");
-    let out = env.run(&["myapp--DB_HOST,type=env,target=DB_HOST"], "printf %s \"$DB_HOST\"");
+    let out = env.run(
+        &["myapp--DB_HOST,type=env,target=DB_HOST"],
+        "printf %s \"$DB_HOST\"",
+    );
     assert_eq!(out.stdout, b"db2.internal");
 
     // Nothing changed: no Podman create or delete (same IDs, and no store or delete reached
@@ -161,11 +194,18 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
     assert_eq!(code, 0, "{report}\n{stderr}");
     assert_eq!(
         actions(&report, "myapp"),
-        ["keep myapp--API_KEY", "keep myapp--DB_HOST", "keep myapp--DB_PASS"]
+        [
+            "keep myapp--API_KEY",
+            "keep myapp--DB_HOST",
+            "keep myapp--DB_PASS"
+        ]
     );
     assert_eq!(secret_ids(&env), ids);
     assert_eq!(state_files(&env.state_dir()), files);
-    assert_eq!(std::fs::metadata(&dropin).unwrap().modified().unwrap(), mtime);
+    assert_eq!(
+        std::fs::metadata(&dropin).unwrap().modified().unwrap(),
+        mtime
+    );
     assert_eq!(report["workloads"][0]["dropin"]["changed"], false);
 
     // A key removed upstream is drift: reported, kept until --prune.
@@ -178,7 +218,9 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
     assert_eq!(code, 0);
     assert!(actions(&report, "myapp").contains(&"remove myapp--API_KEY".to_owned()));
     assert!(!secret_ids(&env).contains_key("myapp--API_KEY"));
-    assert!(!std::fs::read_to_string(&dropin).unwrap().contains("API_KEY"));
+    assert!(!std::fs::read_to_string(&dropin)
+        .unwrap()
+        .contains("API_KEY"));
     assert_eq!(secret_ids(&env)["myapp--DB_HOST"], ids["myapp--DB_HOST"]);
 }
 
@@ -273,7 +315,11 @@ fn dropin_golden_files() {
     let temp = tempfile::tempdir().unwrap();
     for (case, source, listings) in cases {
         // A template workload for one case, so `name@` is covered as well.
-        let workload = if *case == "depends-on" { "worker@" } else { "myapp" };
+        let workload = if *case == "depends-on" {
+            "worker@"
+        } else {
+            "myapp"
+        };
         let config = temp.path().join(format!("{case}.yaml"));
         std::fs::write(
             &config,

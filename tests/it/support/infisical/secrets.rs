@@ -246,7 +246,9 @@ pub(super) fn get(state: &mut State, req: &Request, v4: bool, name: &str) -> Res
         return Ok(json!({"secret": item}));
     }
     if include_imports {
-        for import in &folder.imports {
+        // The later import wins, as the server's own import resolution walks them from the
+        // last one back (and as psi's listing merges them).
+        for import in folder.imports.iter().rev() {
             if let Some(secret) = state
                 .folder(project, &import.env, &import.path)
                 .and_then(|f| f.secret(name))
