@@ -285,7 +285,9 @@ fn dropin_golden_files() {
     use psi::setup::desired::{desired, Found};
     use psi::unitgen::dropin::{render, DropIn};
 
-    let cases: &[(&str, &str, &[&[(&str, &str)]])] = &[
+    // (case, sources YAML, per source: the (key, folder) pairs Infisical lists)
+    type Listing<'a> = &'a [&'a [(&'a str, &'a str)]];
+    let cases: &[(&str, &str, Listing)] = &[
         (
             "env",
             "      - project: web\n        path: /app\n",
