@@ -768,16 +768,25 @@ fn epoch_now(world: &World) -> f64 {
 async fn ca_cert_is_trusted_and_required() {
     let world = World::with_fake(FakeInfisical::start_tls(Generation::Current), 600, 6000);
     let mut config = world.config();
-    config.retries = Some(0);
 
     let err = lookup(&world.client_with(&config), "/app", "DB_HOST")
         .await
         .unwrap_err();
+    // Not retried (retries are on): an untrusted certificate is a configuration problem.
+    assert!(matches!(err.root(), Error::Provider { .. }), "{err}");
     assert!(
-        matches!(err.root(), Error::ProviderUnavailable { .. }),
+        err.to_string().contains("certificate verify failed"),
         "{err}"
     );
-    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(
+        err.to_string().contains("providers.infisical.ca_cert"),
+        "{err}"
+    );
+    assert!(
+        world.clock.slept().is_empty(),
+        "retried: {:?}",
+        world.clock.slept()
+    );
 
     config.ca_cert = Some(world.fake.ca_pem());
     let trusted = world.client_with(&config);

@@ -13,7 +13,7 @@ use reqwest::Url;
 
 use super::http::{Class, Reply};
 use super::listing::ListBody;
-use super::{failed, Infisical, Project, NAME};
+use super::{failed, Infisical, Project};
 use crate::error::{Error, Result};
 
 pub(crate) const UNKNOWN: u8 = 0;
@@ -129,7 +129,7 @@ impl Infisical {
             }
         })
         .await
-        .map_err(|why| self.unreachable(&format!("GET {}", url.path()), &why))
+        .map_err(|attempt| self.unreachable(&format!("GET {}", url.path()), attempt))
     }
 
     /// Listings are remembered per auth and URL, so a repeated listing costs a 304.
@@ -201,10 +201,10 @@ impl Infisical {
     }
 
     /// Infisical did not answer usefully after every retry.
-    pub(crate) fn unreachable(&self, what: &str, why: &str) -> Error {
-        Error::ProviderUnavailable {
-            provider: NAME,
-            detail: format!("{what}: Infisical at {} failed: {why}", self.inner.api),
-        }
+    pub(crate) fn unreachable(&self, what: &str, attempt: super::http::Attempt) -> Error {
+        attempt.into_error(format_args!(
+            "{what}: Infisical at {} failed",
+            self.inner.api
+        ))
     }
 }

@@ -20,9 +20,9 @@ use zeroize::Zeroizing;
 
 use super::http::Class;
 use super::token::{cache_key, Grant, Next, Token};
-use super::{epoch, failed, secret_json, Infisical, NAME};
+use super::{epoch, failed, secret_json, Infisical};
 use crate::config::{AuthConfig, AuthMethod};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::secret::SecretString;
 
 /// Metadata servers answer within milliseconds where they exist; off-cloud the address does
@@ -198,7 +198,7 @@ impl Infisical {
                     .body(body.to_vec())
             })
             .await
-            .map_err(|why| self.unreachable(what, &why))?;
+            .map_err(|attempt| self.unreachable(what, attempt))?;
         if reply.class() != Class::Success {
             return Err(failed(format!("{what} failed: {}", reply.api_error())));
         }
@@ -286,10 +286,7 @@ impl Infisical {
                 request
             })
             .await
-            .map_err(|why| Error::ProviderUnavailable {
-                provider: NAME,
-                detail: format!("{context}: {why}"),
-            })?;
+            .map_err(|attempt| attempt.into_error(&context))?;
         if !(200..300).contains(&reply.status) {
             return Err(failed(format!("{context}: {}", reply.api_error())));
         }

@@ -195,8 +195,9 @@ fn jitter_unit() -> f64 {
     }
 }
 
-/// A failed attempt: worth another try, or not.
-enum Attempt {
+/// A failed attempt: worth another try, or not. `send` hands the last one to its caller,
+/// which reports a transient one as "unavailable" (503) and a fatal one as a failure (502).
+pub enum Attempt {
     Transient(String),
     Fatal(String),
 }
@@ -212,12 +213,13 @@ impl Http {
 
     /// Sends the request `build` makes (once per attempt), retrying transient failures.
     /// `Err` says why the last attempt failed when all were transient, or why the request
-    /// could not be sent at all; every other answer is a `Reply` for the caller to classify.
+    /// cannot succeed (it could not be built, or the server's certificate is not trusted);
+    /// every other answer is a `Reply` for the caller to classify.
     pub async fn send(
         &self,
         target: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, Attempt> {
         let mut attempt = 0;
         loop {
             let (why, wait) = match self.attempt(build()).await {
@@ -229,14 +231,14 @@ impl Http {
                         .and_then(|v| retry_after(v, self.clock.now()));
                     (reply.api_error().to_string(), wait)
                 }
-                Err(Attempt::Fatal(why)) => return Err(why),
+                Err(fatal @ Attempt::Fatal(_)) => return Err(fatal),
                 Err(Attempt::Transient(why)) => (why, None),
             };
             if attempt >= self.retries {
-                return Err(match attempt {
+                return Err(Attempt::Transient(match attempt {
                     0 => why,
                     n => format!("{why} (gave up after {} attempts)", n + 1),
-                });
+                }));
             }
             let wait = wait.unwrap_or_else(|| backoff(attempt, jitter_unit()));
             tracing::debug!(
@@ -283,6 +285,22 @@ impl Http {
     }
 }
 
+impl Attempt {
+    /// The error for a request that did not get an answer, `what` saying which one.
+    pub fn into_error(self, what: impl std::fmt::Display) -> crate::error::Error {
+        match self {
+            Attempt::Transient(why) => crate::error::Error::ProviderUnavailable {
+                provider: super::NAME,
+                detail: format!("{what}: {why}"),
+            },
+            Attempt::Fatal(why) => crate::error::Error::Provider {
+                provider: super::NAME,
+                detail: format!("{what}: {why}"),
+            },
+        }
+    }
+}
+
 /// reqwest's `Display` stops at "error sending request"; the cause (connection refused,
 /// certificate verify failed) is further down the source chain.
 fn describe(err: reqwest::Error) -> Attempt {
@@ -301,6 +319,13 @@ fn describe(err: reqwest::Error) -> Attempt {
         source = cause.source();
     }
     if err.is_builder() {
+        Attempt::Fatal(text)
+    } else if text.contains("certificate verify failed") {
+        // An untrusted certificate stays untrusted: waiting and retrying only delays the
+        // answer the user needs.
+        text.push_str(
+            " (trust the server's CA with providers.infisical.ca_cert, or check api_url)",
+        );
         Attempt::Fatal(text)
     } else {
         Attempt::Transient(text)
