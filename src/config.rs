@@ -851,6 +851,18 @@ fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String
             ));
         }
         validate_workload(name, workload)?;
+        if let (Some(infisical), "infisical") = (&providers.infisical, workload.provider.as_str()) {
+            for (index, source) in workload.secrets.iter().enumerate() {
+                if !infisical.projects.contains_key(&source.project) {
+                    let known: Vec<&str> = infisical.projects.keys().map(String::as_str).collect();
+                    return Err(format!(
+                        "workloads.{name}.secrets[{index}].project: '{}' is not a project under providers.infisical.projects (configured: {})",
+                        source.project,
+                        list_or_none(&known)
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }

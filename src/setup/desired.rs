@@ -171,3 +171,76 @@ fn mount(file: &FileSecret, key: &str) -> Delivery {
         gid: file.gid,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(yaml: &str) -> WorkloadConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn found(key: &str, path: &str) -> Found {
+        Found {
+            key: key.into(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn later_sources_win_and_collisions_are_reported() {
+        let w = workload("secrets:\n  - {project: a, path: /one, recursive: true}\n  - {project: b, path: /two}\n");
+        let listings = [
+            vec![
+                found("X", "/one"),
+                found("X", "/one/sub"),
+                found("Y", "/one"),
+            ],
+            vec![found("Y", "/two")],
+        ];
+        let d = desired("app", &w, &listings).unwrap();
+        assert_eq!(
+            d.secrets["app--Y"],
+            br#"{"provider": "infisical", "project": "b", "path": "/two", "key": "Y"}"#
+        );
+        assert_eq!(
+            d.secrets["app--X"],
+            br#"{"provider": "infisical", "project": "a", "path": "/one/sub", "key": "X"}"#
+        );
+        let described: Vec<String> = d
+            .collisions
+            .iter()
+            .map(|c| format!("{} {} > {}", c.key, c.kept, c.dropped))
+            .collect();
+        assert_eq!(described, ["X a:/one/sub > a:/one", "Y b:/two > a:/one"]);
+        // One line per secret: the later source's delivery replaced the earlier one.
+        assert_eq!(d.lines.iter().filter(|l| l.name == "app--Y").count(), 1);
+    }
+
+    #[test]
+    fn named_keys_must_exist() {
+        let w = workload("secrets:\n  - {project: a, path: /p, env: {V: GONE, W: HERE}, files: {ALSO_GONE: {}}}\n");
+        let missing = desired("app", &w, &[vec![found("HERE", "/p")]]).unwrap_err();
+        let keys: Vec<&str> = missing.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, ["GONE", "ALSO_GONE"]);
+        assert_eq!(missing[0].location, "a:/p");
+    }
+
+    #[test]
+    fn mount_sources_put_each_key_in_the_target_directory() {
+        let w = workload("secrets:\n  - {project: a, path: /tls, type: mount, target: /etc/tls/, mode: '0400'}\n");
+        let d = desired("app", &w, &[vec![found("CERT", "/tls")]]).unwrap();
+        assert_eq!(
+            d.lines,
+            [SecretLine {
+                name: "app--CERT".into(),
+                delivery: Delivery::Mount {
+                    target: "/etc/tls/CERT".into(),
+                    mode: Some("0400".into()),
+                    uid: None,
+                    gid: None
+                }
+            }]
+        );
+    }
+}

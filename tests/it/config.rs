@@ -351,3 +351,46 @@ fn infisical_auth_is_validated_per_project_with_key_paths() {
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
+
+#[test]
+fn workloads_are_validated_with_key_paths() {
+    let base = "providers:\n  infisical:\n    auth: {method: universal-auth, client_id: c, client_secret: s}\n    projects:\n      web: {id: x}\nworkloads:\n";
+    for (workload, expected) in [
+        (
+            "  app:\n    secrets:\n      - {project: api}\n",
+            "workloads.app.secrets[0].project: 'api' is not a project under providers.infisical.projects (configured: web)",
+        ),
+        (
+            "  app:\n    secrets:\n      - {project: web, env: {1BAD: KEY}}\n",
+            "workloads.app.secrets[0].env.1BAD: '1BAD' is not a valid environment variable name",
+        ),
+        (
+            "  app:\n    secrets:\n      - {project: web, type: mount, env: {A: B}}\n",
+            "workloads.app.secrets[0]: 'type: mount' mounts every key of the source as a file, so it cannot have an 'env' map",
+        ),
+        (
+            "  app:\n    secrets:\n      - {project: web, target: /x}\n",
+            "workloads.app.secrets[0].target: only applies to file secrets",
+        ),
+        (
+            "  app:\n    secrets:\n      - {project: web, files: {K: {mode: '0999'}}}\n",
+            "workloads.app.secrets[0].files.K.mode: '0999' is not a file mode",
+        ),
+        (
+            "  app:\n    secrets:\n      - {project: web, path: app}\n",
+            "workloads.app.secrets[0].path: 'app' must start with '/'",
+        ),
+        (
+            "  'bad name':\n    secrets: []\n",
+            "workloads.bad name: 'bad name' is not a usable workload name",
+        ),
+    ] {
+        let msg = config_error(&format!("{base}{workload}"));
+        assert!(msg.contains(expected), "{workload}: {msg}");
+    }
+    // Template workloads and file secrets are fine.
+    load_text(&format!(
+        "{base}  worker@:\n    secrets:\n      - {{project: web, type: mount, target: /etc/x, mode: '0400', uid: 1}}\n"
+    ))
+    .unwrap();
+}

@@ -210,6 +210,23 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
 
     // A key removed upstream is drift: reported, kept until --prune.
     fake.delete_secret(PROJECT, "prod", "/app", "API_KEY");
+    // Meanwhile a lookup of it is a clear 404 (the original answered 502), and a container
+    // that asks for it does not start.
+    let reply = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::support::http::get(
+            &env.sandbox.socket(),
+            &format!("/lookup/{}", ids["myapp--API_KEY"]),
+        ));
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"], "secret_not_found");
+    assert!(
+        body["detail"].as_str().unwrap().contains("API_KEY"),
+        "{body}"
+    );
+    let out = env.run(&["myapp--API_KEY,type=env,target=K"], "true");
+    assert!(!out.status.success());
     let (code, report, _) = setup(&env, &[]);
     assert_eq!(code, 0);
     assert!(actions(&report, "myapp").contains(&"drift myapp--API_KEY".to_owned()));
@@ -230,19 +247,127 @@ fn dry_run_plans_and_classifies_without_changing_anything() {
     let Some((env, systemd)) = env_with(&fake, WORKLOADS) else {
         return;
     };
-    // A secret made by hand with other driver options, and one without a mapping.
-    let made = env.secret_create("myapp--DB_PASS", b"{\"provider\": \"infisical\", \"project\": \"web\", \"path\": \"/app\", \"key\": \"DB_PASS\"}", &["--driver-opts", "lookup=true"]);
-    let _ = made;
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+
+    // myapp--DB_HOST as the original psi made it: same mapping, the original's curl options.
+    let sock = env.sandbox.socket();
+    let sock = sock.display();
+    assert!(env
+        .podman()
+        .args(["secret", "rm", "myapp--DB_HOST"])
+        .status()
+        .unwrap()
+        .success());
+    let body = env.sandbox.path().join("db-host.json");
+    std::fs::write(
+        &body,
+        r#"{"provider": "infisical", "project": "web", "path": "/app", "key": "DB_HOST"}"#,
+    )
+    .unwrap();
+    let mut create = env.podman();
+    create.args(["secret", "create", "--driver", "shell"]);
+    for opt in [
+        format!(
+            "store=curl -sf --unix-socket {sock} -X POST -d @- http://localhost/store/$SECRET_ID"
+        ),
+        format!("lookup=curl -sf --unix-socket {sock} http://localhost/lookup/$SECRET_ID"),
+        format!(
+            "delete=curl -sf --unix-socket {sock} -X DELETE http://localhost/delete/$SECRET_ID"
+        ),
+        format!("list=curl -sf --unix-socket {sock} http://localhost/list"),
+    ] {
+        create.args(["--driver-opts", &opt]);
+    }
+    let out = create.arg("myapp--DB_HOST").arg(&body).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // myapp--DB_PASS loses its mapping file; the drop-in names a secret Podman lacks; a key
+    // goes away upstream.
+    let ids = secret_ids(&env);
+    std::fs::remove_file(env.state_dir().join(&ids["myapp--DB_PASS"])).unwrap();
+    let dropin = systemd.join("myapp.container.d/50-secrets.conf");
+    let mut text = std::fs::read_to_string(&dropin).unwrap();
+    text.push_str("Secret=myapp--GHOST,type=env,target=GHOST\n");
+    std::fs::write(&dropin, &text).unwrap();
+    fake.delete_secret(PROJECT, "prod", "/app", "API_KEY");
+
+    let files = state_files(&env.state_dir());
     let (code, report, stderr) = setup(&env, &["--dry-run"]);
     assert_eq!(code, 0, "{report}\n{stderr}");
     assert_eq!(report["dry_run"], true);
-    assert!(actions(&report, "myapp").contains(&"create myapp--DB_HOST".to_owned()));
-    assert!(!systemd.exists(), "a dry run wrote drop-ins");
-    let ids = secret_ids(&env);
-    assert!(!ids.contains_key("myapp--DB_HOST"));
-    let classification = &report["classification"];
-    assert_eq!(classification["total"], ids.len());
-    let _ = stderr;
+    assert_eq!(
+        actions(&report, "myapp"),
+        [
+            "drift myapp--API_KEY",
+            "replace myapp--DB_HOST",
+            "replace myapp--DB_PASS",
+        ]
+    );
+    let myapp = &report["workloads"][0];
+    assert_eq!(myapp["status"], "planned");
+    assert_eq!(myapp["actions"][1]["reason"], "stale-opts");
+    assert_eq!(myapp["actions"][2]["reason"], "orphaned");
+    assert_eq!(myapp["dropin"]["changed"], true);
+    let c = &report["classification"];
+    assert_eq!(c["total"], 5);
+    assert_eq!(c["stale_opts"], serde_json::json!(["myapp--DB_HOST"]));
+    assert_eq!(c["orphaned"], serde_json::json!(["myapp--DB_PASS"]));
+    assert_eq!(
+        c["managed"],
+        serde_json::json!(["myapp--API_KEY", "proxy--DB_HOST", "proxy--TLS_KEY"])
+    );
+    assert_eq!(
+        c["workload_drift"]["myapp"]["in_dropin_not_in_podman"],
+        serde_json::json!(["myapp--GHOST"])
+    );
+    // Nothing changed.
+    assert_eq!(secret_ids(&env), ids);
+    assert_eq!(state_files(&env.state_dir()), files);
+    assert_eq!(std::fs::read_to_string(&dropin).unwrap(), text);
+
+    // The same as text for people.
+    let out = env.psi(&["setup", "--dry-run"]).output().unwrap();
+    assert!(out.status.success());
+    let human = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "psi setup --dry-run: nothing was changed",
+        "  replace  myapp--DB_HOST (driver options differ from the current psi.conf)",
+        "  replace  myapp--DB_PASS (no mapping in the state dir)",
+        "  drift    myapp--API_KEY: no longer in the workload's sources; 'psi setup --prune' removes it",
+        "Stale-opts: driver options differ from the current psi.conf",
+        "  in the drop-in, not in Podman: myapp--GHOST",
+    ] {
+        assert!(human.contains(line), "missing {line:?} in:\n{human}");
+    }
+
+    // The real run re-creates exactly those two and keeps the rest.
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    let after = secret_ids(&env);
+    assert_ne!(after["myapp--DB_HOST"], ids["myapp--DB_HOST"]);
+    assert_ne!(after["myapp--DB_PASS"], ids["myapp--DB_PASS"]);
+    for kept in ["myapp--API_KEY", "proxy--DB_HOST", "proxy--TLS_KEY"] {
+        assert_eq!(after[kept], ids[kept], "{kept}");
+    }
+    assert!(!std::fs::read_to_string(&dropin).unwrap().contains("GHOST"));
+    let out = env.run(&["myapp--DB_PASS,type=env,target=P"], "printf %s \"$P\"");
+    assert_eq!(out.stdout, b"s3cr3t with spaces");
+    let c = &report["classification"];
+    assert_eq!(
+        c["stale_opts"],
+        serde_json::json!(["myapp--DB_HOST"]),
+        "classified before applying"
+    );
+    let (_, report, _) = setup(&env, &["--dry-run"]);
+    assert_eq!(
+        report["classification"]["stale_opts"],
+        serde_json::json!([])
+    );
+    assert_eq!(report["classification"]["orphaned"], serde_json::json!([]));
 }
 
 #[test]
@@ -267,7 +392,26 @@ fn one_failing_workload_does_not_stop_the_others() {
     assert!(!systemd.join("broken.container.d").exists());
     assert!(stderr.contains("1 of 2 workload(s) failed"), "{stderr}");
 
-    // psi check lists the same problem and changes nothing.
+    // psi check lists the same problem and changes nothing, as text and as JSON.
+    let out = env.psi(&["check", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(checked["workloads"][0]["ok"], false);
+    assert_eq!(
+        checked["workloads"][0]["problems"],
+        serde_json::json!(["missing: NO_SUCH_KEY (secrets[0], web:/app)"])
+    );
+    assert_eq!(checked["workloads"][1]["ok"], true);
+    let out = env.psi(&["check", "good"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.psi(&["check", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no workload 'nope'"));
     let out = env.psi(&["check"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
