@@ -882,6 +882,13 @@ fn validate_workload(name: &str, workload: &WorkloadConfig) -> Result<(), String
             "workloads.{name}: '{name}' is not a usable workload name; use letters, digits, '_', '.' and '-' (and a final '@' for a template unit)"
         ));
     }
+    for (index, unit) in workload.depends_on.iter().enumerate() {
+        if unit.is_empty() || unit.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "workloads.{name}.depends_on[{index}]: '{unit}' is not a unit name"
+            ));
+        }
+    }
     for (index, source) in workload.secrets.iter().enumerate() {
         let at = format!("workloads.{name}.secrets[{index}]");
         if !source.path.starts_with('/') {
@@ -920,9 +927,15 @@ fn validate_workload(name: &str, workload: &WorkloadConfig) -> Result<(), String
         if let Some(mode) = &source.mode {
             check_mode(mode).map_err(|e| format!("{at}.mode: {e}"))?;
         }
+        if let Some(target) = &source.target {
+            check_target(target).map_err(|e| format!("{at}.target: {e}"))?;
+        }
         for (key, file) in &source.files {
             if let Some(mode) = &file.mode {
                 check_mode(mode).map_err(|e| format!("{at}.files.{key}.mode: {e}"))?;
+            }
+            if let Some(target) = &file.target {
+                check_target(target).map_err(|e| format!("{at}.files.{key}.target: {e}"))?;
             }
         }
     }
@@ -935,6 +948,21 @@ fn is_env_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A file target goes into a `Secret=` line as one comma-separated field.
+fn check_target(target: &str) -> Result<(), String> {
+    if target.is_empty()
+        || target
+            .chars()
+            .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+    {
+        Err(format!(
+            "'{target}' cannot be a secret file path (empty, or a comma, space or control character)"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_mode(mode: &str) -> Result<(), String> {

@@ -377,6 +377,14 @@ fn workloads_are_validated_with_key_paths() {
             "workloads.app.secrets[0].files.K.mode: '0999' is not a file mode",
         ),
         (
+            "  app:\n    secrets:\n      - {project: web, files: {K: {target: 'a,b'}}}\n",
+            "workloads.app.secrets[0].files.K.target: 'a,b' cannot be a secret file path",
+        ),
+        (
+            "  app:\n    depends_on: ['a.service b.service']\n",
+            "workloads.app.depends_on[0]: 'a.service b.service' is not a unit name",
+        ),
+        (
             "  app:\n    secrets:\n      - {project: web, path: app}\n",
             "workloads.app.secrets[0].path: 'app' must start with '/'",
         ),
