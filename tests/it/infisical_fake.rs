@@ -198,6 +198,28 @@ impl Replay {
     }
 
     /// Replays fixture `number` and compares our answer with the recorded one.
+    /// Replays `number` with `token` as its bearer token.
+    fn check_bearer(&mut self, number: u32, token: &str) -> Reply {
+        self.check_with(
+            number,
+            Subst {
+                bearer: Some(token),
+                ..Subst::default()
+            },
+        )
+    }
+
+    /// Replays `number` with `token` as the `accessToken` of its body (renew, revoke).
+    fn check_access_token(&mut self, number: u32, token: &str) -> Reply {
+        self.check_with(
+            number,
+            Subst {
+                access_token: Some(token),
+                ..Subst::default()
+            },
+        )
+    }
+
     fn check_with(&mut self, number: u32, subst: Subst) -> Reply {
         let fixture = self.fixtures[&number].clone();
         let (method, target, headers, body) = self.request(&fixture["request"], &subst);
@@ -499,65 +521,17 @@ fn replays_the_recorded_exchanges() {
 
     // Token expiry with the viewer identity (TTL 5 s, max 60 s).
     let t1 = r.viewer_login();
-    r.check_with(
-        54,
-        Subst {
-            bearer: Some(&t1),
-            ..Subst::default()
-        },
-    );
-    r.check_with(
-        55,
-        Subst {
-            bearer: Some(&t1),
-            ..Subst::default()
-        },
-    );
+    r.check_bearer(54, &t1);
+    r.check_bearer(55, &t1);
     let t2 = r.viewer_login();
-    r.check_with(
-        56,
-        Subst {
-            access_token: Some(&t2),
-            ..Subst::default()
-        },
-    );
+    r.check_access_token(56, &t2);
     r.fake.advance(7);
-    r.check_with(
-        57,
-        Subst {
-            bearer: Some(&t1),
-            ..Subst::default()
-        },
-    );
-    r.check_with(
-        58,
-        Subst {
-            bearer: Some(&t1),
-            ..Subst::default()
-        },
-    );
-    r.check_with(
-        59,
-        Subst {
-            access_token: Some(&t2),
-            ..Subst::default()
-        },
-    );
+    r.check_bearer(57, &t1);
+    r.check_bearer(58, &t1);
+    r.check_access_token(59, &t2);
     let t3 = r.viewer_login();
-    r.check_with(
-        60,
-        Subst {
-            access_token: Some(&t3),
-            ..Subst::default()
-        },
-    );
-    r.check_with(
-        61,
-        Subst {
-            bearer: Some(&t3),
-            ..Subst::default()
-        },
-    );
+    r.check_access_token(60, &t3);
+    r.check_bearer(61, &t3);
 
     // Single secrets and the API-generation probe.
     for n in 62..=72 {
@@ -567,13 +541,7 @@ fn replays_the_recorded_exchanges() {
 
     let t4 = r.viewer_login();
     r.fake.advance(63);
-    r.check_with(
-        84,
-        Subst {
-            bearer: Some(&t4),
-            ..Subst::default()
-        },
-    );
+    r.check_bearer(84, &t4);
 
     // ETags.
     for n in 85..=88 {

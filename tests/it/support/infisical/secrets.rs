@@ -270,6 +270,26 @@ pub(super) fn get(state: &mut State, req: &Request, v4: bool, name: &str) -> Res
     })
 }
 
+/// The folder a write body names (`environment`, `secretPath`) in `project`, with the
+/// project's ID and the environment slug. The server answers a missing folder as a failed
+/// create, whatever the write was (fixture 19).
+fn target_folder<'s>(
+    state: &'s mut State,
+    project: usize,
+    body: &Value,
+) -> Result<(String, String, &'s mut Folder), Fail> {
+    let project_id = state.projects[project].id.clone();
+    let env = str_field(body, "environment").unwrap().to_owned();
+    let path = normalize(str_field(body, "secretPath").unwrap_or("/"));
+    let folder = state.projects[project]
+        .envs
+        .iter_mut()
+        .find(|e| e.slug == env)
+        .and_then(|e| e.root.find_mut(&super::state::segments(&path)))
+        .ok_or_else(|| folder_not_found("Create secret"))?;
+    Ok((project_id, env, folder))
+}
+
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Write {
     Create,
@@ -301,15 +321,7 @@ pub(super) fn write(
         None,
         &format!("{action} on secrets"),
     )?;
-    let project_id = state.projects[project].id.clone();
-    let env = str_field(body, "environment").unwrap().to_owned();
-    let path = normalize(str_field(body, "secretPath").unwrap_or("/"));
-    let folder = state.projects[project]
-        .envs
-        .iter_mut()
-        .find(|e| e.slug == env)
-        .and_then(|e| e.root.find_mut(&super::state::segments(&path)))
-        .ok_or_else(|| folder_not_found("Create secret"))?;
+    let (project_id, env, folder) = target_folder(state, project, body)?;
     let position = folder.secrets.iter().position(|s| s.key == name);
     let not_found = || Fail::BadRequest {
         error: "BadRequest",
@@ -394,15 +406,7 @@ pub(super) fn batch_create(state: &mut State, identity: &str, body: &Value) -> R
         str_field(body, "projectSlug"),
         "create on secrets",
     )?;
-    let project_id = state.projects[project].id.clone();
-    let env = str_field(body, "environment").unwrap().to_owned();
-    let path = normalize(str_field(body, "secretPath").unwrap_or("/"));
-    let folder = state.projects[project]
-        .envs
-        .iter_mut()
-        .find(|e| e.slug == env)
-        .and_then(|e| e.root.find_mut(&super::state::segments(&path)))
-        .ok_or_else(|| folder_not_found("Create secret"))?;
+    let (project_id, env, folder) = target_folder(state, project, body)?;
     if entries
         .iter()
         .any(|e| folder.secret(str_field(e, "secretKey").unwrap()).is_some())
