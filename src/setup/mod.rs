@@ -216,6 +216,8 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
 
+    // Podman first: without it there is nothing to apply, so fail before asking Infisical.
+    let shell = shell_secrets(&podman, &state).await?;
     let mut discoverer = Discoverer::new(client.as_ref());
     let mut discovered = Vec::new();
     for (name, config) in &workloads {
@@ -223,7 +225,6 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         discovered.push((*name, *config, discoverer.workload(name, config).await));
     }
 
-    let shell = shell_secrets(&podman, &state).await?;
     let names: Vec<&str> = settings.file.workloads.keys().map(String::as_str).collect();
     let mut report = SetupReport::new(options.dry_run);
     report.classification = Some(Classification::of(&shell, &current_opts, &names, |w| {
