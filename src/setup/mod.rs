@@ -216,6 +216,13 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
 
+    // One setup at a time (a timer and an operator may start one together): two runs would
+    // both create the same secret names. Held until this function returns.
+    let _lock = if options.dry_run {
+        None
+    } else {
+        Some(lock(&state).await?)
+    };
     // Podman first: without it there is nothing to apply, so fail before asking Infisical.
     let shell = shell_secrets(&podman, &state).await?;
     let mut discoverer = Discoverer::new(client.as_ref());
@@ -291,6 +298,43 @@ fn podman_socket(settings: &Settings) -> Result<PathBuf> {
         Some(path) => Ok(path.clone()),
         None => crate::podman::default_socket(settings.scope, &crate::config::process_env),
     }
+}
+
+/// Takes `state_dir/.setup.lock`, waiting for another `psi setup` that holds it.
+async fn lock(state: &StateDir) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    fsutil::ensure_dir(state.root(), 0o700)?;
+    let path = state.root().join(".setup.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|err| Error::io("cannot open the setup lock", &path, err))?;
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return Ok(lock),
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+        Err((_, errno)) => {
+            return Err(Error::io(
+                "cannot lock",
+                &path,
+                std::io::Error::from_raw_os_error(errno as i32),
+            ))
+        }
+    };
+    tracing::info!(lock = %path.display(), "another psi setup is running; waiting for it");
+    tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
+        .await
+        .map_err(|err| Error::Failed(format!("setup lock: {err}")))?
+        .map_err(|(_, errno)| {
+            Error::io(
+                "cannot lock",
+                &path,
+                std::io::Error::from_raw_os_error(errno as i32),
+            )
+        })
 }
 
 /// Podman's shell-driver secrets with their mapping files.

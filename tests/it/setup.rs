@@ -506,3 +506,37 @@ fn dropin_golden_files() {
         assert_eq!(text, expected, "{case} drifted from {}", golden.display());
     }
 }
+
+#[test]
+fn concurrent_setups_take_turns() {
+    let fake = infisical();
+    let Some((env, _systemd)) = env_with(&fake, WORKLOADS) else {
+        return;
+    };
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            env.psi(&["setup", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut created = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        created += actions(&report, "myapp")
+            .iter()
+            .filter(|a| a.starts_with("create"))
+            .count();
+    }
+    // One run created the three secrets, the other found them in place.
+    assert_eq!(created, 3);
+    assert_eq!(secret_ids(&env).len(), 5);
+}
