@@ -38,16 +38,18 @@ fn setup(env: &Podman5Env) -> (i32, Value) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "setup --json printed no JSON ({e}); stderr: {stderr}\nPodman 5 service: {}",
-            env.service_log()
+            "setup --json printed no JSON ({e}); stderr: {stderr}\nPodman 5 service: {}\npsi serve: {}",
+            env.service_log(),
+            env.serve_log()
         )
     });
     let code = out.status.code().unwrap();
     assert_eq!(
         code,
         0,
-        "{report}\n{stderr}\nPodman 5 service: {}",
-        env.service_log()
+        "{report}\n{stderr}\nPodman 5 service: {}\npsi serve: {}",
+        env.service_log(),
+        env.serve_log()
     );
     (code, report)
 }
@@ -113,6 +115,9 @@ fn setup_on_podman5_registers_secrets_that_containers_resolve_and_keeps_them() {
     ) else {
         return;
     };
+    // The point of this module: setup talks to a 5.x service, not the host's 4.3.1.
+    let version = env.server_version();
+    assert!(version.starts_with("5."), "Podman {version}");
 
     let (_, report) = setup(&env);
     assert_eq!(
@@ -180,7 +185,10 @@ fn setup_on_podman5_registers_secrets_that_containers_resolve_and_keeps_them() {
     }
     assert_eq!(secret_ids(&env), ids);
     assert_eq!(state_files(&env), files);
-    assert_eq!(report["workloads"][0]["dropin"]["changed"], false, "{report}");
+    assert_eq!(
+        report["workloads"][0]["dropin"]["changed"], false,
+        "{report}"
+    );
 }
 
 #[test]

@@ -63,6 +63,10 @@ mount -t proc proc "$root/proc"
 # /sys brings the cgroup hierarchies along (cgroupfs manager); /dev brings pts and shm.
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
+# Podman keeps its container locks in the shared memory segment /dev/shm/libpod_lock, and a
+# fresh Podman (new tmp_dir) frees every lock in it: a private /dev/shm keeps each test's
+# Podman 5 apart from the host's Podman 4 and from other tests.
+mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
 # A private /run (runc keeps container state in /run/runc) and /tmp, so tests never share them
 # and nothing is written into the cached chroot.
 mount -t tmpfs tmpfs "$root/run"
@@ -77,7 +81,14 @@ exec chroot "$root" "$@"
 /// The trixie root file system with Podman 5, built on first use (see the module doc).
 /// `None` (skip) when a tool is missing outside CI.
 pub fn chroot() -> Option<&'static Path> {
-    for tool in ["debootstrap", "unshare", "nsenter", "chroot", "mount", "tar"] {
+    for tool in [
+        "debootstrap",
+        "unshare",
+        "nsenter",
+        "chroot",
+        "mount",
+        "tar",
+    ] {
         if !require(tool) {
             return None;
         }
@@ -115,7 +126,10 @@ fn build_or_reuse() -> PathBuf {
     let root = build.join("root");
     let mirror = std::env::var("PSI_TEST_DEBIAN_MIRROR")
         .unwrap_or_else(|_| "http://deb.debian.org/debian".to_owned());
-    eprintln!("building the Podman 5 chroot (trixie, once per machine) in {}", done.display());
+    eprintln!(
+        "building the Podman 5 chroot (trixie, once per machine) in {}",
+        done.display()
+    );
     run_logged(
         Command::new("debootstrap")
             .args(["--variant=minbase", "trixie"])
@@ -310,10 +324,28 @@ impl Podman5Env {
         cmd.output().unwrap()
     }
 
+    /// The version the API service reports (`GET /libpod/version`, through the host's curl):
+    /// what `psi setup` really talks to.
+    pub fn server_version(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "--unix-socket"])
+            .arg(self.api_socket())
+            .arg("http://podman/v5.0.0/libpod/version")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET /libpod/version: {out:?}");
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        reply["Version"].as_str().unwrap().to_owned()
+    }
+
+    /// What `psi serve` logged (the driver's store/lookup requests).
+    pub fn serve_log(&self) -> String {
+        self.serve.log()
+    }
+
     /// What the API service printed, the shell driver commands' output included.
     pub fn service_log(&self) -> String {
-        std::fs::read_to_string(self.sandbox.path().join("podman5-service.log"))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.sandbox.path().join("podman5-service.log")).unwrap_or_default()
     }
 }
 
@@ -347,15 +379,23 @@ impl Service {
         let mut cmd = Command::new("unshare");
         // Without --fork, unshare execs sh in place, which execs chroot, which execs podman:
         // one PID throughout, so the child's PID is the service's (and nsenter's target).
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c", ENTER_SCRIPT, "sh"])
-            .arg(root)
-            .arg(sandbox)
-            .args(["podman", "system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file);
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            ENTER_SCRIPT,
+            "sh",
+        ])
+        .arg(root)
+        .arg(sandbox)
+        .args(["podman", "system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
         chroot_env(&mut cmd, sandbox);
         let child = cmd.spawn().unwrap();
         let mut service = Service {
@@ -408,7 +448,10 @@ impl Drop for Service {
             return;
         };
         for entry in procs.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
             else {
                 continue;
             };
