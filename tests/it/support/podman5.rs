@@ -7,6 +7,7 @@
 //! complete. An exclusive `flock` on `podman5.lock` serialises test processes that find it
 //! missing; whoever holds the lock may delete a leftover `podman5.build` (it belongs to a run
 //! that died). The build's own mounts (proc, dev) live in a private mount namespace.
+//! `PSI_TEST_DEBIAN_MIRROR` replaces `http://deb.debian.org/debian`.
 //!
 //! **Per test** a [`Podman5Env`] has a sandbox directory (see [`Sandbox`]) holding psi's
 //! config, `psi serve`'s socket, containers.conf (runc, cgroupfs, the ulimits from
