@@ -3,6 +3,7 @@
 pub mod http;
 pub mod infisical;
 pub mod podman;
+pub mod podman5;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;

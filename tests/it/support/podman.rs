@@ -226,7 +226,7 @@ impl Drop for ApiService {
 }
 
 /// Whether a libpod API service answers `GET /_ping` with 200 on `socket`.
-fn pings(socket: &Path) -> bool {
+pub fn pings(socket: &Path) -> bool {
     let Ok(mut stream) = UnixStream::connect(socket) else {
         return false;
     };
