@@ -85,7 +85,10 @@ pub enum DiscoverError {
     },
     /// Keys named in `env`/`files` that the sources do not have.
     Missing(Vec<Missing>),
-    /// The workload's provider has nothing to discover.
+    /// The workload's provider has nothing to discover (its secrets are registered one by
+    /// one, as with the original's nitrokeyhsm workloads): not a failure.
+    Skipped(String),
+    /// Discovery cannot run at all.
     Unsupported(String),
 }
 
@@ -104,7 +107,9 @@ impl std::fmt::Display for DiscoverError {
                     .collect();
                 write!(f, "not found in Infisical: {}", keys.join(", "))
             }
-            DiscoverError::Unsupported(message) => f.write_str(message),
+            DiscoverError::Skipped(message) | DiscoverError::Unsupported(message) => {
+                f.write_str(message)
+            }
         }
     }
 }
@@ -129,7 +134,7 @@ impl<'a> Discoverer<'a> {
         config: &WorkloadConfig,
     ) -> std::result::Result<Desired, DiscoverError> {
         if config.provider != infisical::NAME {
-            return Err(DiscoverError::Unsupported(format!(
+            return Err(DiscoverError::Skipped(format!(
                 "provider '{}' has nothing to discover; its secrets are created with 'psi {} store NAME --register'",
                 config.provider,
                 match config.provider.as_str() {
@@ -241,6 +246,11 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     for (name, config, outcome) in discovered {
         let desired = match outcome {
             Ok(desired) => desired,
+            Err(DiscoverError::Skipped(why)) => {
+                tracing::info!(workload = name, "{why}");
+                report.skipped(name, why);
+                continue;
+            }
             Err(err) => {
                 tracing::error!(workload = name, error = %err, "workload failed");
                 report.failed(name, err.to_string());

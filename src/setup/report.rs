@@ -25,7 +25,7 @@ pub struct SetupReport {
 #[derive(Debug, Serialize)]
 pub struct WorkloadReport {
     pub workload: String,
-    /// `ok`, `failed` or, in a dry run, `planned`.
+    /// `ok`, `failed`, `skipped` (nothing to discover) or, in a dry run, `planned`.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -71,6 +71,17 @@ impl SetupReport {
             workload: workload.to_owned(),
             status: "failed",
             error: Some(error),
+            actions: Vec::new(),
+            dropin: None,
+            collisions: Vec::new(),
+        });
+    }
+
+    pub(super) fn skipped(&mut self, workload: &str, why: String) {
+        self.workloads.push(WorkloadReport {
+            workload: workload.to_owned(),
+            status: "skipped",
+            error: Some(why),
             actions: Vec::new(),
             dropin: None,
             collisions: Vec::new(),
@@ -177,7 +188,12 @@ impl SetupReport {
         for w in &self.workloads {
             let _ = writeln!(out, "{}: {}", w.workload, summary(w, self.dry_run));
             if let Some(error) = &w.error {
-                let _ = writeln!(out, "  error: {error}");
+                let label = if w.status == "skipped" {
+                    "note"
+                } else {
+                    "error"
+                };
+                let _ = writeln!(out, "  {label}: {error}");
             }
             for a in &w.actions {
                 let line = match &a.action {
@@ -212,8 +228,10 @@ impl SetupReport {
 }
 
 fn summary(w: &WorkloadReport, dry_run: bool) -> String {
-    if w.status == "failed" && w.actions.is_empty() {
-        return "FAILED".into();
+    match w.status {
+        "failed" if w.actions.is_empty() => return "FAILED".into(),
+        "skipped" => return "skipped".into(),
+        _ => {}
     }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for a in &w.actions {
@@ -377,6 +395,7 @@ impl CheckReport {
     pub(super) fn add(&mut self, workload: &str, outcome: Result<Desired, DiscoverError>) {
         let (ok, secrets, problems, collisions) = match outcome {
             Ok(desired) => (true, desired.secrets.len(), Vec::new(), desired.collisions),
+            Err(DiscoverError::Skipped(_)) => return,
             Err(DiscoverError::Missing(missing)) => (
                 false,
                 0,

@@ -129,6 +129,15 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
             "create myapp--DB_PASS"
         ]
     );
+    // Drop-ins changed, so systemd is reloaded; where systemd is not running (these test
+    // machines) that is a warning, not a failure.
+    let reload_warning = "systemd could not be reloaded";
+    if Path::new("/run/systemd/system").exists() {
+        assert_eq!(report["reloaded"], true, "{stderr}");
+    } else {
+        assert_eq!(report["reloaded"], false);
+        assert!(stderr.contains(reload_warning), "{stderr}");
+    }
     assert_eq!(
         actions(&report, "proxy"),
         ["create proxy--DB_HOST", "create proxy--TLS_KEY"]
@@ -207,6 +216,11 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
         mtime
     );
     assert_eq!(report["workloads"][0]["dropin"]["changed"], false);
+    assert_eq!(report["reloaded"], false);
+    assert!(
+        !stderr.contains(reload_warning),
+        "reloaded with nothing changed: {stderr}"
+    );
 
     // A key removed upstream is drift: reported, kept until --prune.
     fake.delete_secret(PROJECT, "prod", "/app", "API_KEY");
@@ -373,7 +387,7 @@ fn dry_run_plans_and_classifies_without_changing_anything() {
 #[test]
 fn one_failing_workload_does_not_stop_the_others() {
     let fake = infisical();
-    let workloads = "workloads:\n  broken:\n    secrets:\n      - project: web\n        path: /app\n        env: {X: NO_SUCH_KEY}\n  good:\n    secrets:\n      - project: web\n        path: /app\n        env: {HOST: DB_HOST}\n";
+    let workloads = "workloads:\n  broken:\n    secrets:\n      - project: web\n        path: /app\n        env: {X: NO_SUCH_KEY}\n  good:\n    secrets:\n      - project: web\n        path: /app\n        env: {HOST: DB_HOST}\n  sealed:\n    provider: systemd-creds\n";
     let Some((env, systemd)) = env_with(&fake, workloads) else {
         return;
     };
@@ -387,10 +401,21 @@ fn one_failing_workload_does_not_stop_the_others() {
         "{broken}"
     );
     assert_eq!(report["workloads"][1]["status"], "ok");
+    // Nothing to discover for a systemd-creds workload: skipped, not a failure.
+    assert_eq!(report["workloads"][2]["status"], "skipped");
+    assert_eq!(report["workloads"].as_array().unwrap().len(), 3);
+    let (_, only, _) = setup(&env, &["--provider", "systemd-creds"]);
+    let names: Vec<&str> = only["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sealed"]);
     assert!(secret_ids(&env).contains_key("good--DB_HOST"));
     assert!(systemd.join("good.container.d/50-secrets.conf").exists());
     assert!(!systemd.join("broken.container.d").exists());
-    assert!(stderr.contains("1 of 2 workload(s) failed"), "{stderr}");
+    assert!(stderr.contains("1 of 3 workload(s) failed"), "{stderr}");
 
     // psi check lists the same problem and changes nothing, as text and as JSON.
     let out = env.psi(&["check", "--json"]).output().unwrap();

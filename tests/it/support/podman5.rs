@@ -316,13 +316,35 @@ impl Podman5Env {
 
     /// Runs `sh -c script` in the test image with `--secret` options.
     pub fn run(&self, secrets: &[&str], script: &str) -> Output {
+        use std::os::unix::process::ExitStatusExt;
+        // Detached, then `wait` and `logs`: attaching makes Podman 5 connect to conmon's
+        // attach socket, which under load is sometimes not there yet ("failed to connect to
+        // container's attach socket"), a race of the attach path that has nothing to do
+        // with secrets.
         let mut cmd = self.podman();
-        cmd.args(["run", "--rm", "--network", "none"]);
+        cmd.args(["run", "-d", "--network", "none"]);
         for secret in secrets {
             cmd.args(["--secret", secret]);
         }
         cmd.args([IMAGE, "sh", "-c", script]);
-        cmd.output().unwrap()
+        let started = cmd.output().unwrap();
+        if !started.status.success() {
+            return started;
+        }
+        let id = String::from_utf8(started.stdout).unwrap().trim().to_owned();
+        let waited = self.podman().args(["wait", &id]).output().unwrap();
+        let code: i32 = String::from_utf8_lossy(&waited.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("podman wait {id}: {waited:?}"));
+        let logs = self.podman().args(["logs", &id]).output().unwrap();
+        let removed = self.podman().args(["rm", "-f", &id]).output().unwrap();
+        assert!(removed.status.success(), "podman rm {id}: {removed:?}");
+        Output {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: logs.stdout,
+            stderr: logs.stderr,
+        }
     }
 
     /// The version the API service reports (`GET /libpod/version`, through the host's curl):
