@@ -12,9 +12,14 @@ use crate::support::podman::PodmanEnv;
 
 const PROJECT: &str = "0b6f6d0e-6a55-4d5e-8f5e-1f2a3b4c5d6e";
 
-/// The fake Infisical with one identity and project `web` (environment prod).
+/// The fake Infisical (the current API generation) with one identity and project `web`
+/// (environment prod).
 fn infisical() -> FakeInfisical {
-    let fake = FakeInfisical::start(Generation::Current);
+    infisical_of(Generation::Current)
+}
+
+fn infisical_of(generation: Generation) -> FakeInfisical {
+    let fake = FakeInfisical::start(generation);
     fake.add_universal_auth("client-1", "secret-1", 3600, 86400);
     fake.add_project(PROJECT, "web-project");
     fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db.internal");
@@ -564,4 +569,51 @@ fn concurrent_setups_take_turns() {
     // One run created the three secrets, the other found them in place.
     assert_eq!(created, 3);
     assert_eq!(secret_ids(&env).len(), 5);
+}
+
+/// A self-hosted server of the 2024 generation: no `/api/v4`, 403 for refused tokens, 400
+/// for a missing secret. Setup, lookups and the 404 for a key gone upstream work the same.
+#[test]
+fn setup_and_lookups_work_against_a_2024_server() {
+    let fake = infisical_of(Generation::Legacy2024);
+    let workloads =
+        "workloads:\n  myapp:\n    secrets:\n      - project: web\n        path: /app\n";
+    let Some((env, _systemd)) = env_with(&fake, workloads) else {
+        return;
+    };
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(actions(&report, "myapp").len(), 3);
+    let out = env.run(&["myapp--DB_HOST,type=env,target=H"], "printf %s \"$H\"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"db.internal");
+    // psi fell back to v3 after one v4 probe per process (setup, then serve).
+    let requests = fake.requests();
+    let v4 = requests
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v4/"))
+        .count();
+    assert_eq!(
+        v4,
+        2,
+        "{:?}",
+        requests.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    assert!(requests
+        .iter()
+        .any(|r| r.path == "/api/v3/secrets/raw/DB_HOST"));
+
+    fake.delete_secret(PROJECT, "prod", "/app", "DB_HOST");
+    let ids = secret_ids(&env);
+    let reply = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::support::http::get(
+            &env.sandbox.socket(),
+            &format!("/lookup/{}", ids["myapp--DB_HOST"]),
+        ));
+    assert_eq!(reply.status, 404, "{}", reply.text());
 }
