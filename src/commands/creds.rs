@@ -3,19 +3,13 @@
 //! `podman secret create --driver shell NAME -`, so Podman's store call (through `psi serve`)
 //! files it under Podman's ID and no copy is left under the name.
 
-use std::ffi::OsStr;
-
 use crate::cli::{CredsCommand, CredsStoreArgs};
 use crate::config::{Settings, WithKey};
 use crate::error::{Error, Result};
-use crate::process;
 use crate::provider::creds::{self, SystemdCreds};
 use crate::secret::SecretId;
 use crate::server::routes::MAX_BODY;
 use crate::state::StateDir;
-
-/// Podman refuses secret data above this many bytes (`maxSecretSize` in Podman 4 and 5).
-const PODMAN_MAX_SECRET: usize = 512_000;
 
 pub async fn run(settings: &Settings, command: CredsCommand) -> Result<()> {
     match command {
@@ -44,7 +38,7 @@ async fn store(settings: &Settings, args: &CredsStoreArgs) -> Result<()> {
         .map_err(|e| e.context(format!("seal {name}")))?;
     let bytes = mapping.to_bytes();
     if args.register {
-        return register(&name, &bytes).await;
+        return super::register(&name, &bytes, creds::NAME).await;
     }
     let state = StateDir::new(&settings.state_dir);
     state.write_mapping(&name, &bytes)?;
@@ -55,24 +49,5 @@ async fn store(settings: &Settings, args: &CredsStoreArgs) -> Result<()> {
         path.display(),
         path.display()
     );
-    Ok(())
-}
-
-async fn register(name: &SecretId, mapping: &[u8]) -> Result<()> {
-    if mapping.len() > PODMAN_MAX_SECRET {
-        return Err(Error::Usage(format!(
-            "the sealed mapping is {} bytes and Podman accepts at most {PODMAN_MAX_SECRET}; store it without --register",
-            mapping.len()
-        )));
-    }
-    let args = ["secret", "create", "--driver", "shell", name.as_str(), "-"];
-    let output = process::run(OsStr::new("podman"), args, mapping).await?;
-    if !output.success {
-        return Err(Error::Failed(format!(
-            "podman secret create {name} failed: {}\n(is psi serve running, and psi.conf installed with psi install?)",
-            output.stderr
-        )));
-    }
-    tracing::info!(event = "secret.register", secret_id = %name, provider = creds::NAME, outcome = "success", "registered with Podman");
     Ok(())
 }

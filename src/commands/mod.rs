@@ -12,6 +12,7 @@ use std::future::Future;
 use crate::cli::{Cli, Command};
 use crate::config::{Overrides, Settings};
 use crate::error::{Error, Result};
+use crate::secret::SecretId;
 
 pub fn run(cli: Cli) -> Result<()> {
     let overrides = Overrides {
@@ -57,6 +58,31 @@ pub fn read_stdin(limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         )));
     }
     Ok(buffer)
+}
+
+/// Podman refuses secret data above this many bytes (`maxSecretSize` in Podman 4 and 5).
+const PODMAN_MAX_SECRET: usize = 512_000;
+
+/// `podman secret create --driver shell NAME -` with `mapping` on stdin: Podman stores it
+/// through psi's driver under Podman's own ID, so no copy is left under the name. For
+/// `--register` of the commands that seal one value (`creds store`, `nitrokeyhsm store`).
+pub(crate) async fn register(name: &SecretId, mapping: &[u8], provider: &str) -> Result<()> {
+    if mapping.len() > PODMAN_MAX_SECRET {
+        return Err(Error::Usage(format!(
+            "the sealed mapping is {} bytes and Podman accepts at most {PODMAN_MAX_SECRET}; store it without --register",
+            mapping.len()
+        )));
+    }
+    let args = ["secret", "create", "--driver", "shell", name.as_str(), "-"];
+    let output = crate::process::run(std::ffi::OsStr::new("podman"), args, mapping).await?;
+    if !output.success {
+        return Err(Error::Failed(format!(
+            "podman secret create {name} failed: {}\n(is psi serve running, and psi.conf installed with psi install?)",
+            output.stderr
+        )));
+    }
+    tracing::info!(event = "secret.register", secret_id = %name, provider, outcome = "success", "registered with Podman");
+    Ok(())
 }
 
 /// Prints a report: JSON when asked for (machines), else its text.
