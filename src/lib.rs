@@ -12,6 +12,8 @@
 //! - [`duration`]: durations in configuration (`30s`, `5m`, `90d`).
 //! - [`secret`]: `SecretId`, `Mapping` (the wire JSON), `SecretValue`.
 //! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
+//! - [`crypto`]: pure cryptography on bytes: AES-GCM, RSA-OAEP (and its software decoding),
+//!   the Nitrokey hybrid envelope.
 //! - [`fsutil`]: atomic writes with the mode set at open, private directories.
 //! - [`state`]: the state directory, the one place that knows its layout.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
@@ -29,6 +31,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod crypto;
 pub mod duration;
 pub mod error;
 pub mod fsutil;
