@@ -1,0 +1,766 @@
+//! The PKCS#11 thread: the one owner of the cryptoki context and of the session.
+//!
+//! A PKCS#11 session must not be used from two threads at once, and a smart card is one
+//! device anyway, so [`Token`] runs a dedicated OS thread and async callers send it jobs over
+//! a channel, each awaiting a oneshot reply. Jobs run one after another: concurrent lookups
+//! queue, never interleave on the session. Nothing is loaded at start: the module is loaded
+//! and the token opened on the first job, so `psi serve` starts (and answers `/healthz`)
+//! whether or not the token is there.
+//!
+//! Recovery: when an operation reports that the session, the login or the token is gone, the
+//! session is dropped, the library re-initialised, and the job retried once on a fresh
+//! session. When opening fails, later jobs fail fast with `ProviderUnavailable` until the
+//! next attempt is due (1 s, doubling to 30 s). A PIN the token rejected is never tried
+//! again: tokens lock after a few wrong PINs, so only a changed PIN gets a new attempt.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism as CkMechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use openssl::sha::sha256;
+use zeroize::Zeroizing;
+
+use super::{failed, unavailable, Mechanism, PinInfo};
+use crate::crypto::oaep::{self, OaepHash, PublicKey};
+use crate::crypto::CryptoError;
+use crate::error::{Error, Result};
+
+/// First and longest wait between attempts to open the token after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Which token, which key, which PIN: the provider's configuration, resolved.
+#[derive(Clone)]
+pub struct TokenOptions {
+    pub module: PathBuf,
+    /// Index into the slots that have a token (the original's `slot`).
+    pub slot_index: usize,
+    /// When set, select the token by label or serial instead of by index: stable when
+    /// readers are added.
+    pub token_label: Option<String>,
+    pub token_serial: Option<String>,
+    pub key_id: Vec<u8>,
+    pub key_label: String,
+    /// Resolves the PIN (credentials directory > config > environment) at each login, so a
+    /// corrected PIN is picked up without a restart.
+    pub pin: Arc<dyn Fn() -> Result<PinInfo> + Send + Sync>,
+    /// SHA-256 in production (the envelope format); SHA-1 lets tests drive native OAEP.
+    pub oaep_hash: OaepHash,
+}
+
+/// What an open, logged-in token looks like, for `preflight`, `status` and `test-pin`.
+#[derive(Debug, Clone)]
+pub struct TokenStatus {
+    pub slot_id: u64,
+    /// Position among the slots with a token (what `slot:` in the config means).
+    pub slot_index: usize,
+    pub slot_description: String,
+    pub token_label: String,
+    pub token_serial: String,
+    pub token_model: String,
+    /// The private key, when found.
+    pub key: Option<KeyInfo>,
+}
+
+/// A key found on the token.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// `"id"` or `"label"`: which attribute matched (id is searched first).
+    pub found_by: &'static str,
+    pub id_hex: String,
+    pub label: String,
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// Handle to the PKCS#11 thread. Dropping it stops the thread, which closes the session and
+/// finalises the library.
+pub struct Token {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    mechanism: Arc<AtomicU8>,
+}
+
+impl Token {
+    pub fn start(options: TokenOptions) -> Result<Token> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let mechanism = Arc::new(AtomicU8::new(0));
+        let mut worker = Worker::new(options, mechanism.clone());
+        let thread = std::thread::Builder::new()
+            .name("psi-pkcs11".into())
+            .spawn(move || {
+                for job in queue {
+                    job(&mut worker);
+                }
+                worker.close();
+            })
+            .map_err(|e| Error::Io {
+                context: "cannot start the PKCS#11 thread".into(),
+                source: e,
+            })?;
+        Ok(Token {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            mechanism,
+        })
+    }
+
+    /// Runs `job` on the PKCS#11 thread, after the jobs queued before it.
+    pub async fn call<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Worker) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |worker| {
+            // A caller that gave up (deadline) no longer needs the token's time.
+            if !reply.is_closed() {
+                let _ = reply.send(job(worker));
+            }
+        });
+        let stopped = || unavailable("the PKCS#11 thread has stopped".into());
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// How the current session unwraps keys, once it has unwrapped one.
+    pub fn mechanism(&self) -> Option<Mechanism> {
+        Mechanism::from_u8(self.mechanism.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            // Finalising the library must finish before anyone loads it again (tests do).
+            let _ = thread.join();
+        }
+    }
+}
+
+/// State owned by the PKCS#11 thread.
+pub struct Worker {
+    options: TokenOptions,
+    /// The loaded module; kept across re-initialisations (unloading is not needed and not
+    /// every module survives being unloaded).
+    library: Option<Pkcs11>,
+    initialized: bool,
+    open: Option<OpenToken>,
+    retry: Retry,
+    /// SHA-256 of the last PIN the token rejected.
+    rejected_pin: Option<[u8; 32]>,
+    mechanism: Arc<AtomicU8>,
+}
+
+struct OpenToken {
+    session: Session,
+    status: TokenStatus,
+    /// Looked up once per session.
+    private_key: Option<(ObjectHandle, Vec<u8>)>,
+    path: Option<Mechanism>,
+}
+
+#[derive(Default)]
+struct Retry {
+    failures: u32,
+    not_before: Option<Instant>,
+    last_error: String,
+}
+
+/// An operation's failure: the error, and whether the session is gone and a fresh one
+/// should be tried.
+struct Failure {
+    error: Error,
+    session_lost: bool,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure {
+            error,
+            session_lost: false,
+        }
+    }
+}
+
+type OpResult<T> = std::result::Result<T, Failure>;
+
+impl Worker {
+    fn new(options: TokenOptions, mechanism: Arc<AtomicU8>) -> Worker {
+        Worker {
+            options,
+            library: None,
+            initialized: false,
+            open: None,
+            retry: Retry::default(),
+            rejected_pin: None,
+            mechanism,
+        }
+    }
+
+    /// Opens (or reuses) the session and reports the token and the key.
+    pub fn status(&mut self) -> Result<TokenStatus> {
+        self.run(|token, options| {
+            let key = match token.private_key(options) {
+                Ok(_) => token.status.key.clone(),
+                Err(Failure {
+                    session_lost: false,
+                    ..
+                }) => None,
+                Err(lost) => return Err(lost),
+            };
+            Ok(TokenStatus {
+                key,
+                ..token.status.clone()
+            })
+        })
+    }
+
+    /// The public key (DER SubjectPublicKeyInfo) from the token's public key object.
+    pub fn public_key(&mut self) -> Result<Vec<u8>> {
+        self.run(|token, options| {
+            let handle = token.find(ObjectClass::PUBLIC_KEY, options)?.0;
+            let attrs = token
+                .session
+                .get_attributes(
+                    handle,
+                    &[AttributeType::Modulus, AttributeType::PublicExponent],
+                )
+                .map_err(|e| pkcs11("cannot read the public key", e))?;
+            let (mut modulus, mut exponent) = (None, None);
+            for attr in attrs {
+                match attr {
+                    Attribute::Modulus(m) => modulus = Some(m),
+                    Attribute::PublicExponent(e) => exponent = Some(e),
+                    _ => {}
+                }
+            }
+            let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
+                return Err(
+                    failed("the public key object has no RSA modulus/exponent".into()).into(),
+                );
+            };
+            PublicKey::from_components(&modulus, &exponent)
+                .and_then(|key| key.to_der())
+                .map_err(|e| failed(format!("public key from the token: {e}")).into())
+        })
+    }
+
+    /// Unwraps an envelope's AES key with the private key: native OAEP when the token takes
+    /// the parameters, else raw RSA on the token and OAEP decoding in software.
+    pub fn unwrap_key(&mut self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let result = self.run(|token, options| token.unwrap_key(wrapped, options));
+        if let Some(token) = &self.open {
+            self.mechanism
+                .store(token.path.map_or(0, Mechanism::to_u8), Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Runs `op` on an open session; if the session turns out to be gone, once more on a
+    /// fresh one.
+    fn run<T>(&mut self, op: impl Fn(&mut OpenToken, &TokenOptions) -> OpResult<T>) -> Result<T> {
+        for attempt in 0..2 {
+            self.ensure_open(attempt > 0)?;
+            let token = self.open.as_mut().expect("ensure_open leaves a session");
+            match op(token, &self.options) {
+                Ok(value) => return Ok(value),
+                Err(failure) if failure.session_lost => {
+                    tracing::warn!(
+                        provider = super::NAME,
+                        error = %failure.error,
+                        "PKCS#11 session lost; reopening"
+                    );
+                    self.drop_session();
+                    if attempt > 0 {
+                        self.note_failure(&failure.error);
+                        return Err(failure.error);
+                    }
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Makes sure a logged-in session exists. `retrying` skips the backoff for the one
+    /// immediate retry after a lost session.
+    fn ensure_open(&mut self, retrying: bool) -> Result<()> {
+        if self.open.is_some() {
+            return Ok(());
+        }
+        if let Some(not_before) = self.retry.not_before.filter(|_| !retrying) {
+            let now = Instant::now();
+            if now < not_before {
+                return Err(unavailable(format!(
+                    "{} (next attempt in {}s)",
+                    self.retry.last_error,
+                    (not_before - now).as_secs() + 1
+                )));
+            }
+        }
+        match self.open_token() {
+            Ok(token) => {
+                tracing::info!(
+                    event = "provider.open",
+                    provider = super::NAME,
+                    outcome = "success",
+                    slot_id = token.status.slot_id,
+                    token = %token.status.token_label,
+                    "token opened and logged in"
+                );
+                self.open = Some(token);
+                self.retry = Retry::default();
+                Ok(())
+            }
+            Err(failure) => {
+                if failure.session_lost {
+                    self.drop_session();
+                }
+                self.note_failure(&failure.error);
+                Err(failure.error)
+            }
+        }
+    }
+
+    /// Starts the backoff after a failure that a later attempt may not repeat (token absent,
+    /// device errors). Configuration errors (no PIN, wrong PIN, no module) are answered
+    /// directly every time: they cost the token nothing.
+    fn note_failure(&mut self, error: &Error) {
+        if !matches!(error.root(), Error::ProviderUnavailable { .. }) {
+            return;
+        }
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1 << self.retry.failures.min(5))
+            .min(MAX_BACKOFF);
+        self.retry.failures += 1;
+        self.retry.not_before = Some(Instant::now() + wait);
+        self.retry.last_error = error.to_string();
+        tracing::warn!(
+            event = "provider.open",
+            provider = super::NAME,
+            outcome = "error",
+            error = %error,
+            retry_in_secs = wait.as_secs(),
+        );
+    }
+
+    fn library(&mut self) -> OpResult<Pkcs11> {
+        if self.library.is_none() {
+            let module = &self.options.module;
+            if !module.exists() {
+                return Err(failed(format!(
+                    "PKCS#11 module not found: {}; install OpenSC (opensc-pkcs11) or set \
+                     providers.nitrokeyhsm.pkcs11_module",
+                    module.display()
+                ))
+                .into());
+            }
+            let library = Pkcs11::new(module).map_err(|e| {
+                failed(format!(
+                    "cannot load the PKCS#11 module {}: {e}",
+                    module.display()
+                ))
+            })?;
+            self.library = Some(library);
+        }
+        let library = self.library.clone().expect("loaded above");
+        if !self.initialized {
+            match library.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+                // Already initialised in this process: usable as it is.
+                Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+                Err(e) => return Err(pkcs11("C_Initialize", e)),
+            }
+            self.initialized = true;
+        }
+        Ok(library)
+    }
+
+    fn open_token(&mut self) -> OpResult<OpenToken> {
+        let library = self.library()?;
+        let (slot, slot_index) = select_slot(&library, &self.options)?;
+        let info = library
+            .get_token_info(slot)
+            .map_err(|e| pkcs11("cannot read the token info", e))?;
+        let slot_description = library
+            .get_slot_info(slot)
+            .map(|s| s.slot_description().trim().to_owned())
+            .unwrap_or_default();
+        let pin = (self.options.pin)()?;
+        let digest = sha256(pin.pin.expose().as_bytes());
+        if self.rejected_pin == Some(digest) {
+            return Err(failed(format!(
+                "HSM login: this PIN (from {}) was already rejected by the token; psi does not \
+                 try it again, because tokens lock after a few wrong PINs. Check the PIN and \
+                 correct it",
+                pin.source_description()
+            ))
+            .into());
+        }
+        let session = library
+            .open_ro_session(slot)
+            .map_err(|e| pkcs11("cannot open a session", e))?;
+        let auth = AuthPin::from(pin.pin.expose().to_owned());
+        match session.login(UserType::User, Some(&auth)) {
+            // Another session of this process is logged in already: so is this one.
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange),
+                _,
+            )) => {
+                self.rejected_pin = Some(digest);
+                return Err(failed(format!(
+                    "HSM login failed: the token rejected the PIN from {} ({}). Check your PIN; \
+                     psi will not retry it, because tokens lock after a few wrong PINs",
+                    pin.source_description(),
+                    ckr_name(rv)
+                ))
+                .into());
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(failed(
+                    "HSM login failed: the user PIN is locked (CKR_PIN_LOCKED); unblock it with \
+                     the SO PIN"
+                        .into(),
+                )
+                .into())
+            }
+            Err(e) => return Err(pkcs11("HSM login failed", e)),
+        }
+        Ok(OpenToken {
+            session,
+            status: TokenStatus {
+                slot_id: slot.id(),
+                slot_index,
+                slot_description,
+                token_label: info.label().trim().to_owned(),
+                token_serial: info.serial_number().trim().to_owned(),
+                token_model: info.model().trim().to_owned(),
+                key: None,
+            },
+            private_key: None,
+            path: None,
+        })
+    }
+
+    fn drop_session(&mut self) {
+        self.open = None;
+        self.mechanism.store(0, Ordering::Relaxed);
+        // Re-initialising is what brings a module back after the token or its reader
+        // (pcscd) went away; the loaded library stays.
+        self.finalize();
+    }
+
+    fn finalize(&mut self) {
+        if let (true, Some(library)) = (self.initialized, self.library.clone()) {
+            if let Err(e) = library.finalize() {
+                tracing::debug!(provider = super::NAME, error = %e, "C_Finalize failed");
+            }
+        }
+        self.initialized = false;
+    }
+
+    /// Closes the session and finalises the library (the thread is ending).
+    fn close(&mut self) {
+        self.open = None;
+        self.finalize();
+    }
+}
+
+impl OpenToken {
+    /// Finds the key object of `class`: by `CKA_ID` first, then by `CKA_LABEL` (the
+    /// original's order). Returns the handle and which attribute matched.
+    fn find(
+        &self,
+        class: ObjectClass,
+        options: &TokenOptions,
+    ) -> OpResult<(ObjectHandle, &'static str)> {
+        let searches: [(&'static str, Attribute); 2] = [
+            ("id", Attribute::Id(options.key_id.clone())),
+            (
+                "label",
+                Attribute::Label(options.key_label.as_bytes().to_vec()),
+            ),
+        ];
+        for (found_by, attr) in searches {
+            let found = self
+                .session
+                .find_objects(&[Attribute::Class(class), attr])
+                .map_err(|e| pkcs11("cannot search the token", e))?;
+            if let Some(handle) = found.first() {
+                return Ok((*handle, found_by));
+            }
+        }
+        let kind = if class == ObjectClass::PUBLIC_KEY {
+            "public"
+        } else {
+            "private"
+        };
+        Err(failed(format!(
+            "{kind} key not found on token '{}': no object with id '{}' or label '{}' \
+             (check key_id/key_label in providers.nitrokeyhsm)",
+            self.status.token_label,
+            hex(&options.key_id),
+            options.key_label
+        ))
+        .into())
+    }
+
+    /// The private key's handle and modulus, looked up once per session.
+    fn private_key(&mut self, options: &TokenOptions) -> OpResult<(ObjectHandle, Vec<u8>)> {
+        if let Some(found) = &self.private_key {
+            return Ok(found.clone());
+        }
+        let (handle, found_by) = self.find(ObjectClass::PRIVATE_KEY, options)?;
+        let attrs = self
+            .session
+            .get_attributes(
+                handle,
+                &[
+                    AttributeType::Modulus,
+                    AttributeType::Id,
+                    AttributeType::Label,
+                ],
+            )
+            .map_err(|e| pkcs11("cannot read the private key's attributes", e))?;
+        let mut modulus = None;
+        let mut key = KeyInfo {
+            found_by,
+            id_hex: String::new(),
+            label: String::new(),
+        };
+        for attr in attrs {
+            match attr {
+                Attribute::Modulus(m) => modulus = Some(m),
+                Attribute::Id(id) => key.id_hex = hex(&id),
+                Attribute::Label(l) => key.label = String::from_utf8_lossy(&l).into_owned(),
+                _ => {}
+            }
+        }
+        let modulus = modulus
+            .ok_or_else(|| failed("the private key is not an RSA key (no CKA_MODULUS)".into()))?;
+        self.status.key = Some(key);
+        self.private_key = Some((handle, modulus.clone()));
+        Ok((handle, modulus))
+    }
+
+    fn unwrap_key(
+        &mut self,
+        wrapped: &[u8],
+        options: &TokenOptions,
+    ) -> OpResult<Zeroizing<Vec<u8>>> {
+        let hash = options.oaep_hash;
+        let (key, modulus) = self.private_key(options)?;
+        let size = modulus.len() - modulus.iter().take_while(|b| **b == 0).count();
+        if wrapped.len() != size {
+            return Err(decrypt_failed(CryptoError::WrongKeyLength {
+                key_len: wrapped.len(),
+                expected: size,
+            }));
+        }
+        if self.path != Some(Mechanism::RawWithSoftwareUnpadding) {
+            let (hash_alg, mgf) = match hash {
+                OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
+                OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+            };
+            let params = PkcsOaepParams::new(hash_alg, mgf, PkcsOaepSource::empty());
+            match self
+                .session
+                .decrypt(&CkMechanism::RsaPkcsOaep(params), key, wrapped)
+            {
+                Ok(plain) => {
+                    self.path = Some(Mechanism::Oaep);
+                    return Ok(Zeroizing::new(plain));
+                }
+                Err(CkError::Pkcs11(
+                    rv @ (RvError::ArgumentsBad
+                    | RvError::MechanismParamInvalid
+                    | RvError::MechanismInvalid),
+                    _,
+                )) if self.path.is_none() => {
+                    tracing::info!(
+                        provider = super::NAME,
+                        token_error = ckr_name(rv),
+                        hash = ?hash,
+                        "the token does not do RSA-OAEP with these parameters; using raw RSA \
+                         on the token and OAEP decoding in software"
+                    );
+                    self.path = Some(Mechanism::RawWithSoftwareUnpadding);
+                }
+                Err(e) => return Err(unwrap_failed(e)),
+            }
+        }
+        let encoded = Zeroizing::new(
+            self.session
+                .decrypt(&CkMechanism::RsaX509, key, wrapped)
+                .map_err(unwrap_failed)?,
+        );
+        oaep::decode(&modulus, &encoded, hash).map_err(decrypt_failed)
+    }
+}
+
+/// The slot to use: by token label or serial when configured, else the `slot_index`-th slot
+/// with a token.
+fn select_slot(library: &Pkcs11, options: &TokenOptions) -> OpResult<(Slot, usize)> {
+    let slots = library
+        .get_slots_with_token()
+        .map_err(|e| pkcs11("cannot list slots", e))?;
+    if slots.is_empty() {
+        return Err(unavailable(format!(
+            "no token present: the PKCS#11 module {} reports no slot with a token (is the \
+             Nitrokey plugged in and pcscd running?)",
+            options.module.display()
+        ))
+        .into());
+    }
+    if options.token_label.is_none() && options.token_serial.is_none() {
+        return slots
+            .get(options.slot_index)
+            .map(|slot| (*slot, options.slot_index))
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "slot {} not found: {} slot(s) with a token present (slot is an index \
+                     into them)",
+                    options.slot_index,
+                    slots.len()
+                ))
+                .into()
+            });
+    }
+    let mut seen = Vec::new();
+    for (index, slot) in slots.iter().enumerate() {
+        let info = library
+            .get_token_info(*slot)
+            .map_err(|e| pkcs11("cannot read the token info", e))?;
+        let (label, serial) = (info.label().trim(), info.serial_number().trim());
+        let label_ok = options.token_label.as_deref().map_or(true, |l| l == label);
+        let serial_ok = options
+            .token_serial
+            .as_deref()
+            .map_or(true, |s| s == serial);
+        if label_ok && serial_ok {
+            return Ok((*slot, index));
+        }
+        seen.push(format!("'{label}' (serial {serial})"));
+    }
+    Err(unavailable(format!(
+        "no token with {}{} is present; tokens present: {}",
+        options
+            .token_label
+            .as_deref()
+            .map_or(String::new(), |l| format!("label '{l}'")),
+        options
+            .token_serial
+            .as_deref()
+            .map_or(String::new(), |s| format!(" serial '{s}'")),
+        seen.join(", ")
+    ))
+    .into())
+}
+
+/// Return codes after which the session (or login, or token) is gone and a fresh session
+/// may work. Key and object handles are in the list because a re-initialised token
+/// invalidates them while the session handle itself survives.
+fn is_session_lost(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::DeviceRemoved
+            | RvError::DeviceError
+            | RvError::TokenNotPresent
+            | RvError::TokenNotRecognized
+            | RvError::UserNotLoggedIn
+            | RvError::CryptokiNotInitialized
+            | RvError::KeyHandleInvalid
+            | RvError::ObjectHandleInvalid
+    )
+}
+
+/// A PKCS#11 failure while doing `what`; session-lost codes are `ProviderUnavailable` and
+/// marked for a retry on a fresh session.
+fn pkcs11(what: &str, err: CkError) -> Failure {
+    match err {
+        CkError::Pkcs11(rv, function) => {
+            let lost = is_session_lost(rv);
+            let detail = format!("{what}: {} ({function:?})", ckr_name(rv));
+            Failure {
+                error: if lost {
+                    unavailable(detail)
+                } else {
+                    failed(detail)
+                },
+                session_lost: lost,
+            }
+        }
+        other => failed(format!("{what}: {other}")).into(),
+    }
+}
+
+fn unwrap_failed(err: CkError) -> Failure {
+    match err {
+        CkError::Pkcs11(
+            rv @ (RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange),
+            _,
+        ) => failed(format!(
+            "HSM decryption failed: the token could not unwrap the key ({}): the envelope \
+                 was made for another key or was tampered with",
+            ckr_name(rv)
+        ))
+        .into(),
+        other => pkcs11("HSM decryption failed", other),
+    }
+}
+
+fn decrypt_failed(err: CryptoError) -> Failure {
+    failed(format!("HSM decryption failed: {err}")).into()
+}
+
+/// `ArgumentsBad` -> `CKR_ARGUMENTS_BAD`: the names people search for.
+fn ckr_name(rv: RvError) -> String {
+    if let RvError::UnknownErrorCode(code) = rv {
+        return format!("CKR {code:#x}");
+    }
+    let mut name = String::from("CKR");
+    for c in format!("{rv:?}").chars() {
+        if c.is_ascii_uppercase() {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_code_names() {
+        assert_eq!(ckr_name(RvError::ArgumentsBad), "CKR_ARGUMENTS_BAD");
+        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(
+            ckr_name(RvError::UnknownErrorCode(0x8000_0001)),
+            "CKR 0x80000001"
+        );
+    }
+}
