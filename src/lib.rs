@@ -19,7 +19,8 @@
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
 //! - [`provider`]: the `Provider` enum and registry; one module per provider: `creds`
-//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings).
+//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings),
+//!   `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
 //! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.

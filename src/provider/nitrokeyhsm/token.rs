@@ -329,9 +329,9 @@ impl Worker {
                 Ok(())
             }
             Err(failure) => {
-                if failure.session_lost {
-                    self.drop_session();
-                }
+                // Some modules (SoftHSM) only rescan for tokens at C_Initialize: start the
+                // next attempt from a fresh library state.
+                self.drop_session();
                 self.note_failure(&failure.error);
                 Err(failure.error)
             }
@@ -342,15 +342,15 @@ impl Worker {
     /// device errors). Configuration errors (no PIN, wrong PIN, no module) are answered
     /// directly every time: they cost the token nothing.
     fn note_failure(&mut self, error: &Error) {
-        if !matches!(error.root(), Error::ProviderUnavailable { .. }) {
+        let Error::ProviderUnavailable { detail, .. } = error.root() else {
             return;
-        }
+        };
         let wait = FIRST_BACKOFF
             .saturating_mul(1 << self.retry.failures.min(5))
             .min(MAX_BACKOFF);
         self.retry.failures += 1;
         self.retry.not_before = Some(Instant::now() + wait);
-        self.retry.last_error = error.to_string();
+        self.retry.last_error = detail.clone();
         tracing::warn!(
             event = "provider.open",
             provider = super::NAME,
@@ -615,15 +615,16 @@ impl OpenToken {
 }
 
 /// The slot to use: by token label or serial when configured, else the `slot_index`-th slot
-/// with a token.
+/// with an initialised token. (The original counted every slot with a token; uninitialised
+/// tokens exist only on software tokens, whose free slot comes last, so indices agree.)
 fn select_slot(library: &Pkcs11, options: &TokenOptions) -> OpResult<(Slot, usize)> {
     let slots = library
-        .get_slots_with_token()
+        .get_slots_with_initialized_token()
         .map_err(|e| pkcs11("cannot list slots", e))?;
     if slots.is_empty() {
         return Err(unavailable(format!(
-            "no token present: the PKCS#11 module {} reports no slot with a token (is the \
-             Nitrokey plugged in and pcscd running?)",
+            "no token present: the PKCS#11 module {} reports no slot with an initialised \
+             token (is the Nitrokey plugged in and pcscd running?)",
             options.module.display()
         ))
         .into());
