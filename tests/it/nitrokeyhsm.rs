@@ -254,6 +254,25 @@ async fn failures_say_what_to_fix() {
     );
     drop(provider);
 
+    // Token selection: an index past the tokens present, a label no token has.
+    let mut opts = options(PIN, OaepHash::Sha256);
+    opts.token_label = None;
+    opts.slot_index = 3;
+    let (_, err) = lookup_error(softhsm::provider(opts, sandbox.path().join("e"))).await;
+    assert!(
+        err.to_string()
+            .contains("slot 3 not found: 1 slot(s) with a token present"),
+        "{err}"
+    );
+    let mut opts = options(PIN, OaepHash::Sha256);
+    opts.token_label = Some("nope".into());
+    let (_, err) = lookup_error(softhsm::provider(opts, sandbox.path().join("f"))).await;
+    assert!(
+        err.to_string()
+            .contains("no token with label 'nope' is present; tokens present: 'psi' (serial "),
+        "{err}"
+    );
+
     // A wrong PIN: a clear error, and the same PIN is not tried again.
     let (provider, err) = lookup_error(softhsm::provider(
         options("9999", OaepHash::Sha256),
@@ -402,4 +421,36 @@ async fn serve_recovers_when_the_token_is_replaced() {
     // SoftHSM reports the deleted token as CKR_OBJECT_HANDLE_INVALID on the cached key.
     assert!(log.contains("PKCS#11 session lost"), "{log}");
     assert!(log.contains("CKR_OBJECT_HANDLE_INVALID"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sealing_with_a_cached_public_key_never_touches_the_token() {
+    let sandbox = Sandbox::new();
+    let key = Rsa::generate(2048).unwrap();
+    let cache = sandbox.path().join("nitrokeyhsm-pubkey.der");
+    let mut opts = options(PIN, OaepHash::Sha256);
+    opts.module = "/nonexistent/pkcs11.so".into();
+    let provider = softhsm::provider(opts, cache.clone());
+    provider
+        .write_public_key_cache(&key.public_key_to_der().unwrap())
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let mapping = provider.seal(&id("n"), b"offline").await.unwrap();
+    // Open it with the private key in software, as the token would.
+    let blob = B64.decode(mapping.str_field("blob").unwrap()).unwrap();
+    let envelope = envelope::Envelope::parse(&blob).unwrap();
+    let mut ctx = PkeyCtx::new(&PKey::from_rsa(key).unwrap()).unwrap();
+    ctx.decrypt_init().unwrap();
+    ctx.set_rsa_padding(Padding::PKCS1_OAEP).unwrap();
+    ctx.set_rsa_oaep_md(Md::sha256()).unwrap();
+    ctx.set_rsa_mgf1_md(Md::sha256()).unwrap();
+    let mut aes_key = Vec::new();
+    ctx.decrypt_to_vec(envelope.wrapped_key(), &mut aes_key)
+        .unwrap();
+    assert_eq!(envelope.open(&aes_key).unwrap().as_slice(), b"offline");
+    // Not an RSA key: refused before it reaches the cache.
+    assert!(provider.write_public_key_cache(b"junk").is_err());
 }
