@@ -5,7 +5,8 @@
 //! Mapping: `{"provider": "nitrokeyhsm", "blob": B}`, `B` the standard base64 of the envelope,
 //! as the original wrote it. The secret's name is not part of the envelope (original format).
 //!
-//! The token is used only on the PKCS#11 thread ([`token`]); this module is the async face:
+//! The token is used only on the PKCS#11 thread ([`token`], with the session operations in
+//! [`session`]); this module is the async face:
 //! lookup, seal, and what the `psi nitrokeyhsm` commands need (PIN source, token status,
 //! public key and its cache file).
 //!
@@ -13,6 +14,7 @@
 //! SubjectPublicKeyInfo, 0644) is read when it exists, so sealing never needs the token or
 //! the PIN; the original wrote the default path but never read it.
 
+mod session;
 mod token;
 
 use std::path::{Path, PathBuf};
