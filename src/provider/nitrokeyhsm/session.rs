@@ -19,11 +19,14 @@ use crate::crypto::oaep::{self, OaepHash};
 use crate::crypto::CryptoError;
 use crate::error::Error;
 
+/// A logged-in session and what it has learnt about the token; dropped whole when the
+/// session is lost, so no stale handle or unwrap path outlives it.
 pub(super) struct OpenToken {
     pub(super) session: Session,
     pub(super) status: TokenStatus,
     /// Looked up once per session.
     pub(super) private_key: Option<(ObjectHandle, Vec<u8>)>,
+    /// The unwrap path that worked on this session (`None` until the first unwrap).
     pub(super) path: Option<Mechanism>,
 }
 
