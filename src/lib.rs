@@ -12,12 +12,15 @@
 //! - [`duration`]: durations in configuration (`30s`, `5m`, `90d`).
 //! - [`secret`]: `SecretId`, `Mapping` (the wire JSON), `SecretValue`.
 //! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
+//! - [`crypto`]: pure cryptography on bytes: AES-GCM, RSA-OAEP (and its software decoding),
+//!   the Nitrokey hybrid envelope.
 //! - [`fsutil`]: atomic writes with the mode set at open, private directories.
 //! - [`state`]: the state directory, the one place that knows its layout.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
 //! - [`provider`]: the `Provider` enum and registry; one module per provider: `creds`
-//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings).
+//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings),
+//!   `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
 //! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
@@ -29,6 +32,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod crypto;
 pub mod duration;
 pub mod error;
 pub mod fsutil;

@@ -81,6 +81,13 @@ impl SecretValue {
     }
 }
 
+impl From<Zeroizing<Vec<u8>>> for SecretValue {
+    /// Takes over an already zeroizing buffer (decrypted plaintext) without a copy.
+    fn from(bytes: Zeroizing<Vec<u8>>) -> SecretValue {
+        SecretValue(bytes)
+    }
+}
+
 impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretValue(<{} bytes redacted>)", self.0.len())

@@ -16,10 +16,10 @@ use std::ffi::OsString;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
 use zeroize::Zeroizing;
 
 use crate::config::{CredsConfig, PcrList, WithKey};
+use crate::crypto::{aead, CryptoError};
 use crate::error::{Error, Result};
 use crate::process;
 use crate::secret::{Mapping, SecretId, SecretValue};
@@ -28,10 +28,6 @@ pub const NAME: &str = "systemd-creds";
 
 /// Largest value sealed directly as a credential; larger ones use the envelope.
 pub const DIRECT_LIMIT: usize = 512 * 1024;
-
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
-const KEY_LEN: usize = 32;
 
 pub struct SystemdCreds {
     program: OsString,
@@ -66,25 +62,9 @@ impl SystemdCreds {
                 &[("name", name.as_str()), ("blob", &blob)],
             ));
         }
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        let mut nonce = [0u8; NONCE_LEN];
-        openssl::rand::rand_bytes(key.as_mut())
-            .map_err(|e| failed(format!("no randomness: {e}")))?;
-        openssl::rand::rand_bytes(&mut nonce).map_err(|e| failed(format!("no randomness: {e}")))?;
-        let mut tag = [0u8; TAG_LEN];
-        let ciphertext = encrypt_aead(
-            Cipher::aes_256_gcm(),
-            key.as_ref(),
-            Some(&nonce),
-            name.as_str().as_bytes(),
-            value,
-            &mut tag,
-        )
-        .map_err(|e| failed(format!("AES-GCM encryption failed: {e}")))?;
-        let mut payload = Vec::with_capacity(NONCE_LEN + ciphertext.len() + TAG_LEN);
-        payload.extend_from_slice(&nonce);
-        payload.extend_from_slice(&ciphertext);
-        payload.extend_from_slice(&tag);
+        let key = aead::random_key().map_err(|e| failed(e.to_string()))?;
+        let payload =
+            aead::seal(&key, name.as_str().as_bytes(), value).map_err(|e| failed(e.to_string()))?;
         let blob = self.encrypt(name, key.as_ref()).await?;
         let payload = B64.encode(payload);
         Ok(Mapping::new(
@@ -110,26 +90,14 @@ impl SystemdCreds {
         let payload = B64
             .decode(payload)
             .map_err(|_| invalid("'payload' is not base64".into()))?;
-        if plain.len() != KEY_LEN || payload.len() < NONCE_LEN + TAG_LEN {
-            return Err(invalid("envelope key or payload has the wrong size".into()));
-        }
-        let (nonce, rest) = payload.split_at(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let value = decrypt_aead(
-            Cipher::aes_256_gcm(),
-            &plain,
-            Some(nonce),
-            name.as_bytes(),
-            ciphertext,
-            tag,
-        )
-        .map_err(|_| {
-            failed(
+        let value = aead::open(&plain, name.as_bytes(), &payload).map_err(|err| match err {
+            CryptoError::Authentication => failed(
                 "envelope payload does not authenticate (tampered, or sealed under another name)"
                     .into(),
-            )
+            ),
+            other => invalid(format!("envelope: {other}")),
         })?;
-        Ok(SecretValue::new(value))
+        Ok(SecretValue::from(value))
     }
 
     async fn encrypt(&self, name: &SecretId, value: &[u8]) -> Result<String> {

@@ -1,12 +1,10 @@
 //! Providers resolve a mapping to a value. `Provider` is an enum, not a trait object: the set
 //! is closed, a `match` is exhaustive when one is added (one module plus one arm), and async
 //! methods need no boxing.
-//!
-//! The Nitrokey HSM (`nitrokeyhsm/`) joins here in later work; its mappings already parse,
-//! and until then name a provider that is not configured.
 
 pub mod creds;
 pub mod infisical;
+pub mod nitrokeyhsm;
 
 use std::path::Path;
 
@@ -17,6 +15,7 @@ use crate::secret::{Mapping, SecretId, SecretValue};
 pub enum Provider {
     SystemdCreds(creds::SystemdCreds),
     Infisical(infisical::Infisical),
+    NitrokeyHsm(nitrokeyhsm::NitrokeyHsm),
 }
 
 impl Provider {
@@ -25,6 +24,7 @@ impl Provider {
         match self {
             Provider::SystemdCreds(_) => creds::NAME,
             Provider::Infisical(_) => infisical::NAME,
+            Provider::NitrokeyHsm(_) => nitrokeyhsm::NAME,
         }
     }
 
@@ -33,6 +33,7 @@ impl Provider {
         match self {
             Provider::SystemdCreds(p) => p.lookup(mapping).await,
             Provider::Infisical(p) => p.lookup(mapping).await,
+            Provider::NitrokeyHsm(p) => p.lookup(mapping).await,
         }
     }
 
@@ -40,6 +41,7 @@ impl Provider {
     pub async fn seal(&self, name: &SecretId, value: &[u8]) -> Result<Mapping> {
         match self {
             Provider::SystemdCreds(p) => p.seal(name, value).await,
+            Provider::NitrokeyHsm(p) => p.seal(name, value).await,
             // Sealing would mean writing the value into Infisical; psi only reads from it.
             Provider::Infisical(_) => Err(Error::Provider {
                 provider: infisical::NAME,
@@ -59,15 +61,15 @@ impl Registry {
         Registry { providers }
     }
 
-    /// Builds the configured providers that this version implements; `state_dir` holds
-    /// their caches (Infisical tokens).
+    /// Builds the configured providers; `state_dir` holds their caches (Infisical tokens,
+    /// the Nitrokey public key). No provider contacts its service here: the Nitrokey token
+    /// is opened on first use, so a missing token never delays start-up.
     pub fn from_config(config: &ProvidersConfig, state_dir: &Path) -> Result<Registry> {
         let mut providers = Vec::new();
-        if config.nitrokeyhsm.is_some() {
-            tracing::warn!(
-                provider = "nitrokeyhsm",
-                "provider is configured, but this version of psi does not implement it yet"
-            );
+        if let Some(hsm) = &config.nitrokeyhsm {
+            providers.push(Provider::NitrokeyHsm(
+                nitrokeyhsm::NitrokeyHsm::from_config(hsm, state_dir)?,
+            ));
         }
         if let Some(infisical) = &config.infisical {
             providers.push(Provider::Infisical(infisical::Infisical::new(

@@ -4,6 +4,7 @@ pub mod http;
 pub mod infisical;
 pub mod podman;
 pub mod podman5;
+pub mod softhsm;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
