@@ -13,6 +13,7 @@ mod config;
 mod creds;
 mod infisical_client;
 mod infisical_fake;
+mod pcscd;
 mod podman;
 mod podman5;
 mod podman_api;

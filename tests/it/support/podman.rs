@@ -19,9 +19,17 @@ pub const IMAGE: &str = "localhost/psi-test-bb";
 /// Settings that let Podman 4.3 start containers on these machines (crun and cgroups v1
 /// hybrid do not mix; see TESTING.md), with Podman's temp dir (events log, locks) inside
 /// the sandbox instead of the host's /run/libpod.
-fn base_conf(dir: &Path) -> String {
+pub fn base_conf(dir: &Path) -> String {
     format!(
         "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\ntmp_dir = \"{}/tmp\"\n",
+        dir.display()
+    )
+}
+
+/// vfs storage (works everywhere, no overlay mounts to leave behind) inside `dir`.
+pub fn storage_conf(dir: &Path) -> String {
+    format!(
+        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
         dir.display()
     )
 }
@@ -57,11 +65,11 @@ impl PodmanEnv {
         let mut conf = base_conf(sandbox.path()).into_bytes();
         conf.extend_from_slice(&driver.stdout);
         std::fs::write(sandbox.path().join("containers.conf"), conf).unwrap();
-        let storage = format!(
-            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
-            sandbox.path().display()
-        );
-        std::fs::write(sandbox.path().join("storage.conf"), storage).unwrap();
+        std::fs::write(
+            sandbox.path().join("storage.conf"),
+            storage_conf(sandbox.path()),
+        )
+        .unwrap();
 
         let mut serve_cmd = sandbox.psi();
         serve_cmd.args(["-c", config.to_str().unwrap(), "serve"]);
@@ -243,7 +251,7 @@ pub fn pings(socket: &Path) -> bool {
 }
 
 /// A busybox-static root file system as a tarball, built once per test run.
-fn image_tar() -> &'static Path {
+pub fn image_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("psi-test-image");
