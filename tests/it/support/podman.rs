@@ -26,14 +26,6 @@ pub fn base_conf(dir: &Path) -> String {
     )
 }
 
-/// vfs storage (works everywhere, no overlay mounts to leave behind) inside `dir`.
-pub fn storage_conf(dir: &Path) -> String {
-    format!(
-        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
-        dir.display()
-    )
-}
-
 pub struct PodmanEnv {
     /// First, so it stops before the sandbox it lives in is removed.
     api: Option<ApiService>,
@@ -65,11 +57,11 @@ impl PodmanEnv {
         let mut conf = base_conf(sandbox.path()).into_bytes();
         conf.extend_from_slice(&driver.stdout);
         std::fs::write(sandbox.path().join("containers.conf"), conf).unwrap();
-        std::fs::write(
-            sandbox.path().join("storage.conf"),
-            storage_conf(sandbox.path()),
-        )
-        .unwrap();
+        let storage = format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
+            sandbox.path().display()
+        );
+        std::fs::write(sandbox.path().join("storage.conf"), storage).unwrap();
 
         let mut serve_cmd = sandbox.psi();
         serve_cmd.args(["-c", config.to_str().unwrap(), "serve"]);
