@@ -302,10 +302,15 @@ impl Env {
         loop {
             match self.client_reaches_pcscd() {
                 Ok(()) => return,
-                Err(text) if Instant::now() > deadline => panic!(
-                    "no pcscd on the volume: {text}\npcscd logs: {}",
-                    String::from_utf8_lossy(&self.podman(&["logs", container]).stderr)
-                ),
+                Err(text) if Instant::now() > deadline => {
+                    // pcscd --foreground logs to stdout.
+                    let logs = self.podman(&["logs", container]);
+                    panic!(
+                        "no pcscd on the volume: {text}\npcscd logs: {}{}",
+                        String::from_utf8_lossy(&logs.stdout),
+                        String::from_utf8_lossy(&logs.stderr)
+                    )
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(300)),
             }
         }
