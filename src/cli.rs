@@ -59,6 +59,9 @@ pub enum Command {
     Setup(SetupArgs),
     /// Resolve every configured source and key without changing anything
     Check(CheckArgs),
+    /// The Nitrokey HSM provider: its pcscd sidecar
+    #[command(subcommand)]
+    Nitrokeyhsm(NitrokeyhsmCommand),
 }
 
 #[derive(Debug, Args)]
@@ -125,4 +128,26 @@ pub struct CredsStoreArgs {
     /// Sealing key: auto (TPM2 if present, else host), host, tpm2 or host+tpm2
     #[arg(long, value_name = "KEY")]
     pub with_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NitrokeyhsmCommand {
+    /// Build the pcscd sidecar image (localhost/pcscd:latest) and install its quadlets
+    SetupPcscd(SetupPcscdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetupPcscdArgs {
+    /// Build context for the image [default: /opt/psi/pcscd, or ~/.local/share/psi/pcscd for users]
+    #[arg(long, value_name = "DIR")]
+    pub build_dir: Option<PathBuf>,
+    /// Where the quadlets go [default: the configured systemd_dir]
+    #[arg(long, value_name = "DIR", conflicts_with = "build_only")]
+    pub systemd_dir: Option<PathBuf>,
+    /// Build the image only; install no quadlets
+    #[arg(long)]
+    pub build_only: bool,
+    /// The image to build on (the Containerfile's BASE_IMAGE) [default: docker.io/library/debian:bookworm-slim]
+    #[arg(long, value_name = "IMAGE")]
+    pub base_image: Option<String>,
 }

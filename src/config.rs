@@ -841,6 +841,9 @@ fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String
     if let Some(infisical) = &providers.infisical {
         infisical.validate()?;
     }
+    if let Some(nitrokey) = &providers.nitrokeyhsm {
+        validate_volume_name(&nitrokey.pcscd_volume)?;
+    }
     let configured = providers.names();
     for (name, workload) in &file.workloads {
         if !configured.contains(&workload.provider.as_str()) {
@@ -865,6 +868,20 @@ fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// `pcscd_volume` names a Podman volume and the quadlet file `<name>.volume`: Podman's own
+/// rule for volume names, which also keeps it a plain file name.
+fn validate_volume_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "providers.nitrokeyhsm.pcscd_volume: '{name}' is not a Podman volume name; start with a letter or digit, then use letters, digits, '_', '.' and '-'"
+        ))
+    }
 }
 
 /// A workload name becomes part of Podman secret names (`{workload}--{KEY}`) and of a unit

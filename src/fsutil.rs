@@ -34,6 +34,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// [`write_atomic`] unless `path` already holds exactly `bytes` with mode `mode`; returns
+/// whether it wrote. Generated files go through this so an unchanged file keeps its mtime and
+/// nothing downstream (daemon-reload, an image rebuild) is triggered for nothing.
+pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
+    let current = fs::read(path).ok().zip(fs::metadata(path).ok());
+    if let Some((current, meta)) = current {
+        if current == bytes && meta.permissions().mode() & 0o7777 == mode {
+            return Ok(false);
+        }
+    }
+    write_atomic(path, bytes, mode)?;
+    Ok(true)
+}
+
 /// Creates `path` and missing parents; directories this call creates get `mode`.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
     DirBuilder::new()
@@ -94,6 +108,18 @@ mod tests {
         );
         // No temp file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_if_changed_skips_same_bytes_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        assert!(write_if_changed(&path, b"one", 0o644).unwrap());
+        assert!(!write_if_changed(&path, b"one", 0o644).unwrap());
+        // A different mode alone is a change.
+        assert!(write_if_changed(&path, b"one", 0o600).unwrap());
+        assert!(write_if_changed(&path, b"two", 0o600).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"two");
     }
 
     #[test]

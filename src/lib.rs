@@ -14,7 +14,7 @@
 //! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
 //! - [`crypto`]: pure cryptography on bytes: AES-GCM, RSA-OAEP (and its software decoding),
 //!   the Nitrokey hybrid envelope.
-//! - [`fsutil`]: atomic writes with the mode set at open, private directories.
+//! - [`fsutil`]: atomic writes with the mode set at open, write-if-changed, private directories.
 //! - [`state`]: the state directory, the one place that knows its layout.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
@@ -25,7 +25,8 @@
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
 //! - [`systemd`]: `systemctl daemon-reload`.
-//! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins).
+//! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins, the pcscd
+//!   sidecar's Containerfile and quadlets).
 //! - [`commands`]: one module per command group; the only place that builds a runtime.
 #![deny(unsafe_code)]
 

@@ -3,6 +3,7 @@
 
 pub mod creds;
 pub mod install;
+pub mod nitrokeyhsm;
 pub mod secret;
 pub mod serve;
 pub mod setup;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Creds(command) => block_on(creds::run(&settings, command)),
         Command::Setup(args) => block_on(setup::setup(&settings, &args)),
         Command::Check(args) => block_on(setup::check(&settings, &args)),
+        Command::Nitrokeyhsm(command) => block_on(nitrokeyhsm::run(&settings, command)),
     }
 }
 

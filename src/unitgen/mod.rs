@@ -3,6 +3,18 @@
 
 pub mod driver_conf;
 pub mod dropin;
+pub mod pcscd;
+
+use crate::config::Scope;
+
+/// The target a unit's `[Install] WantedBy=` names: the one each scope's manager reaches at
+/// boot or login (a user manager has no `multi-user.target`).
+pub fn install_target(scope: Scope) -> &'static str {
+    match scope {
+        Scope::System => "multi-user.target",
+        Scope::User => "default.target",
+    }
+}
 
 /// Quotes `word` for `/bin/sh` when it needs it; plain paths stay as they are, so the output
 /// matches the original's byte for byte.

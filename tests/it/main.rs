@@ -14,6 +14,7 @@ mod creds;
 mod infisical_client;
 mod infisical_fake;
 mod nitrokeyhsm;
+mod pcscd;
 mod podman;
 mod podman5;
 mod podman_api;

@@ -1,5 +1,6 @@
 //! Fixtures shared by the test modules.
 
+pub mod bookworm;
 pub mod http;
 pub mod infisical;
 pub mod podman;

@@ -19,7 +19,7 @@ pub const IMAGE: &str = "localhost/psi-test-bb";
 /// Settings that let Podman 4.3 start containers on these machines (crun and cgroups v1
 /// hybrid do not mix; see TESTING.md), with Podman's temp dir (events log, locks) inside
 /// the sandbox instead of the host's /run/libpod.
-fn base_conf(dir: &Path) -> String {
+pub fn base_conf(dir: &Path) -> String {
     format!(
         "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\ntmp_dir = \"{}/tmp\"\n",
         dir.display()
@@ -243,7 +243,7 @@ pub fn pings(socket: &Path) -> bool {
 }
 
 /// A busybox-static root file system as a tarball, built once per test run.
-fn image_tar() -> &'static Path {
+pub fn image_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("psi-test-image");

@@ -160,7 +160,7 @@ fn build_or_reuse() -> PathBuf {
 }
 
 /// Runs `cmd` (stdin closed, output to `log`) and panics with the log's tail on failure.
-fn run_logged(cmd: &mut Command, log: &Path) {
+pub fn run_logged(cmd: &mut Command, log: &Path) {
     let file = std::fs::File::create(log).unwrap();
     let status = cmd
         .stdin(Stdio::null())
