@@ -59,7 +59,7 @@ pub enum Command {
     Setup(SetupArgs),
     /// Resolve every configured source and key without changing anything
     Check(CheckArgs),
-    /// The Nitrokey HSM provider: its pcscd sidecar
+    /// The Nitrokey HSM provider: token checks, public key, store, pcscd sidecar
     #[command(subcommand)]
     Nitrokeyhsm(NitrokeyhsmCommand),
 }
@@ -132,8 +132,27 @@ pub struct CredsStoreArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum NitrokeyhsmCommand {
+    /// Check module, pcscd socket, PIN, login, key, public key cache and state dir
+    Preflight,
+    /// Read the public key from the token and cache it for encryption
+    Init,
+    /// Check that the PIN logs in
+    TestPin,
+    /// Show the configuration and whether the token answers
+    Status,
+    /// Encrypt stdin to the HSM's public key and keep its mapping
+    Store(NitrokeyStoreArgs),
     /// Build the pcscd sidecar image (localhost/pcscd:latest) and install its quadlets
     SetupPcscd(SetupPcscdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NitrokeyStoreArgs {
+    /// Secret name
+    pub name: String,
+    /// Create the Podman secret NAME through the shell driver instead of writing state_dir/NAME
+    #[arg(long)]
+    pub register: bool,
 }
 
 #[derive(Debug, Args)]

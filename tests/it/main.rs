@@ -14,6 +14,7 @@ mod creds;
 mod infisical_client;
 mod infisical_fake;
 mod nitrokeyhsm;
+mod nitrokeyhsm_cli;
 mod pcscd;
 mod podman;
 mod podman5;

@@ -32,11 +32,22 @@ pub struct PodmanEnv {
     pub sandbox: Sandbox,
     pub config: PathBuf,
     pub serve: ServeProcess,
+    /// Set on every psi and podman child (and on `psi serve`), e.g. `SOFTHSM2_CONF`.
+    extra_env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl PodmanEnv {
     /// Sets everything up, or returns `None` (skip) when a tool is missing outside CI.
     pub fn new(config_extra: &str) -> Option<PodmanEnv> {
+        PodmanEnv::with_env(config_extra, &[])
+    }
+
+    /// As [`PodmanEnv::new`], with `env` set on every child, `psi serve` included.
+    pub fn with_env(config_extra: &str, env: &[(&str, &std::ffi::OsStr)]) -> Option<PodmanEnv> {
+        let extra_env: Vec<(String, std::ffi::OsString)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         for tool in ["podman", "runc", "curl", "systemd-creds", "busybox"] {
             if !require(tool) {
                 return None;
@@ -64,7 +75,11 @@ impl PodmanEnv {
         std::fs::write(sandbox.path().join("storage.conf"), storage).unwrap();
 
         let mut serve_cmd = sandbox.psi();
-        serve_cmd.args(["-c", config.to_str().unwrap(), "serve"]);
+        serve_cmd.envs(extra_env.iter().map(|(k, v)| (k, v))).args([
+            "-c",
+            config.to_str().unwrap(),
+            "serve",
+        ]);
         let serve = ServeProcess::start(
             serve_cmd,
             &sandbox.socket(),
@@ -75,6 +90,7 @@ impl PodmanEnv {
             sandbox,
             config,
             serve,
+            extra_env,
         };
         let imported = env
             .podman()
@@ -102,7 +118,8 @@ impl PodmanEnv {
         .env(
             "SYSTEMD_CREDENTIAL_SECRET",
             self.sandbox.credential_secret(),
-        );
+        )
+        .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
     }
 
     pub fn podman(&self) -> Command {

@@ -1,76 +1,21 @@
-//! `psi nitrokeyhsm ...`: the Nitrokey HSM provider's commands.
-//!
-//! `setup-pcscd` is a generation flow (DESIGN.md, flow 3): settings and flags -> a spec ->
-//! pure renderers (`unitgen::pcscd`) -> files written atomically and only when they change.
-//! Between the Containerfile and the quadlets it builds `localhost/pcscd:latest` with
-//! `podman build`. The image is rebuilt on every run (the Containerfile may be unchanged
-//! while the image was removed); Podman's layer cache makes an unchanged rebuild cheap.
-//!
-//! Stdout carries the report (`  PASS|WARN|SKIP text` check lines, the files, what to
-//! do next); logs and errors go to stderr.
+//! `psi nitrokeyhsm setup-pcscd`: the pcscd sidecar, a generation flow (DESIGN.md, flow 3):
+//! settings and flags -> a spec -> pure renderers (`unitgen::pcscd`) -> files written
+//! atomically and only when they change. Between the Containerfile and the quadlets it builds
+//! `localhost/pcscd:latest` with `podman build`. The image is rebuilt on every run (the
+//! Containerfile may be unchanged while the image was removed); Podman's layer cache makes
+//! an unchanged rebuild cheap.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{NitrokeyhsmCommand, SetupPcscdArgs};
+use super::{say, Check, Status};
+use crate::cli::SetupPcscdArgs;
 use crate::config::{NitrokeyConfig, Scope, Settings};
 use crate::error::{Error, Result};
 use crate::unitgen::pcscd::{self, Pcscd};
 use crate::{fsutil, process, systemd};
 
-pub async fn run(settings: &Settings, command: NitrokeyhsmCommand) -> Result<()> {
-    match command {
-        NitrokeyhsmCommand::SetupPcscd(args) => setup_pcscd(settings, &args).await,
-    }
-}
-
-/// The outcome of one check, printed as `  STATUS text` (the original's layout; `preflight`
-/// will add FAIL).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pass,
-    Warn,
-    Skip,
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Status::Pass => "PASS",
-            Status::Warn => "WARN",
-            Status::Skip => "SKIP",
-        })
-    }
-}
-
-/// One check line and, for a warning or failure, what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub status: Status,
-    pub text: String,
-    pub hint: Option<String>,
-}
-
-impl Check {
-    fn new(status: Status, text: impl Into<String>) -> Check {
-        Check {
-            status,
-            text: text.into(),
-            hint: None,
-        }
-    }
-
-    fn render(&self) -> String {
-        let mut out = format!("  {} {}\n", self.status, self.text);
-        if let Some(hint) = &self.hint {
-            out.push_str(&format!("       {hint}\n"));
-        }
-        out
-    }
-}
-
-async fn setup_pcscd(settings: &Settings, args: &SetupPcscdArgs) -> Result<()> {
+pub(super) async fn setup_pcscd(settings: &Settings, args: &SetupPcscdArgs) -> Result<()> {
     // Without a nitrokeyhsm block the sidecar still gets the provider's default volume, so the
     // provider finds it when it is configured later with defaults.
     let defaults = NitrokeyConfig::default();
@@ -206,10 +151,6 @@ async fn build_image(build_dir: &Path, base_image: Option<&str>) -> Result<()> {
         pcscd::IMAGE,
         output.stderr
     )))
-}
-
-fn say(text: &str) -> Result<()> {
-    super::write_stdout(text.as_bytes())
 }
 
 #[cfg(test)]
