@@ -18,12 +18,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         );
     }
     let service = Service::from_settings(&settings)?;
+    // Configured, not yet connected: Infisical logs in and the HSM opens its session on the
+    // first lookup (they log their own `provider.open`), so start-up never waits on them.
     for name in service.registry().names() {
         tracing::info!(
-            event = "provider.open",
+            event = "provider.ready",
             provider = name,
-            outcome = "success",
-            "provider opened"
+            "provider configured"
         );
     }
     let token = settings.socket_token.map(|(token, source)| {
