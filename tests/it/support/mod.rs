@@ -1,6 +1,7 @@
 //! Fixtures shared by the test modules.
 
 pub mod bookworm;
+pub mod debian;
 pub mod http;
 pub mod infisical;
 pub mod podman;

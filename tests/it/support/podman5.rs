@@ -24,6 +24,7 @@
 //! `nsenter --mount` and chroots the same way, so it shares the service's /run (runc's state)
 //! and storage.
 
+use super::debian::built_once;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -99,64 +100,26 @@ pub fn chroot() -> Option<&'static Path> {
 }
 
 fn build_or_reuse() -> PathBuf {
-    use nix::fcntl::{Flock, FlockArg};
-
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    let done = base.join("podman5");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(base.join("podman5.lock"))
-        .unwrap();
-    // Held until this function returns; another test process building the chroot makes this
-    // one wait for its result instead of building a second copy.
-    let _lock = Flock::lock(lock, FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("flock podman5.lock");
-    if done.join("root/usr/bin/podman").exists() {
-        return done.join("root");
-    }
-    let started = Instant::now();
-    let build = base.join("podman5.build");
-    if build.exists() {
-        std::fs::remove_dir_all(&build).expect("remove a stale podman5.build");
-    }
-    std::fs::create_dir_all(&build).unwrap();
-    let root = build.join("root");
-    let mirror = std::env::var("PSI_TEST_DEBIAN_MIRROR")
-        .unwrap_or_else(|_| "http://deb.debian.org/debian".to_owned());
-    eprintln!(
-        "building the Podman 5 chroot (trixie, once per machine) in {}",
-        done.display()
-    );
-    run_logged(
-        Command::new("debootstrap")
-            .args(["--variant=minbase", "trixie"])
-            .arg(&root)
-            .arg(&mirror),
-        &build.join("debootstrap.log"),
-    );
-    // apt needs /proc and /dev; mounted in a private namespace so nothing outlives the step.
-    run_logged(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-euc"])
-            .arg(
-                "mount -t proc proc \"$1/proc\"; mount --rbind /dev \"$1/dev\"; r=$1; shift; \
-                 chroot \"$r\" apt-get install -y -q --no-install-recommends \"$@\"; \
-                 chroot \"$r\" apt-get clean",
-            )
-            .arg("sh")
-            .arg(&root)
-            .args(PACKAGES)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        &build.join("apt.log"),
-    );
-    image_tar(&root, &build);
-    std::fs::rename(&build, &done).unwrap();
-    eprintln!("Podman 5 chroot built in {:?}", started.elapsed());
-    done.join("root")
+    built_once("podman5", "trixie", |root, build| {
+        // apt needs /proc and /dev; mounted in a private namespace so nothing outlives the
+        // step.
+        run_logged(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-euc"])
+                .arg(
+                    "mount -t proc proc \"$1/proc\"; mount --rbind /dev \"$1/dev\"; r=$1; shift; \
+                     chroot \"$r\" apt-get install -y -q --no-install-recommends \"$@\"; \
+                     chroot \"$r\" apt-get clean",
+                )
+                .arg("sh")
+                .arg(root)
+                .args(PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &build.join("apt.log"),
+        );
+        image_tar(root, build);
+    })
+    .join("root")
 }
 
 /// Runs `cmd` (stdin closed, output to `log`) and panics with the log's tail on failure.
