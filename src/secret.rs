@@ -185,7 +185,13 @@ impl Mapping {
     /// The bytes psi writes: Python `json.dumps` default separators, key order kept, so files
     /// psi writes are byte-identical to the original's for the same mapping.
     pub fn to_bytes(&self) -> Vec<u8> {
-        pyjson::dumps(&Value::Object(self.object.clone()), pyjson::Style::DEFAULT).into_bytes()
+        pyjson::dumps_object(&self.object, pyjson::Style::DEFAULT).into_bytes()
+    }
+
+    /// The canonical text the cache derives its keys from: Python's
+    /// `json.dumps(mapping, separators=(",", ":"), sort_keys=True)`, every field included.
+    pub fn canonical(&self) -> String {
+        pyjson::dumps_object(&self.object, pyjson::Style::CANONICAL)
     }
 }
 

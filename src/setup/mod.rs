@@ -210,7 +210,7 @@ pub async fn check(settings: &Settings, names: &[String]) -> Result<CheckReport>
 pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport> {
     let workloads = selected(settings, options.provider.as_deref(), &[])?;
     let client = infisical_client(settings)?;
-    let podman = Podman::new(podman_socket(settings)?);
+    let podman = Podman::new(crate::podman::configured_socket(settings)?);
     let state = StateDir::new(&settings.state_dir);
     let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
     let current_opts: BTreeMap<String, String> = driver_conf::commands(&DriverConf {
@@ -226,7 +226,7 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     let _lock = if options.dry_run {
         None
     } else {
-        Some(lock(&state).await?)
+        Some(state.lock_setup().await?)
     };
     // Podman first: without it there is nothing to apply, so fail before asking Infisical.
     let shell = shell_secrets(&podman, &state).await?;
@@ -301,50 +301,6 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         }
     }
     Ok(report)
-}
-
-fn podman_socket(settings: &Settings) -> Result<PathBuf> {
-    match &settings.file.podman_socket {
-        Some(path) => Ok(path.clone()),
-        None => crate::podman::default_socket(settings.scope, &crate::config::process_env),
-    }
-}
-
-/// Takes `state_dir/.setup.lock`, waiting for another `psi setup` that holds it.
-async fn lock(state: &StateDir) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    use std::os::unix::fs::OpenOptionsExt;
-    fsutil::ensure_dir(state.root(), 0o700)?;
-    let path = state.root().join(".setup.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|err| Error::io("cannot open the setup lock", &path, err))?;
-    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => return Ok(lock),
-        Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
-        Err((_, errno)) => {
-            return Err(Error::io(
-                "cannot lock",
-                &path,
-                std::io::Error::from_raw_os_error(errno as i32),
-            ))
-        }
-    };
-    tracing::info!(lock = %path.display(), "another psi setup is running; waiting for it");
-    tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
-        .await
-        .map_err(|err| Error::Failed(format!("setup lock: {err}")))?
-        .map_err(|(_, errno)| {
-            Error::io(
-                "cannot lock",
-                &path,
-                std::io::Error::from_raw_os_error(errno as i32),
-            )
-        })
 }
 
 /// Podman's shell-driver secrets with their mapping files.
