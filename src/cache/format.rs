@@ -441,3 +441,213 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::Object(items))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = {
+        let mut key = [0u8; 32];
+        let mut i = 0;
+        while i < 32 {
+            key[i] = i as u8;
+            i += 1;
+        }
+        key
+    };
+
+    fn path() -> &'static Path {
+        Path::new("/var/lib/psi/cache.enc")
+    }
+
+    fn current(payload: Payload) -> (Zeroizing<[u8; 32]>, HashMap<Digest, SecretValue>, usize) {
+        match payload {
+            Payload::Current {
+                hmac_key,
+                entries,
+                foreign_keys,
+            } => (hmac_key, entries, foreign_keys),
+            Payload::Legacy => panic!("legacy payload"),
+        }
+    }
+
+    fn decode_err(text: &str) -> String {
+        match decode_payload(text.as_bytes()) {
+            Err(message) => message,
+            Ok(_) => panic!("{text} decoded"),
+        }
+    }
+
+    #[test]
+    fn payload_text_is_the_originals() {
+        let text = encode_payload(&KEY, &[("abc", &b"v"[..])], 1_700_000_000);
+        assert_eq!(
+            std::str::from_utf8(&text).unwrap(),
+            r#"{"entries":{"abc":"dg=="},"hmac_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","version":2,"written_at":1700000000}"#
+        );
+        let empty = encode_payload::<&str>(&KEY, &[], 5);
+        assert_eq!(
+            std::str::from_utf8(&empty).unwrap(),
+            r#"{"entries":{},"hmac_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","version":2,"written_at":5}"#
+        );
+        // Keys sorted by code point, escaped like Python's ensure_ascii.
+        let text = encode_payload(
+            &KEY,
+            &[("b", &b""[..]), ("a\u{e9}", b"\0"), ("a", b"xy")],
+            1,
+        );
+        assert_eq!(
+            std::str::from_utf8(&text).unwrap(),
+            r#"{"entries":{"a":"eHk=","a\u00e9":"AA==","b":""},"hmac_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","version":2,"written_at":1}"#
+        );
+    }
+
+    #[test]
+    fn payload_round_trip_with_binary_and_large_values() {
+        let digest_a = [0xabu8; 32];
+        let digest_b = [0x01u8; 32];
+        let binary: Vec<u8> = (0..=255).collect();
+        let large = vec![0x5au8; 128 * 1024];
+        let keyed = [
+            (digest_hex(&digest_a), binary.as_slice()),
+            (digest_hex(&digest_b), large.as_slice()),
+        ];
+        let text = encode_payload(&KEY, &keyed, 42);
+        let (key, entries, foreign) = current(decode_payload(&text).unwrap());
+        assert_eq!(*key, KEY);
+        assert_eq!(foreign, 0);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[&digest_a].expose(), binary.as_slice());
+        assert_eq!(entries[&digest_b].expose(), large.as_slice());
+    }
+
+    #[test]
+    fn payload_parsing_follows_the_original() {
+        // Keys that are not digests (the Appendix A vector's "abc") load as nothing.
+        let text = r#"{"entries":{"abc":"dg=="},"hmac_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","version":2,"written_at":1}"#;
+        let (_, entries, foreign) = current(decode_payload(text.as_bytes()).unwrap());
+        assert!(entries.is_empty());
+        assert_eq!(foreign, 1);
+        // Escaped strings, key order and duplicate keys (last wins) are JSON's business.
+        let hex = digest_hex(&[7u8; 32]);
+        let text = format!(
+            r#"{{"version":2.0,"hmac_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\u003d","entries":{{"{hex}":"eA==","{hex}":"e\u0048k="}},"extra":[1,{{"a":null}}]}}"#
+        );
+        let (_, entries, _) = current(decode_payload(text.as_bytes()).unwrap());
+        assert_eq!(entries[&[7u8; 32]].expose(), b"xy");
+        assert!(matches!(
+            decode_payload(br#"{"version":1,"entries":{"3f2a":"dg=="}}"#).unwrap(),
+            Payload::Legacy
+        ));
+
+        assert!(decode_err("{").starts_with("Cache payload is not valid UTF-8 JSON: "));
+        assert!(decode_payload(b"{\"version\":\"\xff\"}")
+            .err()
+            .unwrap()
+            .starts_with("Cache payload is not valid UTF-8 JSON: "));
+        assert_eq!(decode_err("[1]"), "Cache payload must be a JSON object");
+        assert_eq!(decode_err("\"x\""), "Cache payload must be a JSON object");
+        assert_eq!(
+            decode_err(r#"{"version":3}"#),
+            "Cache payload version 3 is unsupported (expected 2)"
+        );
+        assert_eq!(
+            decode_err("{}"),
+            "Cache payload version None is unsupported (expected 2)"
+        );
+        assert_eq!(
+            decode_err(r#"{"version":2,"hmac_key":5,"entries":{}}"#),
+            "Cache payload 'hmac_key' must be a base64 string"
+        );
+        assert!(decode_err(r#"{"version":2,"hmac_key":"AAE","entries":{}}"#)
+            .starts_with("Cache payload 'hmac_key' has invalid base64: "));
+        assert_eq!(
+            decode_err(r#"{"version":2,"hmac_key":"AAEC","entries":{}}"#),
+            "Cache payload 'hmac_key' must be 32 bytes, got 3"
+        );
+        let key = "\"hmac_key\":\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"";
+        assert_eq!(
+            decode_err(&format!(r#"{{"version":2,{key},"entries":[]}}"#)),
+            "Cache payload 'entries' must be a JSON object"
+        );
+        assert_eq!(
+            decode_err(&format!(r#"{{"version":2,{key}}}"#)),
+            "Cache payload 'entries' must be a JSON object"
+        );
+        assert_eq!(
+            decode_err(&format!(r#"{{"version":2,{key},"entries":{{"k":1}}}}"#)),
+            "Cache entry keys and values must be strings"
+        );
+        assert!(
+            decode_err(&format!(r#"{{"version":2,{key},"entries":{{"k":"a b"}}}}"#))
+                .starts_with("Cache entry 'k' has invalid base64: ")
+        );
+    }
+
+    #[test]
+    fn headers_and_their_errors() {
+        let header = Header {
+            version: 2,
+            tag: TAG_HSM,
+        };
+        assert_eq!(&header.to_bytes(), b"PSIC\x02\x02");
+        assert_eq!(Header::parse(path(), b"PSIC\x02\x02rest").unwrap(), header);
+        assert_eq!(header.aad(), b"PSIC\x02\x02");
+        assert_eq!(Header { version: 1, tag: 1 }.aad(), b"");
+        assert_eq!(
+            Header::parse(path(), b"PSIC\x01").unwrap_err(),
+            "Cache file /var/lib/psi/cache.enc is too short to contain a header"
+        );
+        assert_eq!(
+            Header::parse(path(), b"PSIX\x01\x01").unwrap_err(),
+            "Cache file /var/lib/psi/cache.enc has bad magic b'PSIX', expected b'PSIC'"
+        );
+        assert_eq!(
+            Header::parse(path(), b"\x00\x01'\\\x01\x01").unwrap_err(),
+            "Cache file /var/lib/psi/cache.enc has bad magic b\"\\x00\\x01'\\\\\", expected b'PSIC'"
+        );
+        assert_eq!(
+            Header { version: 3, tag: 1 }
+                .check(path(), TAG_TPM)
+                .unwrap_err(),
+            "Cache file /var/lib/psi/cache.enc uses unsupported version 3"
+        );
+        assert_eq!(
+            Header { version: 1, tag: 1 }.check(path(), TAG_HSM).unwrap_err(),
+            "Cache file /var/lib/psi/cache.enc was written by backend tag 0x1, but current backend is 0x2. Re-run 'psi cache init' with the correct backend or restore the key."
+        );
+        Header { version: 1, tag: 2 }
+            .check(path(), TAG_HSM)
+            .unwrap();
+    }
+
+    #[test]
+    fn tpm_payloads() {
+        let sealed = seal_tpm(&KEY, b"PSIC\x02\x01", b"{}").unwrap();
+        assert_eq!(
+            open_tpm(&KEY, b"PSIC\x02\x01", &sealed).unwrap().as_slice(),
+            b"{}"
+        );
+        let tampered = "TPM cache decrypt failed: ciphertext tampered or wrong key";
+        assert_eq!(open_tpm(&KEY, b"", &sealed).unwrap_err(), tampered);
+        assert_eq!(
+            open_tpm(&[1u8; 32], b"PSIC\x02\x01", &sealed).unwrap_err(),
+            tampered
+        );
+        assert_eq!(
+            open_tpm(&KEY, b"", &[0u8; 27]).unwrap_err(),
+            "TPM cache payload truncated"
+        );
+    }
+
+    #[test]
+    fn digests_in_hex() {
+        let digest: Digest = std::array::from_fn(|i| i as u8 * 8);
+        let hex = digest_hex(&digest);
+        assert_eq!(&hex[..8], "00081018");
+        assert_eq!(parse_digest(&hex), Some(digest));
+        assert_eq!(parse_digest(&hex.to_uppercase()), None);
+        assert_eq!(parse_digest(&hex[1..]), None);
+        assert_eq!(parse_digest("abc"), None);
+    }
+}

@@ -370,3 +370,105 @@ pub fn inspect(path: &Path) -> Result<Option<FileInfo>> {
         header: Header::parse(path, &start),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries_with_test_key() -> Entries {
+        Entries::with_key(Zeroizing::new(std::array::from_fn(|i| i as u8)))
+    }
+
+    fn digest_of(entries: &Entries, mapping_json: &str) -> String {
+        let mapping = Mapping::parse(mapping_json.as_bytes()).unwrap();
+        format::digest_hex(&entries.digest(&mapping))
+    }
+
+    #[test]
+    fn digests_match_the_original() {
+        let entries = entries_with_test_key();
+        // Appendix A: the mapping as the original wrote it, key 00..1f.
+        assert_eq!(
+            digest_of(
+                &entries,
+                r#"{"provider": "infisical", "project": "myproject", "path": "/app", "key": "DB_HOST"}"#
+            ),
+            "8391ce5d8c32d7eef4a4191614765ec4e301bae6042e6dad1c05fcf62ab22ba4"
+        );
+        // Computed with Python's hmac and json.dumps(sort_keys=True, separators=(",", ":")).
+        assert_eq!(
+            digest_of(&entries, r#"{"provider":"infisical","key":"é/ü\n"}"#),
+            "a5795fde0af6fe69f561a8f86a85710d1c9e521aecdedf144dd826d4cf99797b"
+        );
+        let tricky =
+            r#"{"provider":"systemd-creds","name":"q\"b\\s\/\u2028😀\u0001\u007f","blob":"x"}"#;
+        let mapping = Mapping::parse(tricky.as_bytes()).unwrap();
+        assert_eq!(
+            mapping.canonical(),
+            r#"{"blob":"x","name":"q\"b\\s/\u2028\ud83d\ude00\u0001\u007f","provider":"systemd-creds"}"#
+        );
+        assert_eq!(
+            format::digest_hex(&entries.digest(&mapping)),
+            "e57c43240fbe037621d4047bf80f91cc8a219a4e31f3f54e34bc8a842fc6f6f8"
+        );
+        // Key order in the file does not matter; another HMAC key gives another digest.
+        let reordered = r#"{"key": "DB_HOST", "path": "/app", "provider": "infisical", "project": "myproject"}"#;
+        assert_eq!(
+            digest_of(&entries, reordered),
+            "8391ce5d8c32d7eef4a4191614765ec4e301bae6042e6dad1c05fcf62ab22ba4"
+        );
+        assert_ne!(
+            digest_of(&Entries::empty(), reordered),
+            digest_of(&entries, reordered)
+        );
+    }
+
+    #[test]
+    fn entry_operations() {
+        let mut entries = Entries::empty();
+        let a = entries.digest(&Mapping::new("infisical", &[("key", "A")]));
+        let b = entries.digest(&Mapping::new("infisical", &[("key", "B")]));
+        entries.insert(a, SecretValue::new(b"1".to_vec()));
+        entries.insert(b, SecretValue::new(b"2".to_vec()));
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.get(&a).unwrap().expose(), b"1");
+        entries.retain(|d| *d == a);
+        assert!(entries.get(&b).is_none());
+        assert!(entries.remove(&a));
+        assert!(!entries.remove(&a));
+        assert!(entries.is_empty());
+        let rebuilt = entries.with_same_key();
+        assert_eq!(
+            rebuilt.digest(&Mapping::new("infisical", &[("key", "A")])),
+            a
+        );
+        assert_eq!(format!("{rebuilt:?}"), "Entries(<0 entries, key redacted>)");
+    }
+
+    #[test]
+    fn tpm_key_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = Path::new("/etc/psi/cache.key");
+        let no_env = |_: &str| None;
+        assert_eq!(
+            read_tpm_key(&no_env, sealed).unwrap_err().to_string(),
+            "TPM cache backend requires $CREDENTIALS_DIRECTORY. Add 'LoadCredentialEncrypted=psi-cache-key:/etc/psi/cache.key' to the psi serve unit, or run 'psi cache init --backend tpm'."
+        );
+        let creds = dir.path().to_path_buf();
+        let env = move |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| creds.clone().into());
+        assert_eq!(
+            read_tpm_key(&env, sealed).unwrap_err().to_string(),
+            format!(
+                "TPM cache key not found at {}/psi-cache-key. Run 'psi cache init --backend tpm' to provision it.",
+                dir.path().display()
+            )
+        );
+        std::fs::write(dir.path().join(KEY_CREDENTIAL), [1u8; 31]).unwrap();
+        assert_eq!(
+            read_tpm_key(&env, sealed).unwrap_err().to_string(),
+            "TPM cache key has wrong size: expected 32 bytes, got 31. Re-run 'psi cache init --backend tpm'."
+        );
+        std::fs::write(dir.path().join(KEY_CREDENTIAL), [7u8; 32]).unwrap();
+        assert_eq!(*read_tpm_key(&env, sealed).unwrap(), [7u8; 32]);
+    }
+}
