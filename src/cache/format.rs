@@ -202,11 +202,11 @@ pub fn encode_payload<K: AsRef<str>>(
         }
         out.push_str(key);
         out.push_str(":\"");
-        B64.encode_string(value, &mut *out);
+        B64.encode_string(value, &mut out);
         out.push('"');
     }
     out.push_str(middle);
-    B64.encode_string(hmac_key, &mut *out);
+    B64.encode_string(hmac_key, &mut out);
     out.push_str(&tail);
     debug_assert_eq!(out.len(), capacity, "the payload buffer was sized exactly");
     // Moves the buffer out (no copy) into a zeroizing Vec.
@@ -298,7 +298,7 @@ pub fn decode_payload(bytes: &[u8]) -> Result<Payload, String> {
 /// its final size.
 fn decode_b64(text: &str) -> Result<Zeroizing<Vec<u8>>, base64::DecodeError> {
     let mut out = Zeroizing::new(Vec::with_capacity(base64::decoded_len_estimate(text.len())));
-    B64.decode_vec(text, &mut *out)?;
+    B64.decode_vec(text, &mut out)?;
     Ok(out)
 }
 
