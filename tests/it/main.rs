@@ -7,6 +7,7 @@
 
 mod support;
 
+mod cache_serve;
 mod cli;
 mod compat;
 mod config;
