@@ -13,6 +13,7 @@
 //! reads the original's version 1.
 
 pub mod format;
+pub mod live;
 
 use std::collections::HashMap;
 use std::fmt;

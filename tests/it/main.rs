@@ -8,6 +8,7 @@
 mod support;
 
 mod cache;
+mod cache_serve;
 mod cli;
 mod compat;
 mod config;
