@@ -162,6 +162,9 @@ async fn hand_built_envelopes_open_and_tampered_ones_fail_clearly() {
     wrong_prefix[..2].copy_from_slice(&[0x00, 0xff]); // 255 bytes of wrapped key
     let mut short_prefix = good.clone();
     short_prefix[..2].copy_from_slice(&[0, 0]); // no wrapped key at all
+                                                // A wrapped key above the modulus (all ones): no envelope for this key can hold it.
+    let mut above_modulus = good.clone();
+    above_modulus[2..258].fill(0xff);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("flipped tag", flipped_tag, "authentication failed"),
         ("truncated", good[..200].to_vec(), "envelope truncated"),
@@ -175,6 +178,11 @@ async fn hand_built_envelopes_open_and_tampered_ones_fail_clearly() {
         (
             "another key's envelope",
             envelope_by_hand(&other_key, b"x"),
+            "RSA-OAEP decoding failed",
+        ),
+        (
+            "wrapped key above the modulus",
+            above_modulus,
             "RSA-OAEP decoding failed",
         ),
     ];

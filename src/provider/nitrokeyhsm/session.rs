@@ -142,6 +142,12 @@ impl OpenToken {
                 expected: size,
             }));
         }
+        // A block not below the modulus was never made with this key (an envelope for another
+        // key of the same size); raw RSA on some tokens answers that with CKR_GENERAL_ERROR,
+        // which would read as a broken session. Same length, so byte order is number order.
+        if wrapped >= &modulus[modulus.len() - size..] {
+            return Err(decrypt_failed(CryptoError::OaepDecoding));
+        }
         if self.path != Some(Mechanism::RawWithSoftwareUnpadding) {
             let (hash_alg, mgf) = match hash {
                 OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
