@@ -8,6 +8,7 @@
 mod support;
 
 mod cli;
+mod client;
 mod compat;
 mod config;
 mod creds;
