@@ -66,6 +66,59 @@ pub enum Command {
     /// The Nitrokey HSM provider: token checks, public key, store, pcscd sidecar
     #[command(subcommand)]
     Nitrokeyhsm(NitrokeyhsmCommand),
+    /// The encrypted secret cache (cache.enc): provision, inspect, drop entries
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Provision the cache key (tpm) or the HSM-sealed cache (hsm) and an empty cache
+    Init(CacheInitArgs),
+    /// Show the cache file's path, backend, size, header; --verify decrypts it
+    Status(CacheStatusArgs),
+    /// Re-run setup to repopulate the cache from the providers
+    Refresh,
+    /// Drop the entries of Podman secrets (by name or ID) or mapping files
+    Invalidate(CacheInvalidateArgs),
+    /// Drop entries that no mapping in the state directory has any more
+    Prune,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheInitArgs {
+    /// tpm (a key sealed with systemd-creds) or hsm (the Nitrokey HSM's key)
+    #[arg(long, value_name = "BACKEND", value_parser = ["tpm", "hsm"])]
+    pub backend: Option<String>,
+    /// Where the sealed key goes (tpm) [default: <config dir>/cache.key]
+    #[arg(long, value_name = "PATH")]
+    pub key_path: Option<PathBuf>,
+    /// systemd-creds key (tpm): auto, host, tpm2 or host+tpm2 [default: auto]
+    #[arg(long, value_name = "KEY")]
+    pub with_key: Option<String>,
+    /// TPM2 PCRs to bind the key to (tpm), e.g. 7 or 7+11 [default: 7, unless --with-key host]
+    #[arg(long, value_name = "LIST")]
+    pub tpm2_pcrs: Option<String>,
+    /// Replace an existing key and cache file
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheStatusArgs {
+    /// Decrypt the cache with the configured backend and count its entries
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the status as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheInvalidateArgs {
+    /// Podman secret names or IDs, or mapping files
+    #[arg(value_name = "NAME|ID|MAPPING_FILE", required = true)]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,10 @@ pub enum Error {
         provider: &'static str,
         detail: String,
     },
+    /// The secret cache (`cache.enc`, its key) is missing, malformed, tampered with or was
+    /// written for another backend. The message is a whole sentence with what to do.
+    #[error("{0}")]
+    Cache(String),
     /// A file-system or socket operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -133,6 +137,7 @@ impl Error {
             Error::UnknownProvider { .. } => (500, "unknown_provider"),
             Error::Provider { .. } => (502, "provider_error"),
             Error::ProviderUnavailable { .. } => (503, "provider_unavailable"),
+            Error::Cache(_) => (500, "cache_error"),
             Error::Config { .. } | Error::Io { .. } | Error::Failed(_) => (500, "internal_error"),
             Error::Context { .. } => unreachable!("root() never returns Context"),
         }

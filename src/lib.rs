@@ -10,10 +10,13 @@
 //! - [`error`]: the one error type, with exit codes and HTTP statuses.
 //! - [`config`]: `config.yaml` schema, validation, scope paths, credential resolution.
 //! - [`duration`]: durations in configuration (`30s`, `5m`, `90d`).
+//! - [`timefmt`]: UTC calendar time for the few timestamps psi prints.
 //! - [`secret`]: `SecretId`, `Mapping` (the wire JSON), `SecretValue`.
 //! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
 //! - [`crypto`]: pure cryptography on bytes: AES-GCM, RSA-OAEP (and its software decoding),
-//!   the Nitrokey hybrid envelope.
+//!   the Nitrokey hybrid envelope, HMAC-SHA256.
+//! - [`cache`]: the encrypted secret cache: the in-memory entries keyed by HMAC digests of
+//!   mappings, the `cache.enc` file format (`format`, pure) and its TPM/HSM key backends.
 //! - [`fsutil`]: atomic writes with the mode set at open, write-if-changed, private directories.
 //! - [`state`]: the state directory, the one place that knows its layout.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
@@ -33,6 +36,7 @@
 //! - [`driver`]: which client the driver commands use (psi or curl) and the token file.
 #![deny(unsafe_code)]
 
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -52,4 +56,5 @@ pub mod service;
 pub mod setup;
 pub mod state;
 pub mod systemd;
+pub mod timefmt;
 pub mod unitgen;

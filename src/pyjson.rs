@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Separators and key order for [`dumps`].
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +37,13 @@ pub fn dumps(value: &Value, style: Style) -> String {
     out
 }
 
+/// [`dumps`] of an object, without wrapping it in a `Value` first.
+pub fn dumps_object(map: &Map<String, Value>, style: Style) -> String {
+    let mut out = String::new();
+    write_object(&mut out, map, style);
+    out
+}
+
 fn write_value(out: &mut String, value: &Value, style: Style) {
     match value {
         Value::Null => out.push_str("null"),
@@ -53,27 +60,30 @@ fn write_value(out: &mut String, value: &Value, style: Style) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            if style.sort_keys {
-                // Python sorts str keys by code point; UTF-8 byte order is the same order.
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-            }
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push_str(style.item_sep);
-                }
-                write_string(out, key);
-                out.push_str(style.key_sep);
-                write_value(out, item, style);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(out, map, style),
     }
 }
 
-fn write_string(out: &mut String, s: &str) {
+fn write_object(out: &mut String, map: &Map<String, Value>, style: Style) {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    if style.sort_keys {
+        // Python sorts str keys by code point; UTF-8 byte order is the same order.
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    out.push('{');
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(style.item_sep);
+        }
+        write_string(out, key);
+        out.push_str(style.key_sep);
+        write_value(out, item, style);
+    }
+    out.push('}');
+}
+
+/// Appends `s` as a JSON string literal, escaped as Python's `ensure_ascii=True` does.
+pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

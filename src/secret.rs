@@ -66,7 +66,9 @@ impl fmt::Debug for SecretId {
 }
 
 /// A secret value: the bytes a container receives. Zeroized when dropped, and deliberately
-/// without `Debug`/`Display` so it cannot reach a log line by accident.
+/// without `Debug`/`Display` so it cannot reach a log line by accident. A clone is another
+/// zeroizing buffer (the cache hands one to each lookup).
+#[derive(Clone)]
 pub struct SecretValue(Zeroizing<Vec<u8>>);
 
 impl SecretValue {
@@ -185,7 +187,13 @@ impl Mapping {
     /// The bytes psi writes: Python `json.dumps` default separators, key order kept, so files
     /// psi writes are byte-identical to the original's for the same mapping.
     pub fn to_bytes(&self) -> Vec<u8> {
-        pyjson::dumps(&Value::Object(self.object.clone()), pyjson::Style::DEFAULT).into_bytes()
+        pyjson::dumps_object(&self.object, pyjson::Style::DEFAULT).into_bytes()
+    }
+
+    /// The canonical text the cache derives its keys from: Python's
+    /// `json.dumps(mapping, separators=(",", ":"), sort_keys=True)`, every field included.
+    pub fn canonical(&self) -> String {
+        pyjson::dumps_object(&self.object, pyjson::Style::CANONICAL)
     }
 }
 

@@ -2,8 +2,10 @@
 //! the one-shot `psi secret ...` driver commands, so both behave the same, log the same
 //! audit events and never write plaintext.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::live::LiveCache;
 use crate::config::{RawPolicy, Settings};
 use crate::error::{Error, Result};
 use crate::provider::Registry;
@@ -19,6 +21,17 @@ pub struct Service {
     registry: Registry,
     raw_values: RawPolicy,
     deadline: Duration,
+    cache: CacheState,
+}
+
+/// The encrypted cache as the service sees it.
+pub enum CacheState {
+    /// `cache.enabled` is false or no backend is configured.
+    Disabled,
+    /// Configured, but its backend could not be opened (the key is missing or sealed to
+    /// another TPM state): every lookup goes to the providers.
+    Unavailable(String),
+    Live(Arc<LiveCache>),
 }
 
 impl Service {
@@ -28,7 +41,16 @@ impl Service {
             registry,
             raw_values,
             deadline: LOOKUP_DEADLINE,
+            cache: CacheState::Disabled,
         }
+    }
+
+    pub fn set_cache(&mut self, cache: CacheState) {
+        self.cache = cache;
+    }
+
+    pub fn cache(&self) -> &CacheState {
+        &self.cache
     }
 
     pub fn from_settings(settings: &Settings) -> Result<Service> {
@@ -43,31 +65,45 @@ impl Service {
         &self.registry
     }
 
-    /// Resolves `id`: mapping from the state dir, then its provider. The hot path: no disk
-    /// writes, one file read, one provider call bounded by the deadline.
+    /// Resolves `id`: the mapping from the state dir, then the cache, then its provider.
+    /// The hot path: no disk writes, one file read; a cache hit takes no lock and logs at
+    /// DEBUG; a provider call is bounded by the deadline and its value kept in memory.
     pub async fn lookup(&self, id: &SecretId) -> Result<SecretValue> {
         let result = self.resolve(id).await;
         match &result {
-            Ok((_, provider)) => {
-                tracing::info!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source = "provider")
+            Ok((_, provider, "cache")) => {
+                tracing::debug!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source = "cache")
+            }
+            Ok((_, provider, source)) => {
+                tracing::info!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source)
             }
             Err(err) => {
                 tracing::warn!(event = "secret.lookup", secret_id = %id, outcome = "error", error = %err)
             }
         }
-        result.map(|(value, _)| value)
+        result.map(|(value, _, _)| value)
     }
 
-    async fn resolve(&self, id: &SecretId) -> Result<(SecretValue, &'static str)> {
+    async fn resolve(&self, id: &SecretId) -> Result<(SecretValue, &'static str, &'static str)> {
         let mapping = self.state.read_mapping(id)?;
         let provider = self.registry.get(mapping.provider())?;
+        let live = match &self.cache {
+            CacheState::Live(live) => Some(live),
+            _ => None,
+        };
+        if let Some(value) = live.and_then(|cache| cache.get(&mapping)) {
+            return Ok((value, provider.name(), "cache"));
+        }
         let value = tokio::time::timeout(self.deadline, provider.lookup(&mapping))
             .await
             .map_err(|_| Error::ProviderUnavailable {
                 provider: provider.name(),
                 detail: format!("no answer within {}s", self.deadline.as_secs()),
             })??;
-        Ok((value, provider.name()))
+        if let Some(cache) = live {
+            cache.fill(&mapping, &value);
+        }
+        Ok((value, provider.name(), "provider"))
     }
 
     /// Stores what Podman handed the driver for `id`. A mapping of a known shape is kept byte

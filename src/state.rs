@@ -70,6 +70,45 @@ impl StateDir {
         }
     }
 
+    /// Takes `state_dir/.setup.lock` (flock, exclusive), waiting for whoever holds it: one
+    /// writer of Podman secrets, mappings and the cache at a time (`psi setup` from a timer,
+    /// an operator's `psi cache invalidate`). Held until the returned guard drops.
+    pub async fn lock_setup(&self) -> Result<nix::fcntl::Flock<fs::File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::os::unix::fs::OpenOptionsExt;
+        fsutil::ensure_dir(&self.root, DIR_MODE)?;
+        let path = self.root.join(".setup.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(fsutil::PRIVATE)
+            .open(&path)
+            .map_err(|err| Error::io("cannot open the setup lock", &path, err))?;
+        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+            Err((_, errno)) => {
+                return Err(Error::io(
+                    "cannot lock",
+                    &path,
+                    std::io::Error::from_raw_os_error(errno as i32),
+                ))
+            }
+        };
+        tracing::info!(lock = %path.display(), "another psi setup or cache command is running; waiting for it");
+        tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
+            .await
+            .map_err(|err| Error::Failed(format!("setup lock: {err}")))?
+            .map_err(|(_, errno)| {
+                Error::io(
+                    "cannot lock",
+                    &path,
+                    std::io::Error::from_raw_os_error(errno as i32),
+                )
+            })
+    }
+
     /// The IDs that have a mapping, sorted. Only files that are mappings count: not the
     /// cache, public keys, temp or dot files, nor anything that does not parse as a mapping
     /// (the original listed `cache.enc` and key files as secrets).

@@ -1,6 +1,7 @@
 //! One module per command group, each with one entry function. This is the only place a
 //! tokio runtime is built: commands that need async get one, the rest stay synchronous.
 
+pub mod cache;
 pub mod creds;
 pub mod install;
 pub mod nitrokeyhsm;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Setup(args) => block_on(setup::setup(&settings, &args)),
         Command::Check(args) => block_on(setup::check(&settings, &args)),
         Command::Nitrokeyhsm(command) => block_on(nitrokeyhsm::run(&settings, command)),
+        Command::Cache(command) => block_on(cache::run(&settings, command)),
     }
 }
 

@@ -5,10 +5,16 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::cache::{self, live::LiveCache};
 use crate::config::{process_env, CredentialSource, Settings};
 use crate::error::{Error, Result};
 use crate::server::{self, App};
-use crate::service::Service;
+use crate::service::{CacheState, Service};
+
+/// How long start-up waits for the first cache load before taking requests anyway (a TPM
+/// key loads a 10,000-entry cache in milliseconds; a slow token must not hold up `/healthz`:
+/// the load then finishes in the background and lookups go to the providers meanwhile).
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(settings: Settings) -> Result<()> {
     if !settings.config_found {
@@ -17,7 +23,8 @@ pub async fn run(settings: Settings) -> Result<()> {
             "no config file; running with defaults (provider: systemd-creds)"
         );
     }
-    let service = Service::from_settings(&settings)?;
+    let mut service = Service::from_settings(&settings)?;
+    service.set_cache(open_cache(&settings, &service).await);
     // Configured, not yet connected: Infisical logs in and the HSM opens its session on the
     // first lookup (they log their own `provider.open`), so start-up never waits on them.
     for name in service.registry().names() {
@@ -70,4 +77,30 @@ pub async fn run(settings: Settings) -> Result<()> {
     let result = server::run(bound.listener, app, shutdown).await;
     bound.file.remove();
     result
+}
+
+/// The encrypted cache, if configured: its backend opened and its first load started.
+async fn open_cache(settings: &Settings, service: &Service) -> CacheState {
+    match cache::Backend::from_settings(settings, service.registry()) {
+        Ok(None) => {
+            tracing::info!(
+                event = "cache.open",
+                outcome = "disabled",
+                "secret cache disabled (cache.enabled or cache.backend)"
+            );
+            CacheState::Disabled
+        }
+        Ok(Some(backend)) => {
+            let path = cache::cache_path(settings);
+            let (live, first_load) = LiveCache::start(path, backend);
+            if tokio::time::timeout(CACHE_WAIT, first_load).await.is_err() {
+                tracing::warn!(event = "cache.open", "the secret cache is still loading; serving from the providers until it is ready");
+            }
+            CacheState::Live(live)
+        }
+        Err(err) => {
+            tracing::warn!(event = "cache.open", outcome = "error", error = %err, "secret cache backend unavailable; falling back to live provider lookups");
+            CacheState::Unavailable(err.to_string())
+        }
+    }
 }

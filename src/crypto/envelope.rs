@@ -10,6 +10,11 @@
 //! Sealing needs only the public key, so it runs in software without the token; opening is
 //! split in two because unwrapping the AES key is the token's job: [`Envelope::parse`] finds
 //! the parts, the caller unwraps [`Envelope::wrapped_key`], and [`Envelope::open`] decrypts.
+//!
+//! The original format has no associated data. psi's own newer formats (the version 2 cache
+//! file) bind associated data into the AES-GCM part ([`seal_with_aad`],
+//! [`Envelope::open_with_aad`]); the byte layout is the same. No AAD is the same as empty AAD
+//! in GCM, so the plain functions are the `b""` case.
 
 use zeroize::Zeroizing;
 
@@ -24,6 +29,15 @@ pub fn seal(public_key: &PublicKey, plaintext: &[u8]) -> Result<Vec<u8>, CryptoE
     seal_with(public_key, plaintext, OaepHash::Sha256)
 }
 
+/// [`seal`] with `aad` bound into the AES-GCM part.
+pub fn seal_with_aad(
+    public_key: &PublicKey,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    seal_inner(public_key, aad, plaintext, OaepHash::Sha256)
+}
+
 /// [`seal`] with another OAEP hash: only for exercising tokens' native OAEP in tests; such
 /// envelopes are not the original's format.
 pub fn seal_with(
@@ -31,11 +45,20 @@ pub fn seal_with(
     plaintext: &[u8],
     hash: OaepHash,
 ) -> Result<Vec<u8>, CryptoError> {
+    seal_inner(public_key, b"", plaintext, hash)
+}
+
+fn seal_inner(
+    public_key: &PublicKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    hash: OaepHash,
+) -> Result<Vec<u8>, CryptoError> {
     let key = aead::random_key()?;
     let wrapped = public_key.wrap(key.as_ref(), hash)?;
     let key_len = u16::try_from(wrapped.len())
         .map_err(|_| CryptoError::OpenSsl("RSA key too large for the envelope".into()))?;
-    let sealed = aead::seal(&key, b"", plaintext)?;
+    let sealed = aead::seal(&key, aad, plaintext)?;
     let mut out = Vec::with_capacity(PREFIX_LEN + wrapped.len() + sealed.len());
     out.extend_from_slice(&key_len.to_be_bytes());
     out.extend_from_slice(&wrapped);
@@ -92,7 +115,16 @@ impl<'a> Envelope<'a> {
 
     /// Decrypts the value with the unwrapped AES key.
     pub fn open(&self, aes_key: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        aead::open(aes_key, b"", self.sealed)
+        self.open_with_aad(aes_key, b"")
+    }
+
+    /// Decrypts what [`seal_with_aad`] sealed with the same `aad`.
+    pub fn open_with_aad(
+        &self,
+        aes_key: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        aead::open(aes_key, aad, self.sealed)
     }
 }
 
@@ -123,6 +155,24 @@ mod tests {
         ctx.decrypt_to_vec(envelope.wrapped_key(), &mut key)
             .unwrap();
         assert_eq!(envelope.open(&key).unwrap().as_slice(), b"hello\n");
+
+        // With associated data: the same layout, and only the same AAD opens it.
+        let bytes = seal_with_aad(&public, b"PSIC\x02\x02", b"bound").unwrap();
+        let envelope = Envelope::parse(&bytes).unwrap();
+        let mut key = Vec::new();
+        ctx.decrypt_to_vec(envelope.wrapped_key(), &mut key)
+            .unwrap();
+        assert_eq!(
+            envelope
+                .open_with_aad(&key, b"PSIC\x02\x02")
+                .unwrap()
+                .as_slice(),
+            b"bound"
+        );
+        assert_eq!(
+            envelope.open(&key).unwrap_err(),
+            CryptoError::Authentication
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Cryptography on bytes, with no I/O: the AES-256-GCM layout both psi envelopes share
 //! ([`aead`]), RSA-OAEP key wrapping and the software OAEP decoding used when a token cannot
 //! do OAEP-SHA256 itself ([`oaep`]), and the Nitrokey hybrid envelope ([`envelope`]) that must
-//! stay byte-compatible with the original psi.
+//! stay byte-compatible with the original psi; and HMAC-SHA256 ([`hmac_sha256`]).
 //!
 //! Everything here is OpenSSL underneath: psi implements formats, never primitives.
 
@@ -44,6 +44,19 @@ pub enum CryptoError {
     NotRsa(String),
     #[error("{0}")]
     OpenSsl(String),
+}
+
+/// HMAC-SHA256 of `data` under `key`. With an in-memory key it cannot fail short of an
+/// allocation failure, so it returns the tag directly.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
+    let key = PKey::hmac(key).expect("HMAC key");
+    let mut signer = Signer::new(MessageDigest::sha256(), &key).expect("HMAC-SHA256");
+    signer.update(data).expect("HMAC update");
+    let mut tag = [0u8; 32];
+    let len = signer.sign(&mut tag).expect("HMAC final");
+    debug_assert_eq!(len, 32);
+    tag
 }
 
 impl CryptoError {

@@ -101,6 +101,16 @@ impl SystemdCreds {
     }
 
     async fn encrypt(&self, name: &SecretId, value: &[u8]) -> Result<String> {
+        let output = self.encrypt_credential(name.as_str(), value).await?;
+        let text = std::str::from_utf8(&output)
+            .map_err(|_| failed("encrypt printed non-text output".into()))?;
+        // The credential is base64 text; drop line breaks so it fits one JSON string.
+        Ok(text.split_whitespace().collect())
+    }
+
+    /// `systemd-creds encrypt --name=NAME` of `value` (on stdin): the credential exactly as
+    /// systemd-creds prints it, ready for a file that `LoadCredentialEncrypted=` reads.
+    pub async fn encrypt_credential(&self, name: &str, value: &[u8]) -> Result<Vec<u8>> {
         let mut args = vec![
             "encrypt".to_owned(),
             format!("--name={name}"),
@@ -110,11 +120,8 @@ impl SystemdCreds {
             args.push(format!("--tpm2-pcrs={}", pcrs.to_arg()));
         }
         args.extend(["-".to_owned(), "-".to_owned()]);
-        let output = self.run(&args, value).await?;
-        let text = std::str::from_utf8(&output)
-            .map_err(|_| failed("encrypt printed non-text output".into()))?;
-        // The credential is base64 text; drop line breaks so it fits one JSON string.
-        Ok(text.split_whitespace().collect())
+        // The output is ciphertext: no need to keep it zeroizing.
+        Ok(self.run(&args, value).await?.to_vec())
     }
 
     async fn decrypt(&self, name: &str, blob: &str) -> Result<Zeroizing<Vec<u8>>> {

@@ -7,6 +7,7 @@ pub mod infisical;
 pub mod nitrokeyhsm;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::{ProvidersConfig, SealWith};
 use crate::error::{Error, Result};
@@ -15,7 +16,9 @@ use crate::secret::{Mapping, SecretId, SecretValue};
 pub enum Provider {
     SystemdCreds(creds::SystemdCreds),
     Infisical(infisical::Infisical),
-    NitrokeyHsm(nitrokeyhsm::NitrokeyHsm),
+    /// Shared: the secret cache's HSM backend uses the same instance, so there is one
+    /// PKCS#11 thread and one copy of the module per process.
+    NitrokeyHsm(Arc<nitrokeyhsm::NitrokeyHsm>),
 }
 
 impl Provider {
@@ -67,9 +70,9 @@ impl Registry {
     pub fn from_config(config: &ProvidersConfig, state_dir: &Path) -> Result<Registry> {
         let mut providers = Vec::new();
         if let Some(hsm) = &config.nitrokeyhsm {
-            providers.push(Provider::NitrokeyHsm(
+            providers.push(Provider::NitrokeyHsm(Arc::new(
                 nitrokeyhsm::NitrokeyHsm::from_config(hsm, state_dir)?,
-            ));
+            )));
         }
         if let Some(infisical) = &config.infisical {
             providers.push(Provider::Infisical(infisical::Infisical::new(
@@ -88,6 +91,14 @@ impl Registry {
     pub fn infisical(&self) -> Option<&infisical::Infisical> {
         self.providers.iter().find_map(|p| match p {
             Provider::Infisical(client) => Some(client),
+            _ => None,
+        })
+    }
+
+    /// The Nitrokey HSM provider, when configured (the cache's HSM backend shares it).
+    pub fn nitrokeyhsm(&self) -> Option<Arc<nitrokeyhsm::NitrokeyHsm>> {
+        self.providers.iter().find_map(|p| match p {
+            Provider::NitrokeyHsm(hsm) => Some(hsm.clone()),
             _ => None,
         })
     }

@@ -29,7 +29,7 @@ use crate::config::EnvLookup;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::secret::SecretString;
-use crate::service::Service;
+use crate::service::{CacheState, Service};
 use routes::Route;
 
 /// Time limits that keep a stalled client or a stuck request from holding psi.
@@ -285,6 +285,13 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
         Route::Healthz => {
             tracing::debug!(event = "healthz", outcome = "success");
             Ok(Bytes::from_static(b"ok"))
+        }
+        Route::HealthzCache => {
+            return match app.service.cache() {
+                CacheState::Disabled => routes::cache_health(None, None),
+                CacheState::Unavailable(why) => routes::cache_health(None, Some(why)),
+                CacheState::Live(live) => routes::cache_health(Some(&live.health()), None),
+            };
         }
         Route::Lookup(id) => app
             .service

@@ -23,6 +23,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Healthz,
+    /// `/healthz/cache`: the encrypted cache's state, 503 when it is configured but unusable.
+    HealthzCache,
     Lookup(SecretId),
     Store(SecretId),
     Delete(SecretId),
@@ -40,6 +42,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
         "/healthz" => (
             "GET, HEAD",
             (method == Method::GET || method == Method::HEAD).then_some(Route::Healthz),
+        ),
+        "/healthz/cache" => (
+            "GET, HEAD",
+            (method == Method::GET || method == Method::HEAD).then_some(Route::HealthzCache),
         ),
         "/list" => ("GET", (method == Method::GET).then_some(Route::List)),
         _ => {
@@ -98,6 +104,39 @@ pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The `/healthz/cache` answer: JSON for people and scripts, and a status a health check can
+/// use alone (`curl -sf`): 200 when the cache is disabled or loaded, 503 when it is
+/// configured but unusable (lookups then all go to the providers).
+pub fn cache_health(
+    health: Option<&crate::cache::live::Health>,
+    unavailable: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match (health, unavailable) {
+        (_, Some(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"cache": "unavailable", "error": error}),
+        ),
+        (None, None) => (StatusCode::OK, json!({"cache": "disabled"})),
+        (Some(h), None) if h.loaded => (
+            StatusCode::OK,
+            json!({"cache": "loaded", "entries": h.entries, "version": h.version, "error": h.error}),
+        ),
+        (Some(h), None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"cache": if h.error.is_some() { "unavailable" } else { "loading" }, "entries": 0, "error": h.error}),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(pyjson::dumps(
+        &body,
+        pyjson::Style::DEFAULT,
+    ))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 /// Checks `Authorization: Bearer <token>` when a token is configured. `/healthz` is always
 /// open (health checks carry no token). Both sides are hashed first so the comparison is
 /// constant time and does not even reveal the token's length.
@@ -107,7 +146,7 @@ pub fn authorize(
     header: Option<&[u8]>,
 ) -> Result<(), Error> {
     let Some(token) = token else { return Ok(()) };
-    if matches!(route, Ok(Route::Healthz)) {
+    if matches!(route, Ok(Route::Healthz | Route::HealthzCache)) {
         return Ok(());
     }
     let presented = header.unwrap_or_default();

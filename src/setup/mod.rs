@@ -10,6 +10,7 @@
 //! Workloads are independent: one that fails is reported and the others still run; its
 //! Podman secrets and drop-in are left as they were.
 
+mod cached;
 pub mod desired;
 pub mod plan;
 mod report;
@@ -23,7 +24,9 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::podman::Podman;
 use crate::provider::infisical::{self, Infisical};
+use crate::provider::Registry;
 use crate::secret::SecretId;
+use crate::secret::SecretValue;
 use crate::state::StateDir;
 use crate::unitgen::driver_conf;
 use crate::unitgen::dropin::{self, DropIn};
@@ -119,6 +122,9 @@ impl std::fmt::Display for DiscoverError {
 struct Discoverer<'a> {
     infisical: Option<&'a Infisical>,
     listings: HashMap<(String, String, bool, bool), Vec<Found>>,
+    /// Every listed value by its mapping's bytes: what setup writes into the cache, so the
+    /// cache costs no extra API call.
+    values: HashMap<Vec<u8>, SecretValue>,
 }
 
 impl<'a> Discoverer<'a> {
@@ -126,6 +132,7 @@ impl<'a> Discoverer<'a> {
         Discoverer {
             infisical,
             listings: HashMap::new(),
+            values: HashMap::new(),
         }
     }
 
@@ -170,13 +177,15 @@ impl<'a> Discoverer<'a> {
                         location: format!("{}:{}", source.project, source.path),
                         error,
                     })?;
-                let found = listed
-                    .into_iter()
-                    .map(|l| Found {
+                let mut found = Vec::with_capacity(listed.len());
+                for l in listed {
+                    let mapping = infisical::mapping(&source.project, &l.path, &l.key);
+                    self.values.insert(mapping.to_bytes(), l.value);
+                    found.push(Found {
                         key: l.key,
                         path: l.path,
-                    })
-                    .collect();
+                    });
+                }
                 self.listings.insert(key.clone(), found);
             }
             listings.push(self.listings[&key].clone());
@@ -185,20 +194,18 @@ impl<'a> Discoverer<'a> {
     }
 }
 
-/// The Infisical client, when any selected workload needs it.
-fn infisical_client(settings: &Settings) -> Result<Option<Infisical>> {
-    match &settings.providers.infisical {
-        Some(config) => Infisical::new(config, &settings.state_dir).map(Some),
-        None => Ok(None),
-    }
+/// The configured providers (nothing connects until used): Infisical for discovery, and
+/// the HSM when it keys the cache.
+fn registry(settings: &Settings) -> Result<Registry> {
+    Registry::from_config(&settings.providers, &settings.state_dir)
 }
 
 /// `psi check`: resolve every source and key of the named workloads (all when empty),
 /// changing nothing.
 pub async fn check(settings: &Settings, names: &[String]) -> Result<CheckReport> {
     let workloads = selected(settings, None, names)?;
-    let client = infisical_client(settings)?;
-    let mut discoverer = Discoverer::new(client.as_ref());
+    let registry = registry(settings)?;
+    let mut discoverer = Discoverer::new(registry.infisical());
     let mut report = CheckReport::default();
     for (name, config) in workloads {
         let outcome = discoverer.workload(name, config).await;
@@ -210,8 +217,8 @@ pub async fn check(settings: &Settings, names: &[String]) -> Result<CheckReport>
 /// `psi setup`.
 pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport> {
     let workloads = selected(settings, options.provider.as_deref(), &[])?;
-    let client = infisical_client(settings)?;
-    let podman = Podman::new(podman_socket(settings)?);
+    let registry = registry(settings)?;
+    let podman = Podman::new(crate::podman::configured_socket(settings)?);
     let state = StateDir::new(&settings.state_dir);
     // The same commands `psi install` writes by default, so setup's secrets match psi.conf.
     let driver = Driver::resolve(settings, None)?;
@@ -228,11 +235,11 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     let _lock = if options.dry_run {
         None
     } else {
-        Some(lock(&state).await?)
+        Some(state.lock_setup().await?)
     };
     // Podman first: without it there is nothing to apply, so fail before asking Infisical.
     let shell = shell_secrets(&podman, &state).await?;
-    let mut discoverer = Discoverer::new(client.as_ref());
+    let mut discoverer = Discoverer::new(registry.infisical());
     let mut discovered = Vec::new();
     for (name, config) in &workloads {
         tracing::info!(workload = name, "discovering");
@@ -245,7 +252,16 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         read_dropin(settings, w)
     }));
     let mut reload = false;
+    // For the cache: the mappings whose fresh values go in, and those of failed workloads,
+    // whose previous entries stay.
+    let mut fresh: Vec<Vec<u8>> = Vec::new();
+    let mut keep: Vec<Vec<u8>> = Vec::new();
     for (name, config, outcome) in discovered {
+        let owned: Vec<Existing> = shell
+            .iter()
+            .filter(|e| plan::owner(&e.name, names.iter().copied()) == Some(name))
+            .cloned()
+            .collect();
         let desired = match outcome {
             Ok(desired) => desired,
             Err(DiscoverError::Skipped(why)) => {
@@ -256,14 +272,11 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
             Err(err) => {
                 tracing::error!(workload = name, error = %err, "workload failed");
                 report.failed(name, err.to_string());
+                keep.extend(owned.into_iter().filter_map(|e| e.mapping));
                 continue;
             }
         };
-        let owned: Vec<Existing> = shell
-            .iter()
-            .filter(|e| plan::owner(&e.name, names.iter().copied()) == Some(name))
-            .cloned()
-            .collect();
+        fresh.extend(desired.secrets.values().cloned());
         let rendered = dropin::render(&DropIn {
             depends_on: &config.depends_on,
             secrets: &desired.lines,
@@ -291,8 +304,12 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
             Err((done, err)) => {
                 tracing::error!(workload = name, error = %err, "workload failed");
                 report.partly_applied(name, &desired, &plan, done, err.to_string());
+                keep.extend(owned.into_iter().filter_map(|e| e.mapping));
             }
         }
+    }
+    if !options.dry_run {
+        report.cache = cached::write(settings, &registry, &discoverer.values, &fresh, &keep).await;
     }
     if reload {
         match crate::systemd::daemon_reload(settings.scope).await {
@@ -303,50 +320,6 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         }
     }
     Ok(report)
-}
-
-fn podman_socket(settings: &Settings) -> Result<PathBuf> {
-    match &settings.file.podman_socket {
-        Some(path) => Ok(path.clone()),
-        None => crate::podman::default_socket(settings.scope, &crate::config::process_env),
-    }
-}
-
-/// Takes `state_dir/.setup.lock`, waiting for another `psi setup` that holds it.
-async fn lock(state: &StateDir) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    use std::os::unix::fs::OpenOptionsExt;
-    fsutil::ensure_dir(state.root(), 0o700)?;
-    let path = state.root().join(".setup.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|err| Error::io("cannot open the setup lock", &path, err))?;
-    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => return Ok(lock),
-        Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
-        Err((_, errno)) => {
-            return Err(Error::io(
-                "cannot lock",
-                &path,
-                std::io::Error::from_raw_os_error(errno as i32),
-            ))
-        }
-    };
-    tracing::info!(lock = %path.display(), "another psi setup is running; waiting for it");
-    tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
-        .await
-        .map_err(|err| Error::Failed(format!("setup lock: {err}")))?
-        .map_err(|(_, errno)| {
-            Error::io(
-                "cannot lock",
-                &path,
-                std::io::Error::from_raw_os_error(errno as i32),
-            )
-        })
 }
 
 /// Podman's shell-driver secrets with their mapping files.

@@ -20,6 +20,23 @@ pub struct SetupReport {
     pub classification: Option<Classification>,
     /// Whether systemd was reloaded (drop-ins changed).
     pub reloaded: bool,
+    /// The encrypted cache, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheReport>,
+}
+
+/// What happened to the cache, for the setup report.
+#[derive(Debug, Serialize)]
+pub struct CacheReport {
+    pub path: String,
+    /// Entries written (absent when the cache could not be written).
+    pub entries: Option<usize>,
+    /// Entries the file held before.
+    pub previous: Option<usize>,
+    /// Previous entries kept for failed workloads.
+    pub kept: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +73,7 @@ impl SetupReport {
             workloads: Vec::new(),
             classification: None,
             reloaded: false,
+            cache: None,
         }
     }
 
@@ -222,6 +240,17 @@ impl SetupReport {
         }
         if self.reloaded {
             out.push_str("systemd reloaded\n");
+        }
+        if let Some(cache) = &self.cache {
+            match (&cache.entries, &cache.error) {
+                (Some(n), _) => {
+                    let _ = writeln!(out, "cache {}: {n} entries", cache.path);
+                }
+                (None, Some(error)) => {
+                    let _ = writeln!(out, "cache {}: not written: {error}", cache.path);
+                }
+                (None, None) => {}
+            }
         }
         out
     }

@@ -4,6 +4,7 @@
 use psi::provider::creds::DIRECT_LIMIT;
 use psi::secret::{Mapping, SecretId};
 
+use crate::support::swtpm::SoftTpm;
 use crate::support::{require, run_with_stdin, Sandbox};
 
 fn id(s: &str) -> SecretId {
@@ -171,58 +172,6 @@ fn creds_store_cli_writes_a_private_mapping_without_plaintext() {
     }
 }
 
-/// A software TPM (swtpm) on a loopback port, stopped on drop.
-struct SoftTpm {
-    child: std::process::Child,
-    tcti: String,
-    _state: tempfile::TempDir,
-}
-
-impl SoftTpm {
-    fn start() -> SoftTpm {
-        let state = tempfile::tempdir().unwrap();
-        // Two consecutive free ports (server and control), found by binding and releasing.
-        let port = loop {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = probe.local_addr().unwrap().port();
-            if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                break port;
-            }
-        };
-        let child = std::process::Command::new("swtpm")
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state.path().display()))
-            .args([
-                "--server",
-                &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
-            ])
-            .args([
-                "--ctrl",
-                &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
-            ])
-            .args(["--flags", "not-need-init,startup-clear"])
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "swtpm did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        SoftTpm {
-            child,
-            tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-            _state: state,
-        }
-    }
-}
-
-impl Drop for SoftTpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tpm2_sealing_with_pcr_binding() {
     for tool in [
@@ -237,18 +186,7 @@ async fn tpm2_sealing_with_pcr_binding() {
     }
     let sandbox = Sandbox::new();
     let tpm = SoftTpm::start();
-    // swtpm has no resource manager: flush sessions after every systemd-creds call, or the
-    // TPM runs out of session slots after a few calls.
-    let wrapper = sandbox.path().join("systemd-creds-tpm");
-    let script = format!(
-        "#!/bin/sh\nexport SYSTEMD_TPM2_DEVICE={0} TPM2TOOLS_TCTI={0} SYSTEMD_CREDENTIAL_SECRET={1}\n\
-         systemd-creds \"$@\"; rc=$?\nfor f in -t -l -s; do tpm2_flushcontext $f >/dev/null 2>&1; done\nexit $rc\n",
-        tpm.tcti,
-        sandbox.credential_secret().display()
-    );
-    std::fs::write(&wrapper, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = tpm.creds_wrapper(&sandbox);
     let pcrs = psi::config::PcrList::parse("7").unwrap();
     let provider = psi::provider::creds::SystemdCreds::new(
         wrapper.into(),
@@ -266,12 +204,7 @@ async fn tpm2_sealing_with_pcr_binding() {
     assert!(!sandbox.credential_secret().exists());
 
     // Changing PCR 7 (as a changed Secure Boot state would) makes the value unreadable.
-    let extended = std::process::Command::new("tpm2_pcrextend")
-        .arg("7:sha256=0000000000000000000000000000000000000000000000000000000000000001")
-        .env("TPM2TOOLS_TCTI", &tpm.tcti)
-        .status()
-        .unwrap();
-    assert!(extended.success());
+    tpm.extend_pcr7();
     let err = provider.lookup(&mapping).await.unwrap_err();
     assert!(
         err.to_string().contains("systemd-creds: decrypt failed"),

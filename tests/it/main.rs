@@ -7,6 +7,8 @@
 
 mod support;
 
+mod cache;
+mod cache_serve;
 mod cli;
 mod client;
 mod compat;

@@ -4,12 +4,12 @@
 //! Implemented here rather than pulled in from the AWS SDK because one signed
 //! `GetCallerIdentity` is all psi ever sends, and openssl (already linked) has HMAC-SHA256.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
 use zeroize::Zeroizing;
+
+use crate::crypto::hmac_sha256;
+use crate::timefmt::Utc;
 
 /// What one signature covers.
 pub struct Request<'a> {
@@ -67,29 +67,11 @@ pub fn authorization(request: &Request<'_>, scope: &Scope<'_>) -> String {
 
 /// `X-Amz-Date` for `time`: UTC, `YYYYMMDDTHHMMSSZ`.
 pub fn amz_date(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86400, secs % 86400);
-    let (year, month, day) = civil_from_days(days as i64);
+    let t = Utc::of(time);
     format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// SigV4 trims values and folds inner runs of spaces into one.
@@ -102,11 +84,7 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Zeroizing<Vec<u8>> {
-    // HMAC-SHA256 with an in-memory key cannot fail short of an allocation failure.
-    let key = PKey::hmac(key).expect("HMAC key");
-    let mut signer = Signer::new(MessageDigest::sha256(), &key).expect("HMAC-SHA256");
-    signer.update(data).expect("HMAC update");
-    Zeroizing::new(signer.sign_to_vec().expect("HMAC final"))
+    Zeroizing::new(hmac_sha256(key, data).to_vec())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -116,7 +94,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     // AWS's published SigV4 test suite (aws-sig-v4-test-suite): credentials, scope and time
     // shared by every vector.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use zeroize::Zeroizing;
 
 pub use token::{KeyInfo, TokenOptions, TokenStatus};
 
@@ -166,7 +167,28 @@ impl NitrokeyHsm {
         let bytes = B64
             .decode(blob.trim())
             .map_err(|_| failed("invalid mapping: 'blob' is not standard base64".into()))?;
-        let envelope = Envelope::parse(&bytes).map_err(decryption)?;
+        self.open_envelope(b"", &bytes).await.map(SecretValue::from)
+    }
+
+    /// Seals `value` with the public key; `_name` is not bound into the envelope (the
+    /// original format has no associated data).
+    pub async fn seal(&self, _name: &SecretId, value: &[u8]) -> Result<Mapping> {
+        let bytes = self.seal_envelope(b"", value).await?;
+        Ok(Mapping::new(NAME, &[("blob", &B64.encode(bytes))]))
+    }
+
+    /// Seals `plaintext` into a hybrid envelope for the token's key, with `aad` bound into
+    /// its AES-GCM part (`b""`: the original format). Software only, with the public key.
+    pub async fn seal_envelope(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let key = self.public_key().await?;
+        envelope::seal_with_aad(key, aad, plaintext)
+            .map_err(|e| failed(format!("HSM encryption failed: {e}")))
+    }
+
+    /// Opens a hybrid envelope sealed with `aad`: the AES key is unwrapped on the token (on
+    /// the PKCS#11 thread), the rest is decrypted in software.
+    pub async fn open_envelope(&self, aad: &[u8], bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let envelope = Envelope::parse(bytes).map_err(decryption)?;
         let wrapped = envelope.wrapped_key().to_vec();
         let key = self
             .token
@@ -177,19 +199,7 @@ impl NitrokeyHsm {
             mechanism = self.mechanism().map(Mechanism::as_str),
             "AES key unwrapped"
         );
-        envelope
-            .open(&key)
-            .map(SecretValue::from)
-            .map_err(decryption)
-    }
-
-    /// Seals `value` with the public key; `_name` is not bound into the envelope (the
-    /// original format has no associated data).
-    pub async fn seal(&self, _name: &SecretId, value: &[u8]) -> Result<Mapping> {
-        let key = self.public_key().await?;
-        let bytes = envelope::seal(key, value)
-            .map_err(|e| failed(format!("HSM encryption failed: {e}")))?;
-        Ok(Mapping::new(NAME, &[("blob", &B64.encode(bytes))]))
+        envelope.open_with_aad(&key, aad).map_err(decryption)
     }
 
     /// The sealing key: the cache file when it exists, else the token's (then cached).

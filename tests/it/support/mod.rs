@@ -7,6 +7,7 @@ pub mod infisical;
 pub mod podman;
 pub mod podman5;
 pub mod softhsm;
+pub mod swtpm;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,163 @@
+//! The cache as `psi serve` holds it: an immutable snapshot of `cache.enc` behind an atomic
+//! pointer, so a cache hit takes no lock and allocates only the answer; the values of misses
+//! that a provider resolved, kept in memory beside it; and a watcher that notices when
+//! `psi setup` writes a new file and loads it off the request path, keeping the old
+//! snapshot when the new one does not decrypt.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+
+use super::{load, Backend, Digest, Entries};
+use crate::secret::{Mapping, SecretValue};
+
+/// How often the watcher looks at the file's modification time and size: a `stat` every
+/// two seconds costs nothing, and setup runs hourly.
+const POLL: Duration = Duration::from_secs(2);
+
+/// What the snapshot holds, and where it came from.
+pub struct Snapshot {
+    entries: Entries,
+    /// The on-disk format version (1 = the original's, 2 = authenticated header).
+    version: Option<u8>,
+    /// False only for the placeholder before the first successful load.
+    loaded: bool,
+}
+
+/// What `/healthz/cache` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// A snapshot is in use (possibly empty: no file yet). False when the key or the file
+    /// could not be used since start: every lookup goes to the providers.
+    pub loaded: bool,
+    pub entries: usize,
+    /// The format version of the file in use.
+    pub version: Option<u8>,
+    /// Why the last load failed (the snapshot in use, if any, is an older one).
+    pub error: Option<String>,
+}
+
+pub struct LiveCache {
+    path: PathBuf,
+    backend: Backend,
+    snapshot: ArcSwap<Snapshot>,
+    /// Values resolved by providers on a miss, under the snapshot's HMAC key (cleared when a
+    /// new snapshot, with a new key, comes in). Only misses take this lock.
+    fills: Mutex<HashMap<Digest, SecretValue>>,
+    /// Why the last load failed, while it keeps failing.
+    failure: Mutex<Option<String>>,
+}
+
+impl LiveCache {
+    /// Starts the cache: a task loads the file (a missing file is an empty cache), then
+    /// watches it. The receiver fires after that first load, so `psi serve` can wait for it
+    /// a little before taking requests without ever blocking on a slow token. A failed load
+    /// is reported and leaves lookups to the providers.
+    pub fn start(path: PathBuf, backend: Backend) -> (Arc<LiveCache>, oneshot::Receiver<()>) {
+        let cache = Arc::new(LiveCache {
+            path,
+            backend,
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                entries: Entries::empty(),
+                version: None,
+                loaded: false,
+            }),
+            fills: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+        });
+        let (loaded, first_load) = oneshot::channel();
+        let task = Arc::clone(&cache);
+        tokio::spawn(async move {
+            let mut last_tried = stamp(&task.path);
+            task.reload().await;
+            let _ = loaded.send(());
+            loop {
+                tokio::time::sleep(POLL).await;
+                let now = stamp(&task.path);
+                // A file that failed stays failed until it changes again: no retry loop.
+                if now.is_some() && now != last_tried {
+                    last_tried = now;
+                    task.reload().await;
+                }
+            }
+        });
+        (cache, first_load)
+    }
+
+    /// The cached value of `mapping`, if any: the snapshot first (no lock), then the
+    /// values filled on earlier misses.
+    pub fn get(&self, mapping: &Mapping) -> Option<SecretValue> {
+        let snapshot = self.snapshot.load();
+        let digest = snapshot.entries.digest(mapping);
+        if let Some(value) = snapshot.entries.get(&digest) {
+            return Some(value.clone());
+        }
+        lock(&self.fills).get(&digest).cloned()
+    }
+
+    /// Keeps a value a provider resolved, for the next lookup of the same mapping.
+    pub fn fill(&self, mapping: &Mapping, value: &SecretValue) {
+        let digest = self.snapshot.load().entries.digest(mapping);
+        lock(&self.fills).insert(digest, value.clone());
+    }
+
+    pub fn health(&self) -> Health {
+        let snapshot = self.snapshot.load();
+        Health {
+            loaded: snapshot.loaded,
+            entries: snapshot.entries.len(),
+            version: snapshot.version,
+            error: lock(&self.failure).clone(),
+        }
+    }
+
+    /// Loads the file and swaps it in; on failure keeps the current snapshot.
+    async fn reload(&self) {
+        match load(&self.path, &self.backend).await {
+            Ok(Some(loaded)) => {
+                let entries = loaded.entries.len();
+                self.snapshot.store(Arc::new(Snapshot {
+                    entries: loaded.entries,
+                    version: Some(loaded.version),
+                    loaded: true,
+                }));
+                // The fills were digested under the old key and may be stale values.
+                lock(&self.fills).clear();
+                *lock(&self.failure) = None;
+                tracing::info!(event = "cache.load", outcome = "success", entries, path = %self.path.display(), version = loaded.version, "secret cache loaded");
+            }
+            Ok(None) => {
+                if !self.snapshot.load().loaded {
+                    self.snapshot.store(Arc::new(Snapshot {
+                        entries: Entries::empty(),
+                        version: None,
+                        loaded: true,
+                    }));
+                }
+                *lock(&self.failure) = None;
+                tracing::info!(event = "cache.load", outcome = "success", entries = 0, path = %self.path.display(), "no cache file yet; starting empty");
+            }
+            Err(err) => {
+                let keeping = self.snapshot.load().entries.len();
+                tracing::warn!(event = "cache.load", outcome = "error", path = %self.path.display(), error = %err, keeping, "secret cache could not be loaded; keeping the current one and falling back to live provider lookups for the rest");
+                *lock(&self.failure) = Some(err.to_string());
+            }
+        }
+    }
+}
+
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// A poisoned lock only means another lookup panicked mid-insert; the map is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
