@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +51,8 @@ pub enum Command {
     Serve,
     /// Write containers.conf.d/psi.conf, which points Podman's shell driver at psi serve
     Install(InstallArgs),
+    /// The driver commands psi.conf runs: store|lookup|delete|list --socket PATH [--token-file PATH]
+    Client(ClientArgs),
     /// One-shot shell-driver commands (SECRET_ID from the environment)
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -151,6 +155,28 @@ pub struct InstallArgs {
     /// Write to this path instead of the scope's containers.conf.d/psi.conf
     #[arg(long, value_name = "PATH", conflicts_with = "stdout")]
     pub output: Option<PathBuf>,
+    /// What the driver commands run [default: psi, unless inside a container or psi cannot find its own path]
+    #[arg(long, value_enum, value_name = "CLIENT")]
+    pub client: Option<DriverClient>,
+}
+
+/// The program Podman's driver commands run to reach psi serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverClient {
+    /// `psi client ...` by the absolute path of this psi binary
+    Psi,
+    /// curl, as the original psi's psi.conf
+    Curl,
+}
+
+/// `psi client`'s words, parsed by [`crate::client`] itself: `main.rs` runs it before clap
+/// (it is on every container start's path), and this entry only serves `psi --help` and
+/// invocations with global options first.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct ClientArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,13 +31,18 @@
 //! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins, the pcscd
 //!   sidecar's Containerfile and quadlets).
 //! - [`commands`]: one module per command group; the only place that builds a runtime.
+//! - [`client`]: `psi client`, the driver commands as a minimal blocking HTTP client (no
+//!   runtime, no logging), which `main.rs` dispatches first.
+//! - [`driver`]: which client the driver commands use (psi or curl) and the token file.
 #![deny(unsafe_code)]
 
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod driver;
 pub mod duration;
 pub mod error;
 pub mod fsutil;

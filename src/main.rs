@@ -7,7 +7,17 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // `psi client` runs once per secret on every container start: dispatch it before clap
+    // and logging, so it pays for nothing it does not use.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|first| first == "client") {
+        let socket = std::env::var_os("PSI_SOCKET").map(Into::into);
+        return ExitCode::from(psi::client::main(args, socket));
+    }
     let cli = psi::cli::Cli::parse();
+    if let psi::cli::Command::Client(client) = cli.command {
+        return ExitCode::from(psi::client::main(client.args, cli.socket));
+    }
     if let Err(message) = init_logging(&cli.log_level, cli.log_json) {
         eprintln!("psi: {message}");
         return ExitCode::from(2);

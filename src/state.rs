@@ -27,6 +27,12 @@ impl StateDir {
         &self.root
     }
 
+    /// The socket token for `psi client` (`--token-file`). A dot file: no secret ID can
+    /// name it, and listings skip it.
+    pub fn socket_token_path(&self) -> PathBuf {
+        self.root.join(".socket-token")
+    }
+
     pub fn mapping_path(&self, id: &SecretId) -> PathBuf {
         self.root.join(id.as_str())
     }

@@ -4,19 +4,17 @@ use std::path::PathBuf;
 
 use crate::cli::InstallArgs;
 use crate::config::Settings;
+use crate::driver::Driver;
 use crate::error::Result;
 use crate::fsutil;
-use crate::unitgen::driver_conf::{self, DriverConf};
+use crate::unitgen::driver_conf::{self, Client};
 
 pub fn run(settings: &Settings, args: &InstallArgs) -> Result<()> {
-    let spec = DriverConf {
-        socket: &settings.socket_path,
-        token: settings
-            .socket_token
-            .as_ref()
-            .map(|(token, _)| token.expose()),
-    };
+    let driver = Driver::resolve(settings, args.client)?;
+    let spec = driver.conf();
     let text = driver_conf::render(&spec);
+    // Also with --stdout: the printed commands name the token file, so it must exist.
+    driver.write_token_file()?;
     if args.stdout {
         return super::write_stdout(text.as_bytes());
     }
@@ -34,6 +32,6 @@ pub fn run(settings: &Settings, args: &InstallArgs) -> Result<()> {
     }
     fsutil::write_atomic(&path, text.as_bytes(), spec.mode())?;
     fsutil::ensure_dir(&settings.state_dir, 0o700)?;
-    tracing::info!(path = %path.display(), socket = %settings.socket_path.display(), auth = spec.token.is_some(), "wrote Podman driver configuration");
+    tracing::info!(path = %path.display(), socket = %settings.socket_path.display(), auth = settings.socket_token.is_some(), client = match spec.client { Client::Psi { .. } => "psi", Client::Curl { .. } => "curl" }, "wrote Podman driver configuration");
     Ok(())
 }

@@ -16,6 +16,8 @@ use crate::config::{Overrides, Settings};
 use crate::error::{Error, Result};
 use crate::secret::SecretId;
 
+/// Runs every command but `psi client`, which `main.rs` dispatches before logging and
+/// configuration (see [`crate::client`]).
 pub fn run(cli: Cli) -> Result<()> {
     let overrides = Overrides {
         config: cli.config,
@@ -25,6 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve => block_on(serve::run(settings)),
         Command::Install(args) => install::run(&settings, &args),
+        Command::Client(_) => unreachable!("main.rs runs psi client before commands::run"),
         Command::Secret(command) => block_on(secret::run(&settings, command)),
         Command::Creds(command) => block_on(creds::run(&settings, command)),
         Command::Setup(args) => block_on(setup::setup(&settings, &args)),

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use crate::config::{Settings, WorkloadConfig};
+use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::podman::Podman;
@@ -27,7 +28,7 @@ use crate::provider::Registry;
 use crate::secret::SecretId;
 use crate::secret::SecretValue;
 use crate::state::StateDir;
-use crate::unitgen::driver_conf::{self, DriverConf};
+use crate::unitgen::driver_conf;
 use crate::unitgen::dropin::{self, DropIn};
 
 use desired::{Desired, Found, Missing};
@@ -219,14 +220,15 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     let registry = registry(settings)?;
     let podman = Podman::new(crate::podman::configured_socket(settings)?);
     let state = StateDir::new(&settings.state_dir);
-    let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
-    let current_opts: BTreeMap<String, String> = driver_conf::commands(&DriverConf {
-        socket: &settings.socket_path,
-        token,
-    })
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    // The same commands `psi install` writes by default, so setup's secrets match psi.conf.
+    let driver = Driver::resolve(settings, None)?;
+    if !options.dry_run {
+        driver.write_token_file()?;
+    }
+    let current_opts: BTreeMap<String, String> = driver_conf::commands(&driver.conf())
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
 
     // One setup at a time (a timer and an operator may start one together): two runs would
     // both create the same secret names. Held until this function returns.

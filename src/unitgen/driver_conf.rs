@@ -1,5 +1,6 @@
-//! `containers.conf.d/psi.conf`: Podman's shell secret driver as four curl commands against
-//! `psi serve`.
+//! `containers.conf.d/psi.conf`: Podman's shell secret driver as four commands against
+//! `psi serve`, run either with curl (the original's form) or with `psi client` (no curl
+//! process start-up per secret).
 //!
 //! The lookup, delete and list lines are the original's byte for byte (existing secrets carry
 //! them in their driver options). The store line is the one deliberate change: the body goes
@@ -15,18 +16,28 @@ use super::{shell_word, toml_basic};
 #[derive(Debug, Clone, Copy)]
 pub struct DriverConf<'a> {
     pub socket: &'a Path,
-    /// The socket token, embedded as an `Authorization` header. Its alphabet
+    pub client: Client<'a>,
+}
+
+/// The program the commands run, and how it gets the socket token.
+#[derive(Debug, Clone, Copy)]
+pub enum Client<'a> {
+    /// curl, with the token embedded as an `Authorization` header. Its alphabet
     /// (`config::validate_socket_token`) makes single quotes safe.
-    pub token: Option<&'a str>,
+    Curl { token: Option<&'a str> },
+    /// `<binary> client OP`, with the token read from `token_file` (kept out of argv).
+    Psi {
+        binary: &'a Path,
+        token_file: Option<&'a Path>,
+    },
 }
 
 impl DriverConf<'_> {
-    /// Mode of the written file: it holds the token when there is one.
+    /// Mode of the written file: it holds the token when curl carries one.
     pub fn mode(&self) -> u32 {
-        if self.token.is_some() {
-            0o600
-        } else {
-            0o644
+        match self.client {
+            Client::Curl { token: Some(_) } => 0o600,
+            _ => 0o644,
         }
     }
 }
@@ -35,11 +46,32 @@ impl DriverConf<'_> {
 /// options at create time, so `psi setup` compares a secret's options with these to tell a
 /// current secret from one made under an older psi.conf.
 pub fn commands(spec: &DriverConf<'_>) -> [(&'static str, String); 4] {
-    let auth = spec
-        .token
+    let socket = shell_word(&spec.socket.to_string_lossy());
+    let (binary, token_file) = match spec.client {
+        Client::Curl { token } => return curl_commands(&socket, token),
+        Client::Psi { binary, token_file } => (binary, token_file),
+    };
+    let token_file = token_file
+        .map(|f| format!(" --token-file {}", shell_word(&f.to_string_lossy())))
+        .unwrap_or_default();
+    let psi = |op: &str| {
+        format!(
+            "{} client {op} --socket {socket}{token_file}",
+            shell_word(&binary.to_string_lossy())
+        )
+    };
+    [
+        ("store", psi("store")),
+        ("lookup", psi("lookup")),
+        ("delete", psi("delete")),
+        ("list", psi("list")),
+    ]
+}
+
+fn curl_commands(socket: &str, token: Option<&str>) -> [(&'static str, String); 4] {
+    let auth = token
         .map(|t| format!("-H 'Authorization: Bearer {t}' "))
         .unwrap_or_default();
-    let socket = shell_word(&spec.socket.to_string_lossy());
     let curl = |flags: &str| format!("curl {flags} {auth}--unix-socket {socket}");
     [
         (

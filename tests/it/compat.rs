@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use psi::secret::Mapping;
-use psi::unitgen::driver_conf::{render, DriverConf};
+use psi::unitgen::driver_conf::{render, Client, DriverConf};
 
 use crate::support::{run_with_stdin, Sandbox};
 
@@ -32,7 +32,7 @@ fn with_binary_safe_store(original: &str) -> String {
 fn psi_conf_is_the_originals_but_for_the_store_line() {
     let ours = render(&DriverConf {
         socket: Path::new("/run/psi/psi.sock"),
-        token: None,
+        client: Client::Curl { token: None },
     });
     assert_eq!(ours, with_binary_safe_store(ORIGINAL));
     // Every other line is byte-identical.
@@ -46,7 +46,9 @@ fn psi_conf_is_the_originals_but_for_the_store_line() {
 
     let with_token = render(&DriverConf {
         socket: Path::new("/run/user/1000/psi/psi.sock"),
-        token: Some("T0ken-abc"),
+        client: Client::Curl {
+            token: Some("T0ken-abc"),
+        },
     });
     let expected = with_binary_safe_store(ORIGINAL)
         .replace("/run/psi/psi.sock", "/run/user/1000/psi/psi.sock")
@@ -61,7 +63,7 @@ fn psi_conf_is_the_originals_but_for_the_store_line() {
 fn unusual_socket_paths_stay_valid_shell_and_toml() {
     let text = render(&DriverConf {
         socket: Path::new("/run/my psi/\"q\".sock"),
-        token: None,
+        client: Client::Curl { token: None },
     });
     let lookup = text.lines().find(|l| l.starts_with("lookup = ")).unwrap();
     assert_eq!(
@@ -81,6 +83,8 @@ fn install_writes_atomically_with_the_right_mode() {
             "-c",
             config.to_str().unwrap(),
             "install",
+            "--client",
+            "curl",
             "--output",
             out_path.to_str().unwrap(),
         ]);
@@ -117,7 +121,14 @@ fn install_writes_atomically_with_the_right_mode() {
     // --stdout prints the same text and writes nothing.
     let out = sandbox
         .psi()
-        .args(["-c", config.to_str().unwrap(), "install", "--stdout"])
+        .args([
+            "-c",
+            config.to_str().unwrap(),
+            "install",
+            "--client",
+            "curl",
+            "--stdout",
+        ])
         .output()
         .unwrap();
     let elsewhere = sandbox.path().join("conf.d/psi.conf");
@@ -125,7 +136,7 @@ fn install_writes_atomically_with_the_right_mode() {
         String::from_utf8(out.stdout).unwrap(),
         render(&DriverConf {
             socket: &sandbox.socket(),
-            token: None
+            client: Client::Curl { token: None },
         })
     );
     assert!(elsewhere.exists());

@@ -10,6 +10,7 @@ mod support;
 mod cache;
 mod cache_serve;
 mod cli;
+mod client;
 mod compat;
 mod config;
 mod creds;

@@ -38,12 +38,22 @@ pub struct PodmanEnv {
 
 impl PodmanEnv {
     /// Sets everything up, or returns `None` (skip) when a tool is missing outside CI.
+    /// The driver commands are curl's, whatever `psi install` would pick on this host.
     pub fn new(config_extra: &str) -> Option<PodmanEnv> {
         PodmanEnv::with_env(config_extra, &[])
     }
 
     /// As [`PodmanEnv::new`], with `env` set on every child, `psi serve` included.
     pub fn with_env(config_extra: &str, env: &[(&str, &std::ffi::OsStr)]) -> Option<PodmanEnv> {
+        PodmanEnv::with_client(config_extra, env, "curl")
+    }
+
+    /// As [`PodmanEnv::with_env`], with psi.conf from `psi install --client CLIENT`.
+    pub fn with_client(
+        config_extra: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        client: &str,
+    ) -> Option<PodmanEnv> {
         let extra_env: Vec<(String, std::ffi::OsString)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -57,7 +67,9 @@ impl PodmanEnv {
         let config = sandbox.config(config_extra);
         let driver = sandbox
             .psi()
+            .envs(env.iter().copied())
             .args(["-c", config.to_str().unwrap(), "install", "--stdout"])
+            .args(["--client", client])
             .output()
             .unwrap();
         assert!(

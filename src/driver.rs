@@ -1,0 +1,96 @@
+//! Which program Podman's driver commands run to reach psi serve, shared by `psi install`
+//! (psi.conf) and `psi setup` (the options of the secrets it creates), so both write the
+//! same commands.
+//!
+//! `psi client` by the absolute path of the running binary is the default: it saves the
+//! start-up of a curl process on every secret of every container start. curl stays the
+//! choice inside a container (the path of psi in its image means nothing to the host's
+//! Podman) and when psi cannot tell its own path.
+//!
+//! With the psi client, the socket token goes in a 0600 file in the state directory, named
+//! by `--token-file`, rather than on the command line, where every local user could read it
+//! in `/proc/<pid>/cmdline`. A token change then needs no re-created secrets either: their
+//! commands name the file, not the token.
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::DriverClient;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::state::StateDir;
+use crate::unitgen::driver_conf::{Client, DriverConf};
+
+/// Files that mark a container: Podman's and Docker's.
+const CONTAINER_MARKERS: [&str; 2] = ["/run/.containerenv", "/.dockerenv"];
+
+/// The resolved choice, owning what [`DriverConf`] borrows.
+#[derive(Debug)]
+pub struct Driver<'a> {
+    settings: &'a Settings,
+    /// The psi binary and its token file, or `None` for curl.
+    psi: Option<(PathBuf, Option<PathBuf>)>,
+}
+
+impl<'a> Driver<'a> {
+    /// Resolves `requested`, or the default when `None`: psi when its own path is known and
+    /// this is not a container, curl otherwise.
+    pub fn resolve(settings: &'a Settings, requested: Option<DriverClient>) -> Result<Driver<'a>> {
+        let use_psi = match requested {
+            Some(DriverClient::Curl) => false,
+            Some(DriverClient::Psi) => true,
+            None => !in_container() && std::env::current_exe().is_ok(),
+        };
+        let psi = if use_psi {
+            let binary = std::env::current_exe().map_err(|err| Error::Io {
+                context: "cannot tell the path of the psi binary for --client psi".into(),
+                source: err,
+            })?;
+            let token_file = settings
+                .socket_token
+                .as_ref()
+                .map(|_| StateDir::new(&settings.state_dir).socket_token_path());
+            Some((binary, token_file))
+        } else {
+            None
+        };
+        Ok(Driver { settings, psi })
+    }
+
+    pub fn conf(&self) -> DriverConf<'_> {
+        let client = match &self.psi {
+            Some((binary, token_file)) => Client::Psi {
+                binary,
+                token_file: token_file.as_deref(),
+            },
+            None => Client::Curl {
+                token: self.settings.socket_token.as_ref().map(|(t, _)| t.expose()),
+            },
+        };
+        DriverConf {
+            socket: &self.settings.socket_path,
+            client,
+        }
+    }
+
+    /// Writes the token file the psi client's commands name (0600, only when it changed).
+    /// Nothing to do for curl or without a token.
+    pub fn write_token_file(&self) -> Result<()> {
+        let (Some((_, Some(path))), Some((token, _))) = (&self.psi, &self.settings.socket_token)
+        else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
+            fsutil::ensure_dir(dir, 0o700)?;
+        }
+        if fsutil::write_if_changed(path, token.expose().as_bytes(), fsutil::PRIVATE)? {
+            tracing::info!(path = %path.display(), "wrote the socket token file for psi client");
+        }
+        Ok(())
+    }
+}
+
+/// Whether psi runs inside a container (Podman's or Docker's marker file exists).
+pub fn in_container() -> bool {
+    CONTAINER_MARKERS.iter().any(|m| Path::new(m).exists())
+}
