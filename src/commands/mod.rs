@@ -27,7 +27,11 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve => block_on(serve::run(settings)),
         Command::Install(args) => install::run(&settings, &args),
-        Command::Client(_) => unreachable!("main.rs runs psi client before commands::run"),
+        // main.rs runs `psi client` before anything else; a caller of this library function
+        // that hands it one gets told so instead of a panic.
+        Command::Client(_) => Err(Error::Usage(
+            "psi client runs from main, before configuration is loaded".into(),
+        )),
         Command::Secret(command) => block_on(secret::run(&settings, command)),
         Command::Creds(command) => block_on(creds::run(&settings, command)),
         Command::Setup(args) => block_on(setup::setup(&settings, &args)),
