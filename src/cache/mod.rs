@@ -45,6 +45,8 @@ pub const DEFAULT_FILE_NAME: &str = "cache.enc";
 /// The cache's entries and the HMAC key their digests are made with.
 pub struct Entries {
     hmac_key: Zeroizing<[u8; KEY_LEN]>,
+    /// `hmac_key`'s schedule, made once: every lookup digests a mapping.
+    mac: crate::crypto::HmacSha256,
     map: HashMap<Digest, SecretValue>,
 }
 
@@ -58,15 +60,20 @@ impl Entries {
     }
 
     fn with_key(hmac_key: Zeroizing<[u8; KEY_LEN]>) -> Entries {
+        Entries::with_map(hmac_key, HashMap::new())
+    }
+
+    fn with_map(hmac_key: Zeroizing<[u8; KEY_LEN]>, map: HashMap<Digest, SecretValue>) -> Entries {
         Entries {
+            mac: crate::crypto::HmacSha256::new(hmac_key.as_ref()),
             hmac_key,
-            map: HashMap::new(),
+            map,
         }
     }
 
     /// The entry key of `mapping`: HMAC-SHA256 over its canonical JSON (every field).
     pub fn digest(&self, mapping: &Mapping) -> Digest {
-        crate::crypto::hmac_sha256(self.hmac_key.as_ref(), mapping.canonical().as_bytes())
+        self.mac.mac(mapping.canonical().as_bytes())
     }
 
     pub fn get(&self, digest: &Digest) -> Option<&SecretValue> {
@@ -285,10 +292,7 @@ pub async fn load(path: &Path, backend: &Backend) -> Result<Option<Loaded>> {
             if foreign_keys > 0 {
                 tracing::info!(path = %path.display(), ignored = foreign_keys, "cache entries whose key is not an HMAC digest were ignored");
             }
-            Entries {
-                hmac_key,
-                map: entries,
-            }
+            Entries::with_map(hmac_key, entries)
         }
     };
     Ok(Some(Loaded {
