@@ -44,14 +44,7 @@ fn main() {
     );
     let mut env =
         PodmanEnv::new(&config).expect("podman, runc, curl, systemd-creds and busybox are needed");
-    let socket = env.api_socket();
-    let mut text = std::fs::read_to_string(&env.config).unwrap();
-    text.push_str(&format!(
-        "systemd_dir: {}/systemd\npodman_socket: {}\n",
-        env.sandbox.path().display(),
-        socket.display()
-    ));
-    std::fs::write(&env.config, text).unwrap();
+    env.for_setup();
 
     let total = WORKLOADS * PER_WORKLOAD;
     println!("psi setup: {total} secrets in {WORKLOADS} workloads (fake Infisical, Podman 4 API)");

@@ -46,14 +46,7 @@ fn env_with_cache(
         &config,
         &[("CREDENTIALS_DIRECTORY", creds.path().as_os_str())],
     )?;
-    let socket = env.api_socket();
-    let mut text = std::fs::read_to_string(&env.config).unwrap();
-    text.push_str(&format!(
-        "systemd_dir: {}/systemd\npodman_socket: {}\n",
-        env.sandbox.path().display(),
-        socket.display()
-    ));
-    std::fs::write(&env.config, text).unwrap();
+    env.for_setup();
     Some((env, creds))
 }
 

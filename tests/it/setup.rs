@@ -46,15 +46,7 @@ fn providers(fake: &FakeInfisical) -> String {
 /// API socket in the sandbox.
 fn env_with(fake: &FakeInfisical, workloads: &str) -> Option<(PodmanEnv, PathBuf)> {
     let mut env = PodmanEnv::new(&format!("{}{workloads}", providers(fake)))?;
-    let socket = env.api_socket();
-    let systemd = env.sandbox.path().join("systemd");
-    let mut text = std::fs::read_to_string(&env.config).unwrap();
-    text.push_str(&format!(
-        "systemd_dir: {}\npodman_socket: {}\n",
-        systemd.display(),
-        socket.display()
-    ));
-    std::fs::write(&env.config, text).unwrap();
+    let systemd = env.for_setup();
     Some((env, systemd))
 }
 

@@ -185,6 +185,22 @@ impl PodmanEnv {
         self.sandbox.state_dir()
     }
 
+    /// Readies this environment for `psi setup`: starts the libpod API service and points
+    /// the config's `podman_socket` at it and its `systemd_dir` into the sandbox (serve does
+    /// not read either, so it keeps running). Returns the systemd dir.
+    pub fn for_setup(&mut self) -> PathBuf {
+        let socket = self.api_socket();
+        let systemd = self.sandbox.path().join("systemd");
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "systemd_dir: {}\npodman_socket: {}\n",
+            systemd.display(),
+            socket.display()
+        ));
+        std::fs::write(&self.config, text).unwrap();
+        systemd
+    }
+
     /// The socket of this test's libpod API service (`podman system service`, with the same
     /// containers.conf and storage as the CLI), started on first use and stopped on drop.
     pub fn api_socket(&mut self) -> PathBuf {
