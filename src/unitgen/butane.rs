@@ -95,10 +95,14 @@ pub fn butane(p: &Provision, variant: &str, version: &str) -> String {
     }
     if !p.files.is_empty() {
         out.push_str("  files:\n");
-        for (i, file) in p.files.iter().enumerate() {
+        // Whether the previous inline block keeps its trailing newlines: then a blank line
+        // after it would become part of its contents.
+        let mut after_keep = true;
+        for file in &p.files {
+            let inline = yaml_text(&file.contents, 10);
             if let Some(comment) = &file.comment {
                 // A blank line first, so a warning reads as belonging to the entry below it.
-                if i > 0 {
+                if !after_keep {
                     out.push('\n');
                 }
                 for line in comment.lines() {
@@ -106,11 +110,11 @@ pub fn butane(p: &Provision, variant: &str, version: &str) -> String {
                 }
             }
             out.push_str(&format!(
-                "    - path: {}\n      mode: {:04o}\n      overwrite: true\n      contents:\n        inline: {}",
+                "    - path: {}\n      mode: {:04o}\n      overwrite: true\n      contents:\n        inline: {inline}",
                 yaml_scalar(&file.path.to_string_lossy()),
                 file.mode,
-                yaml_text(&file.contents, 10)
             ));
+            after_keep = inline.starts_with("|+") || inline.starts_with("|2+");
         }
     }
     if !p.units.is_empty() {
@@ -314,6 +318,16 @@ mod tests {
         // seven more its prefix takes; a tie stays percent-encoded, as in Butane.
         assert_eq!(data_url(&[0xff, 0xfe, 0x00]), "data:,%FF%FE%00");
         assert_eq!(data_url(&[0xff; 6]), "data:;base64,////////");
+    }
+
+    #[test]
+    fn scalars_that_yaml_would_read_otherwise_are_quoted() {
+        assert_eq!(yaml_scalar("/etc/psi/config.yaml"), "/etc/psi/config.yaml");
+        assert_eq!(yaml_scalar("1.5.0"), "1.5.0");
+        assert_eq!(yaml_scalar("fcos"), "fcos");
+        for quoted in ["no", "On", "1.5", "12", "a b", "a:b", "#x", "", "-x"] {
+            assert!(yaml_scalar(quoted).starts_with('"'), "{quoted}");
+        }
     }
 
     #[test]
