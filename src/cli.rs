@@ -69,6 +69,8 @@ pub enum Command {
     /// The encrypted secret cache (cache.enc): provision, inspect, drop entries
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Print a Butane config (or Ignition JSON) that provisions psi on Fedora CoreOS
+    Butane(ButaneArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +234,53 @@ pub struct NitrokeyStoreArgs {
     /// Create the Podman secret NAME through the shell driver instead of writing state_dir/NAME
     #[arg(long)]
     pub register: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ButaneArgs {
+    /// How psi runs on the machine: as a container (quadlets) or as a native binary
+    #[arg(long, value_enum, default_value = "container", value_name = "MODE")]
+    pub mode: ButaneMode,
+    /// psi's image in container mode
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        default_value = "ghcr.io/quickvm/psi:latest"
+    )]
+    pub image: String,
+    /// Butane variant
+    #[arg(long, value_name = "VARIANT", default_value = "fcos", value_parser = ["fcos"])]
+    pub variant: String,
+    /// Butane spec version (fcos 1.4.0 becomes Ignition 3.3.0, 1.5.0 becomes 3.4.0)
+    #[arg(long = "version", value_name = "VERSION", default_value = "1.5.0", value_parser = ["1.4.0", "1.5.0", "1.6.0"])]
+    pub butane_version: String,
+    /// Print Ignition JSON instead of Butane YAML
+    #[arg(long)]
+    pub ignition: bool,
+    /// Ignition spec version of --ignition (ignition-validate 2.14 checks up to 3.3.0)
+    #[arg(long, value_name = "VERSION", default_value = "3.4.0", value_parser = ["3.3.0", "3.4.0"], requires = "ignition")]
+    pub spec: String,
+    /// Embed the config file (it holds credentials) or leave it to be placed on the machine
+    #[arg(long, value_enum, default_value = "embed", value_name = "HOW")]
+    pub config_file: ConfigFileMode,
+}
+
+/// How psi runs on the provisioned machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ButaneMode {
+    /// psi's image under quadlets; the host's Podman reaches it with curl
+    Container,
+    /// A psi binary on the host (/usr/local/bin/psi) under systemd units
+    Native,
+}
+
+/// Whether `psi butane` embeds the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigFileMode {
+    /// Written to /etc/psi/config.yaml (mode 0600) at first boot
+    Embed,
+    /// Not included: a comment says where to place it
+    Reference,
 }
 
 #[derive(Debug, Args)]

@@ -29,7 +29,7 @@
 //! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
 //! - [`systemd`]: `systemctl daemon-reload`.
 //! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins, the pcscd
-//!   sidecar's Containerfile and quadlets).
+//!   sidecar's Containerfile and quadlets, Butane YAML and Ignition JSON).
 //! - [`commands`]: one module per command group; the only place that builds a runtime.
 //! - [`client`]: `psi client`, the driver commands as a minimal blocking HTTP client (no
 //!   runtime, no logging), which `main.rs` dispatches first.

@@ -1,6 +1,7 @@
 //! One module per command group, each with one entry function. This is the only place a
 //! tokio runtime is built: commands that need async get one, the rest stay synchronous.
 
+pub mod butane;
 pub mod cache;
 pub mod creds;
 pub mod install;
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => block_on(setup::check(&settings, &args)),
         Command::Nitrokeyhsm(command) => block_on(nitrokeyhsm::run(&settings, command)),
         Command::Cache(command) => block_on(cache::run(&settings, command)),
+        Command::Butane(args) => butane::run(&settings, &args),
     }
 }
 

@@ -1,6 +1,7 @@
-//! Pure renderers for the files psi generates: plain data in, text out; no file system, no
-//! environment, no clock. Writing is the commands' job.
+//! Pure renderers for the files psi generates (psi.conf, drop-ins, pcscd, Butane/Ignition):
+//! plain data in, text out; no file system, no environment, no clock. Writing is the commands' job.
 
+pub mod butane;
 pub mod driver_conf;
 pub mod dropin;
 pub mod pcscd;

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod butane;
 mod cache;
 mod cache_serve;
 mod cli;
