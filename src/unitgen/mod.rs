@@ -4,6 +4,7 @@
 pub mod driver_conf;
 pub mod dropin;
 pub mod pcscd;
+pub mod units;
 
 use crate::config::Scope;
 
