@@ -8,6 +8,7 @@ pub mod nitrokeyhsm;
 pub mod secret;
 pub mod serve;
 pub mod setup;
+pub mod systemd;
 
 use std::future::Future;
 
@@ -38,6 +39,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => block_on(setup::check(&settings, &args)),
         Command::Nitrokeyhsm(command) => block_on(nitrokeyhsm::run(&settings, command)),
         Command::Cache(command) => block_on(cache::run(&settings, command)),
+        Command::Healthcheck(args) => crate::client::healthcheck(&settings.socket_path, args.cache)
+            .map_err(|why| Error::Failed(format!("unhealthy: {why}"))),
+        Command::Systemd(command) => block_on(systemd::run(&settings, command)),
     }
 }
 

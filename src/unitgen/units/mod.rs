@@ -183,14 +183,17 @@ impl ApplianceSpec {
         let file = &settings.file;
         let paths = &settings.paths;
         let user = settings.scope == Scope::User;
-        let config_dir = settings
-            .config_path
+        // Units run elsewhere than this shell: a relative `-c` becomes absolute here.
+        let config_path = std::path::absolute(&settings.config_path).map_err(|err| Error::Io {
+            context: format!("cannot resolve {}", settings.config_path.display()),
+            source: err,
+        })?;
+        let config_dir = config_path
             .parent()
             .unwrap_or(&paths.config_dir)
             .display()
             .to_string();
-        let config_name = settings
-            .config_path
+        let config_name = config_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "config.yaml".into());
@@ -263,8 +266,7 @@ impl ApplianceSpec {
             scope: settings.scope,
             image: image.map(str::to_owned),
             psi_bin: psi_bin.to_path_buf(),
-            config_arg: (settings.config_path != paths.config)
-                .then(|| settings.config_path.clone()),
+            config_arg: (config_path != paths.config).then(|| config_path.clone()),
             config_dir: Place::new(config_dir, false, "/etc/psi"),
             config_env: (config_name != "config.yaml").then(|| format!("/etc/psi/{config_name}")),
             state_dir: Place::new(
