@@ -235,18 +235,34 @@ fn quadlet_accepts_the_container_units() {
         if hsm {
             wanted.push(" -v pcscd-socket:/run/pcscd:rw ");
             wanted.push(" --env CREDENTIALS_DIRECTORY=/run/credentials ");
-            assert!(serve.lines().any(|l| l == "LoadCredentialEncrypted=hsm-pin"), "{name}");
-            assert!(serve.lines().any(|l| l == "Wants=network-online.target pcscd.service"), "{name}:\n{serve}");
+            assert!(
+                serve
+                    .lines()
+                    .any(|l| l == "LoadCredentialEncrypted=hsm-pin"),
+                "{name}"
+            );
+            assert!(
+                serve
+                    .lines()
+                    .any(|l| l == "Wants=network-online.target pcscd.service"),
+                "{name}:\n{serve}"
+            );
         }
         if variant.user {
             wanted.push(" -v %t/psi:/run/psi:Z ");
-            wanted.push(" -v /home/alice/.config/psi/..".trim_end_matches(".."));
+            wanted.push(" -v /home/alice/.local/share/psi:/var/lib/psi:Z ");
         } else {
             wanted.push(" -v /run/psi:/run/psi:Z ");
+            wanted.push(" -v /var/lib/psi:/var/lib/psi:Z ");
         }
         if variant.socket_token_credential {
             wanted.push(" -v %d:/run/credentials:ro ");
-            assert!(serve.lines().any(|l| l == "LoadCredentialEncrypted=psi-socket-token"), "{name}");
+            assert!(
+                serve
+                    .lines()
+                    .any(|l| l == "LoadCredentialEncrypted=psi-socket-token"),
+                "{name}"
+            );
         }
         for part in wanted {
             assert!(exec.contains(part), "{name}: no {part:?} in {exec}");
@@ -261,7 +277,10 @@ fn quadlet_accepts_the_container_units() {
             };
             assert!(setup.contains(podman_socket), "{name}:\n{setup}");
             assert!(setup.contains("Requires=psi-secrets.service"), "{name}");
-            assert!(setup.contains(&format!(" {IMAGE} setup --provider infisical")), "{name}");
+            assert!(
+                setup.contains(&format!(" {IMAGE} setup --provider infisical")),
+                "{name}"
+            );
         }
     }
 }
@@ -273,9 +292,16 @@ fn verify(paths: &[PathBuf], user: bool, runtime: &Path, what: &str) {
     if user {
         cmd.arg("--user").env("XDG_RUNTIME_DIR", runtime);
     }
-    let out = cmd.args(["verify", "--man=no"]).args(paths).output().unwrap();
+    let out = cmd
+        .args(["verify", "--man=no"])
+        .args(paths)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.is_empty(), "{what}: {stderr}");
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{what}: {stderr}"
+    );
 }
 
 #[test]
@@ -316,7 +342,10 @@ fn tree(dir: &Path, sub: &str) -> Vec<(String, String)> {
                 .map(|e| {
                     let e = e.unwrap();
                     let text = std::fs::read_to_string(e.path()).unwrap();
-                    (e.file_name().to_string_lossy().into_owned(), normalize(&text, dir))
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        normalize(&text, dir),
+                    )
                 })
                 .collect()
         })
@@ -329,7 +358,10 @@ fn tree(dir: &Path, sub: &str) -> Vec<(String, String)> {
 fn install_writes_the_golden_set_once() {
     // The command runs as this test's user: the system-scope variants when that is root.
     let root = nix::unistd::getuid().is_root();
-    for variant in variants().into_iter().filter(|v| !v.user == root && !v.socket_token_credential) {
+    for variant in variants()
+        .into_iter()
+        .filter(|v| !v.user == root && !v.socket_token_credential)
+    {
         let name = variant.name;
         let sandbox = Sandbox::new();
         let dir = sandbox.path();
@@ -346,7 +378,11 @@ fn install_writes_the_golden_set_once() {
                 Mode::Container => cmd.args(["--mode", "container", "--image", IMAGE]),
             };
             let out = cmd.output().unwrap();
-            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8(out.stdout).unwrap()
         };
 
@@ -401,7 +437,10 @@ fn healthcheck_against_serve() {
             .args(extra)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // No server: exit 1, saying why.
     let (code, stderr) = healthcheck(&[]);
