@@ -360,7 +360,7 @@ fn install_writes_the_golden_set_once() {
     let root = nix::unistd::getuid().is_root();
     for variant in variants()
         .into_iter()
-        .filter(|v| !v.user == root && !v.socket_token_credential)
+        .filter(|v| v.user != root && !v.socket_token_credential)
     {
         let name = variant.name;
         let sandbox = Sandbox::new();
