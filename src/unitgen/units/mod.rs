@@ -351,10 +351,10 @@ pub fn appliance(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
         Mode::Native => native::files(spec),
         Mode::Container => container::files(spec),
     };
-    for provider in spec.setup_providers() {
-        if spec.cache.is_some() {
+    if let Some(cache) = &spec.cache {
+        for provider in spec.setup_providers() {
             files.push(refresh_service(spec, provider));
-            files.push(refresh_timer(spec, provider));
+            files.push(refresh_timer(spec, cache, provider));
         }
     }
     if !spec.tls_dirs.is_empty() {
@@ -519,8 +519,7 @@ fn refresh_service(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
     .file(Target::Unit, format!("psi-{provider}-refresh.service"))
 }
 
-fn refresh_timer(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
-    let cache = spec.cache.as_ref().expect("refresh units need the cache");
+fn refresh_timer(spec: &ApplianceSpec, cache: &CacheSpec, provider: &str) -> GeneratedFile {
     UnitText::new(
         spec,
         &format!("Timer of psi's {provider} secret cache refresh"),
