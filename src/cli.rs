@@ -71,6 +71,55 @@ pub enum Command {
     Cache(CacheCommand),
     /// Print a Butane config (or Ignition JSON) that provisions psi on Fedora CoreOS
     Butane(ButaneArgs),
+    /// Exit 0 when psi serve answers GET /healthz with 200 (the socket: --socket, PSI_SOCKET, config)
+    Healthcheck(HealthcheckArgs),
+    /// The appliance's systemd units and quadlets
+    #[command(subcommand)]
+    Systemd(SystemdCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Also require GET /healthz/cache to answer 200 (the cache is disabled or loaded)
+    #[arg(long)]
+    pub cache: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemdCommand {
+    /// Write psi-secrets, the setup units, refresh and TLS timers (only files that changed)
+    Install(SystemdInstallArgs),
+}
+
+/// How psi runs on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnitMode {
+    /// The psi binary as systemd services
+    Native,
+    /// psi's image as quadlet .container units
+    Container,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemdInstallArgs {
+    /// native (this psi binary) or container (quadlets running --image)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: UnitMode,
+    /// psi's image (container mode)
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Then start the services and enable the timers (native: enable --now everything)
+    #[arg(long, conflicts_with_all = ["output_dir", "dry_run"])]
+    pub enable: bool,
+    /// Write under DIR/quadlets and DIR/units instead of the scope's directories
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Print the files; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// psi serve loads the socket token from the encrypted credential psi-socket-token
+    #[arg(long)]
+    pub socket_token_credential: bool,
 }
 
 #[derive(Debug, Subcommand)]

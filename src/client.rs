@@ -19,7 +19,7 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use zeroize::Zeroizing;
@@ -177,7 +177,7 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
         body.as_deref().map(Vec::as_slice),
     );
 
-    let reply = exchange(invocation, &request)?;
+    let reply = exchange(&invocation.socket, &request)?;
     let response = parse_response(&reply).map_err(|why| {
         Failure::Failed(format!(
             "{}: malformed reply from psi serve: {why}",
@@ -203,9 +203,35 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
     )))
 }
 
+/// `psi healthcheck`: `GET /healthz`, and with `cache` also `GET /healthz/cache`, must
+/// answer 200. Blocking and runtime-free like the driver commands: Podman runs it in the
+/// container every `HealthInterval`. The error says which route failed and how.
+pub fn healthcheck(socket: &Path, cache: bool) -> Result<(), String> {
+    let routes: &[&str] = if cache {
+        &["/healthz", "/healthz/cache"]
+    } else {
+        &["/healthz"]
+    };
+    for route in routes {
+        let request = build_request("GET", route, None, None);
+        let reply = exchange(socket, &request).map_err(|failure| match failure {
+            Failure::Usage(why) | Failure::Failed(why) => why,
+        })?;
+        let response = parse_response(&reply)
+            .map_err(|why| format!("{route}: malformed reply from psi serve: {why}"))?;
+        if response.status != 200 {
+            return Err(format!(
+                "{route}: HTTP {}: {}",
+                response.status,
+                error_detail(&response.body)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Connects, sends `request`, and reads the reply until psi closes the connection.
-fn exchange(invocation: &Invocation, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    let socket = &invocation.socket;
+fn exchange(socket: &Path, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let failed = |what: &str, err: std::io::Error| {
         Failure::Failed(format!("{what} {}: {err}", socket.display()))
     };

@@ -27,12 +27,13 @@
 //! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
-//! - [`systemd`]: `systemctl daemon-reload`.
+//! - [`systemd`]: `systemctl [--user]`: daemon-reload, enable, start.
 //! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins, the pcscd
-//!   sidecar's Containerfile and quadlets, Butane YAML and Ignition JSON).
+//!   sidecar's Containerfile and quadlets, `units`: the appliance's services, quadlets and
+//!   timers for `psi systemd install`, `butane`: Butane YAML and Ignition JSON).
 //! - [`commands`]: one module per command group; the only place that builds a runtime.
 //! - [`client`]: `psi client`, the driver commands as a minimal blocking HTTP client (no
-//!   runtime, no logging), which `main.rs` dispatches first.
+//!   runtime, no logging), which `main.rs` dispatches first; also `psi healthcheck`.
 //! - [`driver`]: which client the driver commands use (psi or curl) and the token file.
 #![deny(unsafe_code)]
 

@@ -9,6 +9,7 @@ pub mod nitrokeyhsm;
 pub mod secret;
 pub mod serve;
 pub mod setup;
+pub mod systemd;
 
 use std::future::Future;
 
@@ -40,6 +41,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Nitrokeyhsm(command) => block_on(nitrokeyhsm::run(&settings, command)),
         Command::Cache(command) => block_on(cache::run(&settings, command)),
         Command::Butane(args) => butane::run(&settings, &args),
+        Command::Healthcheck(args) => crate::client::healthcheck(&settings.socket_path, args.cache)
+            .map_err(|why| Error::Failed(format!("unhealthy: {why}"))),
+        Command::Systemd(command) => block_on(systemd::run(&settings, command)),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod butane;
 pub mod driver_conf;
 pub mod dropin;
 pub mod pcscd;
+pub mod units;
 
 use crate::config::Scope;
 

@@ -26,3 +26,4 @@ mod podman_api;
 mod routes;
 mod server;
 mod setup;
+mod units;

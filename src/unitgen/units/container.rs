@@ -1,0 +1,166 @@
+//! Container mode: psi's image as quadlet `.container` units in the quadlet directory.
+//!
+//! Every host path is mounted where psi, running as root in its container, looks for it:
+//! the system scope's defaults, or the same path when the config file names it (see
+//! [`super::Place`]). So a user's rootless appliance mounts `~/.config/psi` at `/etc/psi`,
+//! `~/.local/share/psi` at `/var/lib/psi`, `%t/psi` at `/run/psi` and
+//! `%t/podman/podman.sock` at `/run/podman/podman.sock`, and psi inside never mixes the two
+//! scopes (the original's bug 6).
+//!
+//! Readiness: `Notify=true` hands the service's notify socket to psi, which sends
+//! `READY=1` once its socket is bound: setup units ordered after `psi-secrets.service` start
+//! as soon as lookups work. `Notify=healthy` would wait for the first health check (up to
+//! `HealthInterval`, and Podman 5 only) for the same knowledge. The health check then only
+//! watches a running server: `psi healthcheck` (no curl in the image) asks `/healthz`, and
+//! `HealthOnFailure=kill` turns a wedged server into a restart (`Restart=on-failure`). It
+//! does not add `--cache`: an unusable cache degrades lookups to the providers, and killing
+//! the server over it would turn that into an outage.
+
+use super::{
+    credential_lines, install_lines, setup_description, unit_lines, ApplianceSpec, GeneratedFile,
+    Place, Role, Target, UnitText, SERVE_DESCRIPTION, TLS_DESCRIPTION,
+};
+
+/// Where the service's credentials directory (`%d`) appears in the container.
+const CREDENTIALS_INSIDE: &str = "/run/credentials";
+
+pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
+    let mut files = vec![serve(spec)];
+    files.extend(spec.setup_providers().into_iter().map(|p| setup(spec, p)));
+    if !spec.tls_dirs.is_empty() {
+        files.push(tls_renew(spec));
+    }
+    files
+}
+
+fn volume(place: &Place, options: &str) -> String {
+    format!("Volume={}:{}{options}", place.host, place.inside)
+}
+
+/// `[Container]` lines every psi container has: name, image, command, host network (the
+/// providers are remote services and the socket is a bind mount anyway), the config and
+/// state directories; then what `role` needs; then the shared extras (CA, pcscd,
+/// credentials) and their environment.
+fn container_lines(spec: &ApplianceSpec, name: &str, exec: &str, role: Role) -> Vec<String> {
+    let mut lines = vec![
+        format!("ContainerName={name}"),
+        format!("Image={}", spec.image.as_deref().unwrap_or_default()),
+        format!("Exec={exec}"),
+        "Network=host".into(),
+        // An unconfined container domain: psi reads the Podman socket, the D-Bus socket and
+        // the host directories it writes to without relabelling them.
+        "SecurityLabelType=container_runtime_t".into(),
+    ];
+    if matches!(role, Role::Serve) {
+        lines.extend([
+            "Notify=true".to_owned(),
+            "HealthCmd=psi healthcheck".into(),
+            "HealthInterval=30s".into(),
+            "HealthRetries=10".into(),
+            "HealthStartPeriod=60s".into(),
+            "HealthTimeout=5s".into(),
+            "HealthOnFailure=kill".into(),
+        ]);
+    }
+    lines.push(volume(&spec.config_dir, ":ro"));
+    lines.push(volume(&spec.state_dir, ":Z"));
+    match role {
+        Role::Serve => lines.push(volume(&spec.runtime_dir, ":Z")),
+        Role::Setup => lines.extend([
+            volume(&spec.systemd_dir, ":Z"),
+            volume(&spec.podman_socket, ":z"),
+            volume(&spec.dbus_socket, ""),
+        ]),
+        // The certificate directories are shared with the services using them: mounted
+        // without relabelling, which would take them from those services.
+        Role::TlsRenew => lines.extend(
+            spec.tls_dirs
+                .iter()
+                .map(|dir| volume(&Place::same(dir), "")),
+        ),
+    }
+    let mut env = Vec::new();
+    if let Some(ca) = &spec.ca_cert {
+        lines.push(volume(&Place::same(ca), ":ro"));
+        env.push(format!("SSL_CERT_FILE={}", ca.display()));
+    }
+    if let Some(pcscd) = spec
+        .hsm_volume()
+        .filter(|_| !matches!(role, Role::TlsRenew))
+    {
+        lines.push(format!("Volume={pcscd}:/run/pcscd:rw"));
+    }
+    if !credential_lines(spec, role).is_empty() {
+        lines.push(format!("Volume=%d:{CREDENTIALS_INSIDE}:ro"));
+        env.push(format!("CREDENTIALS_DIRECTORY={CREDENTIALS_INSIDE}"));
+    }
+    if let Some(config) = &spec.config_env {
+        env.push(format!("PSI_CONFIG={config}"));
+    }
+    if let Some(socket) = &spec.socket_env {
+        env.push(format!("PSI_SOCKET={socket}"));
+    }
+    lines.extend(env.into_iter().map(|e| format!("Environment={e}")));
+    lines
+}
+
+fn serve(spec: &ApplianceSpec) -> GeneratedFile {
+    let mut service = vec!["Restart=on-failure".to_owned()];
+    // The host side of the socket directory, for the default socket (`/run/psi`, `%t/psi`).
+    if spec.runtime_dir_managed {
+        service.push("RuntimeDirectory=psi".into());
+    }
+    service.extend(credential_lines(spec, Role::Serve));
+    UnitText::new(spec, "psi's secret lookup service")
+        .section(
+            "Unit",
+            unit_lines(spec, SERVE_DESCRIPTION.into(), Role::Serve),
+        )
+        .section(
+            "Container",
+            container_lines(spec, "psi-secrets", "serve", Role::Serve),
+        )
+        .section("Service", service)
+        .section("Install", install_lines(spec))
+        .file(Target::Quadlet, "psi-secrets.container".into())
+}
+
+fn setup(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
+    let name = format!("psi-{provider}-setup");
+    let mut service = vec!["Type=oneshot".to_owned(), "RemainAfterExit=yes".into()];
+    service.extend(credential_lines(spec, Role::Setup));
+    UnitText::new(spec, &format!("psi's {provider} secrets setup"))
+        .section(
+            "Unit",
+            unit_lines(spec, setup_description(provider), Role::Setup),
+        )
+        .section(
+            "Container",
+            container_lines(
+                spec,
+                &name,
+                &format!("setup --provider {provider}"),
+                Role::Setup,
+            ),
+        )
+        .section("Service", service)
+        .section("Install", install_lines(spec))
+        .file(Target::Quadlet, format!("{name}.container"))
+}
+
+fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
+    UnitText::new(
+        spec,
+        "psi's TLS certificate renewal (run by psi-tls-renew.timer)",
+    )
+    .section(
+        "Unit",
+        unit_lines(spec, TLS_DESCRIPTION.into(), Role::TlsRenew),
+    )
+    .section(
+        "Container",
+        container_lines(spec, "psi-tls-renew", "infisical tls renew", Role::TlsRenew),
+    )
+    .section("Service", vec!["Type=oneshot".into()])
+    .file(Target::Quadlet, "psi-tls-renew.container".into())
+}

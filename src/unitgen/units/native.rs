@@ -1,0 +1,91 @@
+//! Native mode: the psi binary as plain services in the scope's unit directory.
+
+use super::{
+    credential_lines, install_lines, setup_description, unit_lines, ApplianceSpec, GeneratedFile,
+    Role, Target, UnitText, SERVE_DESCRIPTION, TLS_DESCRIPTION,
+};
+use crate::unitgen::shell_word;
+
+pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
+    let mut files = vec![serve(spec)];
+    files.extend(spec.setup_providers().into_iter().map(|p| setup(spec, p)));
+    if !spec.tls_dirs.is_empty() {
+        files.push(tls_renew(spec));
+    }
+    files
+}
+
+/// `ExecStart=` of psi with `words`, naming a non-default config file.
+fn exec(spec: &ApplianceSpec, words: &str) -> String {
+    let mut line = format!(
+        "ExecStart={}",
+        shell_word(&spec.psi_bin.display().to_string())
+    );
+    if let Some(config) = &spec.config_arg {
+        line.push_str(&format!(
+            " -c {}",
+            shell_word(&config.display().to_string())
+        ));
+    }
+    line.push(' ');
+    line.push_str(words);
+    line
+}
+
+/// `psi serve`, `Type=notify`: psi sends `READY=1` once its socket is bound, so units
+/// ordered after it start when lookups work, not merely when the process exists.
+fn serve(spec: &ApplianceSpec) -> GeneratedFile {
+    let mut service = vec![
+        "Type=notify".to_owned(),
+        exec(spec, "serve"),
+        "Restart=on-failure".into(),
+    ];
+    if spec.runtime_dir_managed {
+        service.push("RuntimeDirectory=psi".into());
+    }
+    if spec.state_dir_managed {
+        service.push("StateDirectory=psi".into());
+    }
+    service.extend(credential_lines(spec, Role::Serve));
+    UnitText::new(spec, "psi's secret lookup service")
+        .section(
+            "Unit",
+            unit_lines(spec, SERVE_DESCRIPTION.into(), Role::Serve),
+        )
+        .section("Service", service)
+        .section("Install", install_lines(spec))
+        .file(Target::Unit, "psi-secrets.service".into())
+}
+
+fn setup(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
+    let mut service = vec![
+        "Type=oneshot".to_owned(),
+        "RemainAfterExit=yes".into(),
+        exec(spec, &format!("setup --provider {provider}")),
+    ];
+    service.extend(credential_lines(spec, Role::Setup));
+    UnitText::new(spec, &format!("psi's {provider} secrets setup"))
+        .section(
+            "Unit",
+            unit_lines(spec, setup_description(provider), Role::Setup),
+        )
+        .section("Service", service)
+        .section("Install", install_lines(spec))
+        .file(Target::Unit, format!("psi-{provider}-setup.service"))
+}
+
+fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
+    UnitText::new(
+        spec,
+        "psi's TLS certificate renewal (run by psi-tls-renew.timer)",
+    )
+    .section(
+        "Unit",
+        unit_lines(spec, TLS_DESCRIPTION.into(), Role::TlsRenew),
+    )
+    .section(
+        "Service",
+        vec!["Type=oneshot".into(), exec(spec, "infisical tls renew")],
+    )
+    .file(Target::Unit, "psi-tls-renew.service".into())
+}
