@@ -9,15 +9,16 @@
 //! The output goes to stdout only; warnings (credentials in the output, a missing config file)
 //! go to stderr through the log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::cli::{ButaneArgs, ButaneMode, ConfigFileMode};
 use crate::config::{Scope, ScopePaths, Settings};
 use crate::error::{Error, Result};
 use crate::state::StateDir;
-use crate::unitgen::butane::{self, IgnitionSpec, Provision, ProvisionFile};
+use crate::unitgen::butane::{self, IgnitionSpec, Provision, ProvisionFile, ProvisionUnit};
 use crate::unitgen::driver_conf::{self, Client, DriverConf};
 use crate::unitgen::pcscd::{self, Pcscd};
+use crate::unitgen::units::{appliance, ApplianceSpec, Mode, Target};
 
 /// Where native mode expects the psi binary: FCOS's `/usr` is read-only, `/usr/local` is not.
 pub const NATIVE_BINARY: &str = "/usr/local/bin/psi";
@@ -49,9 +50,9 @@ pub fn run(settings: &Settings, args: &ButaneArgs) -> Result<()> {
         args.config_file,
         config_text.as_deref(),
     )?;
-    provision
-        .files
-        .extend(appliance_files(settings, args.mode, &args.image)?);
+    let (files, units) = appliance_files(settings, args.mode, &args.image)?;
+    provision.files.extend(files);
+    provision.units.extend(units);
 
     let text = if args.ignition {
         // JSON has no comments: what the Butane file says above an entry goes to stderr.
@@ -188,13 +189,44 @@ fn pcscd_files(volume: &str, systemd_dir: &Path) -> [ProvisionFile; 2] {
 }
 
 /// psi's own units in `mode` (quadlets running `image`, or native units running
-/// [`NATIVE_BINARY`]).
+/// [`NATIVE_BINARY`]): the files `psi systemd install` writes, byte for byte, and the units
+/// to enable. Quadlet units are enabled by their own `[Install]` section when the quadlet
+/// generator runs at boot, so only native services and the timers are listed.
 fn appliance_files(
     settings: &Settings,
     mode: ButaneMode,
     image: &str,
-) -> Result<Vec<ProvisionFile>> {
-    // the systemd and quadlet units of `psi systemd install` join here
-    let _ = (settings, mode, image);
-    Ok(Vec::new())
+) -> Result<(Vec<ProvisionFile>, Vec<ProvisionUnit>)> {
+    let mode = match mode {
+        ButaneMode::Container => Mode::Container,
+        ButaneMode::Native => Mode::Native,
+    };
+    let spec = ApplianceSpec::from_settings(settings, mode, Some(image), Path::new(NATIVE_BINARY))?
+        .with_default_config();
+    let mut files = Vec::new();
+    let mut units = Vec::new();
+    for file in appliance(&spec) {
+        let dir = match file.target {
+            Target::Quadlet => PathBuf::from(&spec.systemd_dir.host),
+            Target::Unit => spec.unit_dir.clone(),
+        };
+        if file.target == Target::Unit
+            && (file.name.ends_with(".timer")
+                || mode == Mode::Native
+                    && (file.name == "psi-secrets.service"
+                        || file.name.ends_with("-setup.service")))
+        {
+            units.push(ProvisionUnit {
+                name: file.name.clone(),
+                enabled: true,
+            });
+        }
+        files.push(ProvisionFile {
+            path: dir.join(&file.name),
+            mode: 0o644,
+            contents: file.text,
+            comment: None,
+        });
+    }
+    Ok((files, units))
 }

@@ -477,3 +477,83 @@ fn provision_from_ignition(j: &Json) -> Provision {
             .collect(),
     }
 }
+
+/// The checked-in examples: `butane/psi.bu` and `butane/psi.ign` are `psi butane` of
+/// `examples/config.yaml`, and `quadlets/` holds the units that provision places under
+/// `/etc/containers/systemd` and `/etc/systemd/system`, which are exactly what
+/// `psi systemd install` renders for that configuration at its default path. The test fails
+/// when any of them drifts from the generator; `UPDATE_GOLDEN=1` refreshes them.
+#[test]
+fn checked_in_examples_match_the_generator() {
+    if !require("ignition-validate") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("examples/config.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_psi"))
+            .env_remove("PSI_SOCKET_TOKEN")
+            .env_remove("PSI_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .args([
+                "--log-level",
+                "error",
+                "-c",
+                config.to_str().unwrap(),
+                "butane",
+            ])
+            .args(["--image", "ghcr.io/quickvm/psi:latest"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let yaml = run(&[]);
+    let json = run(&["--ignition", "--spec", "3.3.0"]);
+    validate(&json);
+    assert_golden(&root.join("butane/psi.bu"), &yaml);
+    assert_golden(&root.join("butane/psi.ign"), &json);
+
+    // The unit files inside, one by one, against quadlets/ and the renderer itself.
+    let ignition: Json = serde_json::from_str(&json).unwrap();
+    let settings = psi::config::Settings::load(
+        &psi::config::Overrides {
+            config: Some(config.clone()),
+            ..Default::default()
+        },
+        &|_| None,
+        0,
+    )
+    .unwrap();
+    let spec = psi::unitgen::units::ApplianceSpec::from_settings(
+        &settings,
+        psi::unitgen::units::Mode::Container,
+        Some("ghcr.io/quickvm/psi:latest"),
+        Path::new("/usr/local/bin/psi"),
+    )
+    .unwrap()
+    .with_default_config();
+    let rendered = psi::unitgen::units::appliance(&spec);
+    let mut seen = 0;
+    for file in ignition["storage"]["files"].as_array().unwrap() {
+        let path = Path::new(file["path"].as_str().unwrap());
+        let dir = path.parent().unwrap();
+        if dir != Path::new("/etc/containers/systemd") && dir != Path::new("/etc/systemd/system") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let bytes = decode_data_url(file["contents"]["source"].as_str().unwrap());
+        let text = String::from_utf8(bytes).unwrap();
+        assert_golden(&root.join("quadlets").join(name), &text);
+        if let Some(unit) = rendered.iter().find(|f| f.name == name) {
+            assert_eq!(unit.text, text, "{name} differs from psi systemd install's");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, rendered.len(), "every rendered unit is provisioned");
+}

@@ -308,6 +308,19 @@ impl ApplianceSpec {
         })
     }
 
+    /// The same appliance with its configuration at the scope's default path, for a host
+    /// provisioned elsewhere (`psi butane` places the file there), whatever file this run read.
+    pub fn with_default_config(mut self) -> ApplianceSpec {
+        self.config_arg = None;
+        self.config_env = None;
+        let dir = match self.scope {
+            Scope::System => "/etc/psi",
+            Scope::User => "%h/.config/psi",
+        };
+        self.config_dir = Place::new(dir, false, "/etc/psi");
+        self
+    }
+
     /// The providers that get a `psi-<p>-setup` unit: those that discover secrets.
     pub fn setup_providers(&self) -> Vec<&'static str> {
         if self.infisical {
