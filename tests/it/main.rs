@@ -14,6 +14,7 @@ mod client;
 mod compat;
 mod config;
 mod creds;
+mod image;
 mod infisical_client;
 mod infisical_fake;
 mod nitrokeyhsm;
