@@ -225,7 +225,7 @@ fn healthz(socket: &Path) -> bool {
 
 /// `podman run -d` of psi-secrets as the quadlet has it: host network, the state dir, the
 /// socket dir and the configuration from the host, and the host's systemd-creds key at the
-/// path systemd-creds reads it from.
+/// path systemd-creds reads it from, with the host's machine ID the key is bound to.
 fn start_psi_secrets(store: &Store, sandbox: &Sandbox) {
     let vol =
         |host: PathBuf, target: &str, opts: &str| format!("{}:{target}:{opts}", host.display());
@@ -248,6 +248,8 @@ fn start_psi_secrets(store: &Store, sandbox: &Sandbox) {
             "/var/lib/systemd/credential.secret",
             "ro,Z",
         ),
+        "-v",
+        "/etc/machine-id:/etc/machine-id:ro",
         IMAGE,
     ]);
     store.wait_for_socket(&sandbox.path().join("run/psi.sock"));
@@ -288,7 +290,7 @@ fn image_runs_psi_secrets_for_the_hosts_podman() {
             IMAGE,
             env!("CARGO_MANIFEST_DIR"),
         ],
-        &sandbox.path().join("build.log"),
+        &store.dir.join("build.log"),
     );
     eprintln!("psi image built in {:?}", started.elapsed());
 
@@ -309,7 +311,7 @@ fn image_runs_psi_secrets_for_the_hosts_podman() {
         "{config}"
     );
     assert_eq!(
-        image["HealthCheck"]["Test"],
+        image["Healthcheck"]["Test"],
         serde_json::json!(["CMD", "psi", "healthcheck"]),
         "{image}"
     );
@@ -349,7 +351,7 @@ fn image_runs_psi_secrets_for_the_hosts_podman() {
         "{ldd}"
     );
     let modules = in_image(
-        "ldd /usr/lib64/pkcs11/opensc-pkcs11.so && ls /usr/lib/*/libpcsclite.so.1 && command -v systemd-creds",
+        "ldd /usr/lib64/pkcs11/opensc-pkcs11.so && ls /usr/lib/*/libpcsclite.so.1 && command -v systemd-creds && test ! -e /etc/machine-id",
     );
     assert!(!modules.contains("not found"), "{modules}");
     assert!(modules.contains("libpcsclite.so.1"), "{modules}");
