@@ -356,6 +356,32 @@ fn image_runs_psi_secrets_for_the_hosts_podman() {
     assert!(!modules.contains("not found"), "{modules}");
     assert!(modules.contains("libpcsclite.so.1"), "{modules}");
     assert!(modules.contains("/systemd-creds"), "{modules}");
+    // The image's psi dlopens OpenSC's module at the default path and initialises it (the
+    // step a crt-static build crashes in); with no pcscd here OpenSC finds no token, which
+    // psi reports as such and exits 1, not by a signal.
+    let pin = store.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sh",
+        "-e",
+        "PSI_NITROKEYHSM_PIN=123456",
+        IMAGE,
+        "-c",
+        "printf 'providers:\\n  nitrokeyhsm: {}\\n' > /etc/psi/config.yaml && exec psi nitrokeyhsm test-pin",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&pin.stdout),
+        String::from_utf8_lossy(&pin.stderr)
+    );
+    assert_eq!(pin.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the PKCS#11 module /usr/lib64/pkcs11/opensc-pkcs11.so reports no slot with an initialised token"),
+        "{text}"
+    );
 
     // The host side: a host key for systemd-creds (created by its first use), the socket
     // directory, the state directory and the configuration.
