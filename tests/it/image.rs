@@ -311,6 +311,10 @@ fn image_runs_psi_secrets_for_the_hosts_podman() {
         "{config}"
     );
     assert_eq!(
+        config["Labels"]["org.opencontainers.image.base.name"], BASE,
+        "{config}"
+    );
+    assert_eq!(
         image["Healthcheck"]["Test"],
         serde_json::json!(["CMD", "psi", "healthcheck"]),
         "{image}"
