@@ -13,6 +13,10 @@
 //! `$CARGO_TARGET_TMPDIR/psi-image` between runs, next to the other per-machine bases, so
 //! a later run reuses them and the build's layer cache; the Containerfile's cache mounts keep
 //! the crates and the target directory, so after a source change only psi is recompiled.
+//! Measured on 2 shared cores: the first build 6 min (crates downloaded and compiled, the
+//! runtime stage's apt-get), the builder image 27 s, a rebuild after a change to src/ 47 s,
+//! the test without any rebuild 11 s. Podman keeps the cache mounts in
+//! /var/tmp/buildah-cache (about 600 MB); removing it makes the next build a first one.
 //! A `flock` keeps two test processes out of the store at once.
 
 use std::fs::File;
