@@ -15,6 +15,7 @@ mod client;
 mod compat;
 mod config;
 mod creds;
+mod image;
 mod infisical_client;
 mod infisical_fake;
 mod nitrokeyhsm;
