@@ -20,6 +20,7 @@ use super::{
     credential_lines, install_lines, setup_description, unit_lines, ApplianceSpec, GeneratedFile,
     Place, Role, Target, UnitText, SERVE_DESCRIPTION, TLS_DESCRIPTION,
 };
+use crate::config::Scope;
 
 /// Where the service's credentials directory (`%d`) appears in the container.
 const CREDENTIALS_INSIDE: &str = "/run/credentials";
@@ -65,7 +66,20 @@ fn container_lines(spec: &ApplianceSpec, name: &str, exec: &str, role: Role) -> 
     lines.push(volume(&spec.config_dir, ":ro"));
     lines.push(volume(&spec.state_dir, ":Z"));
     match role {
-        Role::Serve => lines.push(volume(&spec.runtime_dir, ":Z")),
+        Role::Serve => {
+            lines.push(volume(&spec.runtime_dir, ":Z"));
+            if spec.systemd_creds && spec.scope == Scope::System {
+                // systemd-creds in the container unseals with the host's key and TPM: its
+                // host key is bound to the machine ID, so both come from the host (read-only,
+                // not relabelled: the host's own systemd keeps using them). A host without
+                // a TPM simply has no device to add.
+                lines.extend([
+                    "Volume=/etc/machine-id:/etc/machine-id:ro".to_owned(),
+                    "Volume=/var/lib/systemd/credential.secret:/var/lib/systemd/credential.secret:ro".into(),
+                    "AddDevice=-/dev/tpmrm0".into(),
+                ]);
+            }
+        }
         Role::Setup => lines.extend([
             volume(&spec.systemd_dir, ":Z"),
             volume(&spec.podman_socket, ":z"),
