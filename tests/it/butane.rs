@@ -20,7 +20,7 @@ use psi::unitgen::butane::{
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-use crate::support::{require, Sandbox};
+use crate::support::{assert_golden, require, Sandbox};
 
 /// A decoder written from RFC 2397 alone, not from the encoder: `data:,` with `%XX` escapes
 /// (any other character stands for itself and must be URL-safe), or `data:;base64,`.
@@ -261,20 +261,6 @@ fn validate(json: &str) {
         out.status.success() && said.is_empty(),
         "ignition-validate: {said}\n{json}"
     );
-}
-
-fn update_golden() -> bool {
-    std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1")
-}
-
-fn assert_golden(path: &Path, text: &str) {
-    if update_golden() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
-    assert_eq!(text, expected, "drifted from {}", path.display());
 }
 
 /// (case, config.yaml, extra arguments)

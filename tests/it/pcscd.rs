@@ -21,25 +21,10 @@ use psi::config::Scope;
 use psi::unitgen::pcscd::{self, Pcscd};
 
 use crate::support::podman::{base_conf, image_tar};
-use crate::support::{bookworm, podman5, require, Sandbox};
+use crate::support::{assert_golden, bookworm, podman5, require, Sandbox};
 
 const BASE: &str = "localhost/psi-test-bookworm";
 const VOLUME: &str = "psi-test-pcscd";
-
-fn update_golden() -> bool {
-    std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1")
-}
-
-/// Compares `text` with the file at `path` (rewriting it first under `UPDATE_GOLDEN=1`).
-fn assert_golden(path: &Path, text: &str) {
-    if update_golden() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
-    assert_eq!(text, expected, "drifted from {}", path.display());
-}
 
 /// (case, scope, pcscd_volume)
 const CASES: &[(&str, Scope, &str)] = &[

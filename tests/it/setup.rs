@@ -479,7 +479,6 @@ fn dropin_golden_files() {
         ),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/golden/dropin");
-    let update = std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1");
     let temp = tempfile::tempdir().unwrap();
     for (case, source, listings) in cases {
         // A template workload for one case, so `name@` is covered as well.
@@ -518,14 +517,7 @@ fn dropin_golden_files() {
             depends_on: &w.depends_on,
             secrets: &wanted.lines,
         });
-        let golden = dir.join(format!("{case}.conf"));
-        if update {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&golden, &text).unwrap();
-        }
-        let expected = std::fs::read_to_string(&golden)
-            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", golden.display()));
-        assert_eq!(text, expected, "{case} drifted from {}", golden.display());
+        crate::support::assert_golden(&dir.join(format!("{case}.conf")), &text);
     }
 }
 

@@ -17,7 +17,7 @@ use std::process::Command;
 use psi::config::{Overrides, Settings};
 use psi::unitgen::units::{self, ApplianceSpec, GeneratedFile, Mode, Target};
 
-use crate::support::{podman5, psi_bin, require, Sandbox, ServeProcess};
+use crate::support::{podman5, psi_bin, require, update_golden, Sandbox, ServeProcess};
 
 const INFISICAL: &str = "  infisical:
     auth: {method: universal-auth, client_id: id, client_secret: secret}
@@ -135,12 +135,8 @@ fn normalize(text: &str, dir: &Path) -> String {
         .replace(&dir.display().to_string(), "@DIR@")
 }
 
-fn update_golden() -> bool {
-    std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1")
-}
-
 /// Compares the files with the golden directory: the same names, the same text.
-fn assert_golden(dir: &Path, files: &[(String, String)]) {
+fn assert_golden_dir(dir: &Path, files: &[(String, String)]) {
     if update_golden() {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).unwrap();
@@ -176,7 +172,7 @@ fn units_golden_files() {
             .iter()
             .map(|f| (f.name.clone(), normalize(&f.text, dir.path())))
             .collect();
-        assert_golden(&variant.golden_dir(), &normalized);
+        assert_golden_dir(&variant.golden_dir(), &normalized);
     }
 }
 

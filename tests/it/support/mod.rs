@@ -237,3 +237,20 @@ impl Drop for ServeProcess {
         }
     }
 }
+
+/// Whether golden files are being refreshed (`UPDATE_GOLDEN=1`).
+pub fn update_golden() -> bool {
+    std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1")
+}
+
+/// Compares `text` with the golden file at `path`, rewriting it first under
+/// `UPDATE_GOLDEN=1`.
+pub fn assert_golden(path: &Path, text: &str) {
+    if update_golden() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let expected = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(text, expected, "drifted from {}", path.display());
+}
