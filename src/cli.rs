@@ -76,6 +76,11 @@ pub enum Command {
     /// The appliance's systemd units and quadlets
     #[command(subcommand)]
     Systemd(SystemdCommand),
+    /// Infisical tools: check logins, print a folder as env, write one secret to a file
+    #[command(subcommand)]
+    Infisical(InfisicalCommand),
+    /// Run a command with secrets in its environment (nothing written to disk)
+    Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -346,4 +351,87 @@ pub struct SetupPcscdArgs {
     /// The image to build on (the Containerfile's BASE_IMAGE) [default: docker.io/library/debian:bookworm-slim]
     #[arg(long, value_name = "IMAGE")]
     pub base_image: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InfisicalCommand {
+    /// Authenticate every configured auth (global, then each project with its own)
+    Login(InfisicalLoginArgs),
+    /// Print a folder's secrets as shell exports, KEY=value lines or JSON
+    Env(InfisicalEnvArgs),
+    /// Write one secret to a file (atomically, with its mode set at creation)
+    WriteFile(InfisicalWriteFileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfisicalLoginArgs {
+    /// Accept a cached token that is still usable instead of logging in afresh
+    #[arg(long)]
+    pub cached: bool,
+}
+
+/// How `psi infisical env` prints secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvFormat {
+    /// `export KEY='value'` lines for `eval` in a POSIX shell
+    Export,
+    /// `KEY=value` lines (values with newlines are refused)
+    Env,
+    /// One JSON object
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct InfisicalEnvArgs {
+    /// Project alias (providers.infisical.projects)
+    #[arg(long, value_name = "ALIAS")]
+    pub project: String,
+    /// Folder
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub path: String,
+    /// Environment slug instead of the project's configured one
+    #[arg(long, value_name = "SLUG")]
+    pub environment: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "export", value_name = "FORMAT")]
+    pub format: EnvFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct InfisicalWriteFileArgs {
+    /// The secret's name (key) in Infisical
+    pub secret_name: String,
+    /// The file to write (its directory is created if missing)
+    pub output: PathBuf,
+    /// Project alias (providers.infisical.projects)
+    #[arg(long, value_name = "ALIAS")]
+    pub project: String,
+    /// The folder holding the secret
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub secret_path: String,
+    /// The value is base64: write the decoded bytes
+    #[arg(long)]
+    pub base64: bool,
+    /// The file's mode, octal
+    #[arg(long, value_name = "MODE", default_value = "0600")]
+    pub mode: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Take the secrets of this workload (as psi setup would deliver them as env vars)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["project", "path"], required_unless_present = "project")]
+    pub workload: Option<String>,
+    /// Take every secret of a folder of this project alias
+    #[arg(long, value_name = "ALIAS")]
+    pub project: Option<String>,
+    /// The folder (with --project)
+    #[arg(long, value_name = "PATH", default_value = "/", requires = "project")]
+    pub path: String,
+    /// Only these: environment variable VAR gets secret KEY (repeatable)
+    #[arg(long = "env", value_name = "VAR=KEY")]
+    pub env: Vec<String>,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }

@@ -4,8 +4,10 @@
 pub mod butane;
 pub mod cache;
 pub mod creds;
+pub mod infisical;
 pub mod install;
 pub mod nitrokeyhsm;
+pub mod run;
 pub mod secret;
 pub mod serve;
 pub mod setup;
@@ -44,10 +46,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Healthcheck(args) => crate::client::healthcheck(&settings.socket_path, args.cache)
             .map_err(|why| Error::Failed(format!("unhealthy: {why}"))),
         Command::Systemd(command) => block_on(systemd::run(&settings, command)),
+        Command::Infisical(command) => block_on(infisical::run(settings, command)),
+        Command::Run(args) => {
+            let env = block_on(run::resolve(&settings, &args))?;
+            Err(run::exec(&args.command, env))
+        }
     }
 }
 
-fn block_on<F: Future<Output = Result<()>>>(future: F) -> Result<()> {
+fn block_on<T, F: Future<Output = Result<T>>>(future: F) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

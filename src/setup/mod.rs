@@ -214,6 +214,46 @@ pub async fn check(settings: &Settings, names: &[String]) -> Result<CheckReport>
     Ok(report)
 }
 
+/// The secrets of workload `name` as `psi run` uses them: every key its sources yield, by
+/// key, and the environment variables setup would deliver (`VAR -> KEY`). Resolved through
+/// the same discovery as `psi check`, so both agree on what the config asks for.
+pub async fn workload_values(
+    settings: &Settings,
+    name: &str,
+) -> Result<(BTreeMap<String, SecretValue>, Vec<(String, String)>)> {
+    let workloads = selected(settings, None, &[name.to_owned()])?;
+    let registry = registry(settings)?;
+    let mut discoverer = Discoverer::new(registry.infisical());
+    let (name, config) = workloads[0];
+    let desired = discoverer
+        .workload(name, config)
+        .await
+        .map_err(|why| Error::Failed(format!("workload {name}: {why}")))?;
+    let prefix = desired::secret_name(name, "");
+    let mut values = BTreeMap::new();
+    for (secret, mapping) in &desired.secrets {
+        let key = secret.strip_prefix(&prefix).unwrap_or(secret);
+        if let Some(value) = discoverer.values.remove(mapping) {
+            values.insert(key.to_owned(), value);
+        }
+    }
+    let env = desired
+        .lines
+        .iter()
+        .filter_map(|line| match &line.delivery {
+            dropin::Delivery::Env { var } => Some((
+                var.clone(),
+                line.name
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&line.name)
+                    .to_owned(),
+            )),
+            dropin::Delivery::Mount { .. } => None,
+        })
+        .collect();
+    Ok((values, env))
+}
+
 /// `psi setup`.
 pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport> {
     let workloads = selected(settings, options.provider.as_deref(), &[])?;

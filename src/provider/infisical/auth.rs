@@ -110,6 +110,52 @@ impl Infisical {
         Ok(access)
     }
 
+    /// Authenticates every configured auth: the global one (labelled `global`), then each
+    /// project with an auth of its own (`project:<alias>`). With `fresh`, each one logs in
+    /// to Infisical (the token cache is bypassed, then updated with the new token); without
+    /// it, a cached token that is still usable counts as success (`psi infisical login`).
+    pub async fn login_all(&self, fresh: bool) -> Vec<(String, Result<()>)> {
+        let inner = &self.inner;
+        let mut auths: Vec<(String, &Auth)> = Vec::new();
+        if let Some(global) = &inner.global {
+            auths.push(("global".to_owned(), global));
+        }
+        for project in inner.projects.values() {
+            let shared = inner
+                .global
+                .as_ref()
+                .is_some_and(|global| std::sync::Arc::ptr_eq(global, &project.auth));
+            if !shared {
+                auths.push((format!("project:{}", project.alias), &project.auth));
+            }
+        }
+        let mut out = Vec::with_capacity(auths.len());
+        for (label, auth) in auths {
+            let result = if fresh {
+                self.fresh_token(auth).await
+            } else {
+                self.token(auth, None).await.map(drop)
+            };
+            out.push((label, result));
+        }
+        out
+    }
+
+    /// Logs in with `auth` whatever the cache holds, and keeps the new token (memory and
+    /// cache file) for later callers.
+    async fn fresh_token(&self, auth: &Auth) -> Result<()> {
+        let inner = &self.inner;
+        let slot = inner.tokens.slot(&auth.key);
+        let mut held = slot.lock().await;
+        let now = epoch(inner.clock.now());
+        let token = Token::from_login(self.login(auth).await?, now, inner.token_cap);
+        if let Err(err) = inner.tokens.save(&auth.key, &token) {
+            tracing::warn!(error = %err, "cannot cache the Infisical token; keeping it in memory only");
+        }
+        *held = Some(token);
+        Ok(())
+    }
+
     async fn renew(&self, token: &Token) -> Result<Grant> {
         #[derive(Serialize)]
         struct Renew<'a> {

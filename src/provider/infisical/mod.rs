@@ -55,6 +55,8 @@ use self::token::Tokens;
 use crate::config::InfisicalConfig;
 use crate::error::{Error, Result};
 use crate::secret::{Mapping, SecretString, SecretValue};
+/// A folder path as listings and lookups use it (leading `/`, no trailing one).
+pub(crate) use listing::normalize as normalize_path;
 
 pub const NAME: &str = "infisical";
 
@@ -128,6 +130,8 @@ struct Inner {
     /// `token.ttl`: the longest psi uses one token (0 = as long as Infisical allows).
     token_cap: u64,
     tokens: Tokens,
+    /// The global auth (`providers.infisical.auth`), if configured.
+    global: Option<Arc<Auth>>,
     projects: BTreeMap<String, Project>,
     /// `api::UNKNOWN`, `api::V4` or `api::V3`.
     generation: AtomicU8,
@@ -243,6 +247,7 @@ impl Infisical {
                 env,
                 token_cap: config.token.ttl,
                 tokens: Tokens::new(state_dir),
+                global,
                 projects,
                 generation: AtomicU8::new(api::UNKNOWN),
                 etags: Mutex::new(HashMap::new()),
