@@ -16,6 +16,7 @@ mod compat;
 mod config;
 mod creds;
 mod image;
+mod infisical_cli;
 mod infisical_client;
 mod infisical_fake;
 mod nitrokeyhsm;
