@@ -70,7 +70,10 @@ fn login_contacts_infisical_every_time_unless_cached() {
     let sandbox = sandbox(&fake, "secret-2");
     let out = psi(&sandbox, &["infisical", "login"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "  OK global\n  OK project:other\n");
+    assert_eq!(
+        text(&out.stdout),
+        "  OK global\n  OK project:other\nAll auth methods verified.\n"
+    );
     assert_eq!(fake.logins(), 2);
 
     // Again: fresh logins, not the cached tokens.
@@ -382,4 +385,53 @@ fn run_a_workload() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "db.internal|unset");
     assert!(!sandbox.path().join("state").join("app--DB_HOST").exists());
+}
+
+#[test]
+fn run_usage_errors_exit_2() {
+    let fake = fake();
+    let sandbox = sandbox(&fake, "secret-2");
+    for args in [
+        &["run", "--", "true"][..],
+        &["run", "--workload", "app", "--path", "/app", "--", "true"],
+        &["run", "--project", "web"],
+        &["run", "--project", "nope", "--", "true"],
+        &[
+            "run",
+            "--project",
+            "web",
+            "--env",
+            "1X=DB_HOST",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = psi(&sandbox, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A key the folder does not have: a failure naming it, the command never runs.
+    let out = psi(
+        &sandbox,
+        &[
+            "run",
+            "--project",
+            "web",
+            "--path",
+            "/app",
+            "--env",
+            "X=NOPE",
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("NOPE"));
+    assert!(out.stdout.is_empty());
 }
