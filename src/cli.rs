@@ -419,7 +419,8 @@ pub struct InfisicalWriteFileArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Take the secrets of this workload (as psi setup would deliver them as env vars)
+    /// Take the secrets of this workload: the env vars psi setup would deliver (file
+    /// secrets only when named with --env)
     #[arg(long, value_name = "NAME", conflicts_with_all = ["project", "path"], required_unless_present = "project")]
     pub workload: Option<String>,
     /// Take every secret of a folder of this project alias

@@ -37,7 +37,7 @@ fn selections(args: &[String]) -> Result<Vec<(String, String)>> {
 /// Resolves what `psi run` adds to the environment (async: it asks Infisical).
 pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
     let wanted = selections(&args.env)?;
-    let (mut values, default_env): (BTreeMap<String, SecretValue>, Vec<(String, String)>) = match (
+    let (values, default_env): (BTreeMap<String, SecretValue>, Vec<(String, String)>) = match (
         &args.workload,
         &args.project,
     ) {
@@ -93,7 +93,7 @@ pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
     };
     let mut env = Vec::with_capacity(chosen.len());
     for (var, key) in chosen {
-        // A key may feed several variables; the last use takes it out of the map.
+        // A key may feed several variables, so each gets its own copy.
         let value = values
             .get(&key)
             .map(|v| SecretValue::new(v.expose().to_vec()))
@@ -105,7 +105,8 @@ pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
         }
         env.push((var, value));
     }
-    values.clear();
+    // The rest (keys not chosen) are dropped, and zeroized, here.
+    drop(values);
     Ok(env)
 }
 
