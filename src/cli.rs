@@ -76,6 +76,9 @@ pub enum Command {
     /// The appliance's systemd units and quadlets
     #[command(subcommand)]
     Systemd(SystemdCommand),
+    /// Infisical tools: import secrets into a folder
+    #[command(subcommand)]
+    Infisical(InfisicalCommand),
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +86,14 @@ pub struct HealthcheckArgs {
     /// Also require GET /healthz/cache to answer 200 (the cache is disabled or loaded)
     #[arg(long)]
     pub cache: bool,
+}
+
+/// `psi infisical ...`.
+#[derive(Debug, Subcommand)]
+pub enum InfisicalCommand {
+    /// Copy secrets from env files, Podman secrets or quadlet files into an Infisical folder
+    #[command(subcommand)]
+    Import(crate::commands::infisical_import::ImportCommand),
 }
 
 #[derive(Debug, Subcommand)]

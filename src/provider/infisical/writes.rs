@@ -112,9 +112,9 @@ impl Infisical {
                 return Err(self.failure(&reply, &what));
             }
         }
-        let body: listing::ListBody = reply.json().map_err(|why| {
-            failed(format!("list {}: {why}", project.describe(&path, None)))
-        })?;
+        let body: listing::ListBody = reply
+            .json()
+            .map_err(|why| failed(format!("list {}: {why}", project.describe(&path, None))))?;
         Ok(body.secrets.into_iter().map(|item| item.key).collect())
     }
 
@@ -193,7 +193,12 @@ impl Infisical {
     }
 
     /// v3: creates one secret (`update` false) or updates an existing one.
-    pub async fn write_one(&self, target: &Target<'_>, entry: &Entry<'_>, update: bool) -> Result<()> {
+    pub async fn write_one(
+        &self,
+        target: &Target<'_>,
+        entry: &Entry<'_>,
+        update: bool,
+    ) -> Result<()> {
         let project = self.write_project(target)?;
         let path = listing::normalize(target.path);
         let body = SingleBody {
@@ -239,7 +244,13 @@ impl Infisical {
         self.send_body(&method, url, token.expose(), body).await
     }
 
-    async fn send_body(&self, method: &Method, url: &Url, token: &str, body: &[u8]) -> Result<Reply> {
+    async fn send_body(
+        &self,
+        method: &Method,
+        url: &Url,
+        token: &str,
+        body: &[u8],
+    ) -> Result<Reply> {
         let http = &self.inner.http;
         http.send(url.path(), || {
             http.client
@@ -251,4 +262,9 @@ impl Infisical {
         .await
         .map_err(|attempt| self.unreachable(&format!("{method} {}", url.path()), attempt))
     }
+}
+
+/// A folder path as the server reports it (no trailing slash but the root).
+pub fn normalize(path: &str) -> String {
+    listing::normalize(path)
 }
