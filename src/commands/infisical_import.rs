@@ -696,7 +696,8 @@ pub async fn import(
         });
     }
 
-    if !options.dry_run && !abort && !(to_create.is_empty() && to_update.is_empty()) {
+    let nothing = to_create.is_empty() && to_update.is_empty();
+    if !(options.dry_run || abort || nothing) {
         let mut failures: BTreeMap<String, String> = BTreeMap::new();
         match client.ensure_folder(&target).await {
             Err(err) => {
@@ -805,4 +806,85 @@ fn human(report: &Report) -> String {
         s.failed
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(found: &[Found]) -> Vec<(String, String)> {
+        found
+            .iter()
+            .map(|f| (f.key.clone(), f.value.as_str().to_owned()))
+            .collect()
+    }
+
+    fn p(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn env_files() {
+        let text = "# comment\n\n  export A=1\nB = spaced value  # inline\nC=\"x\\ty\\\"z\\\\\" # after\nD='raw \\n $x' # c\nE=a#b\nF=\"two\nlines\"\nG=\nH=\"\"\nno equals\n1BAD!=x\nI='unterminated\n";
+        let (found, warnings) = parse_env(text, "f.env");
+        assert_eq!(
+            pairs(&found),
+            [
+                p("A", "1"),
+                p("B", "spaced value"),
+                p("C", "x\ty\"z\\"),
+                p("D", "raw \\n $x"),
+                p("E", "a#b"),
+                p("F", "two\nlines"),
+                p("G", ""),
+                p("H", ""),
+            ]
+        );
+        assert_eq!(
+            warnings,
+            [
+                "f.env:12: skipped: no '='",
+                "f.env:13: skipped: invalid key",
+                "f.env:14: skipped: unclosed quote",
+            ]
+        );
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_is_refused_without_quoting_it() {
+        let (found, warnings) = parse_env("A=\"x\"trailing-secret\n", "s");
+        assert!(found.is_empty());
+        assert_eq!(warnings, ["s:1: skipped: text after the closing quote"]);
+    }
+
+    #[test]
+    fn quadlets() {
+        let text = "[Unit]\nDescription=x\n[Container]\nEnvironment=A=1 \"B=two words\" C='x y' D=a\\ b\nEnvironment=E=1 \\\n  F=2\nEnvironment=noequals\nSecret=db,type=env,target=DB_PASS\nSecret=plain\n# Environment=Z=1\n";
+        let (found, refs, warnings) = parse_quadlet(text, "q");
+        assert_eq!(
+            pairs(&found),
+            [
+                p("A", "1"),
+                p("B", "two words"),
+                p("C", "x y"),
+                p("D", "a b"),
+                p("E", "1"),
+                p("F", "2"),
+            ]
+        );
+        assert_eq!(
+            refs,
+            [
+                SecretRef {
+                    name: "db".into(),
+                    key: "DB_PASS".into()
+                },
+                SecretRef {
+                    name: "plain".into(),
+                    key: "plain".into()
+                }
+            ]
+        );
+        assert_eq!(warnings.len(), 1);
+    }
 }
