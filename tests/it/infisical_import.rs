@@ -7,6 +7,7 @@ use std::process::Output;
 use serde_json::{json, Value};
 
 use crate::support::infisical::{FakeInfisical, Generation, Recorded};
+use crate::support::podman::PodmanEnv;
 use crate::support::{run_with_stdin, Sandbox};
 
 const PROJECT: &str = "7c1e3a52-2b7d-4f1e-9a0c-5d6e7f8a9b0c";
@@ -332,4 +333,66 @@ fn fake_v4_batch_update_modes() {
         Some(&body("upsert")),
     );
     assert_eq!(reply.status, 404);
+}
+
+/// Podman secrets: a psi shell-driver one resolves through psi's mapping (Podman 4 reveals
+/// no values); a file-driver one can be read only where Podman reveals values (Podman 5).
+#[test]
+fn podman_secrets_through_psi_mappings_or_showsecret() {
+    let fake = fake(Generation::Current);
+    let providers = format!(
+        "providers:\n  systemd-creds: {{}}\n  infisical:\n    api_url: {}\n    retries: 0\n    auth:\n      method: universal-auth\n      client_id: client-1\n      client_secret: secret-1\n    projects:\n      app:\n        id: {PROJECT}\n        environment: prod\n",
+        fake.url()
+    );
+    let Some(mut env) = PodmanEnv::new(&providers) else {
+        return;
+    };
+    env.for_setup();
+    let out = env.secret_create("shell-one", b"shell value", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.secret_create("file-one", b"file value", &["--driver", "file"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = env.podman().arg("--version").output().unwrap();
+    let podman5 = !String::from_utf8_lossy(&version.stdout).contains("version 4.");
+
+    let out = env
+        .psi(&[
+            "infisical",
+            "import",
+            "podman-secret",
+            "--all",
+            "--project",
+            "app",
+            "--path",
+            "/pod",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(value(&fake, "/pod", "shell-one").unwrap(), "shell value");
+    if podman5 {
+        assert!(out.status.success(), "{report}");
+        assert_eq!(value(&fake, "/pod", "file-one").unwrap(), "file value");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        assert_eq!(
+            outcomes(&report),
+            [("file-one", "failed"), ("shell-one", "created")]
+                .map(|(k, o)| (k.to_owned(), o.to_owned()))
+        );
+        let detail = report["results"][0]["detail"].as_str().unwrap();
+        assert!(detail.contains("does not reveal"), "{detail}");
+        assert!(value(&fake, "/pod", "file-one").is_none());
+    }
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("value"));
 }
