@@ -572,7 +572,23 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> Result<()> {
         Error::Usage("no Infisical provider configured (providers.infisical)".into())
     })?;
     let client = Infisical::new(config, &settings.state_dir)?;
+    if found.is_empty() && unreadable.is_empty() {
+        eprintln!("psi: no secrets found to import");
+    }
     let report = import(&client, &options, found, unreadable).await?;
+    let s = &report.summary;
+    tracing::info!(
+        event = "infisical.import",
+        project = %report.project,
+        path = %report.path,
+        dry_run = report.dry_run,
+        total = s.total,
+        created = s.created,
+        updated = s.updated,
+        skipped = s.skipped,
+        failed = s.failed,
+        "import finished"
+    );
     super::print_report(&report, options.json, human)?;
     if report.summary.failed > 0 {
         return Err(Error::Failed(format!(
@@ -653,7 +669,12 @@ pub async fn import(
         writes.push(first);
     }
 
-    let existing = client.existing_keys(&target).await?;
+    // Nothing to write: no need to ask Infisical anything.
+    let existing = if writes.is_empty() {
+        BTreeSet::new()
+    } else {
+        client.existing_keys(&target).await?
+    };
     let conflicts: Vec<&str> = writes
         .iter()
         .filter(|f| existing.contains(&f.key))

@@ -189,7 +189,7 @@ impl Infisical {
             );
             return Err(self.failure(&reply, &what));
         }
-        Ok(())
+        awaiting_approval(&reply)
     }
 
     /// v3: creates one secret (`update` false) or updates an existing one.
@@ -224,7 +224,7 @@ impl Infisical {
             );
             return Err(self.failure(&reply, &what));
         }
-        Ok(())
+        awaiting_approval(&reply)
     }
 
     /// Sends a JSON body with the project's token; logs in again once when refused.
@@ -262,6 +262,24 @@ impl Infisical {
         .await
         .map_err(|attempt| self.unreachable(&format!("{method} {}", url.path()), attempt))
     }
+}
+
+/// A write that a change policy holds back answers 200 with `approval` instead of the
+/// secrets: not applied (yet), so not a success.
+fn awaiting_approval(reply: &Reply) -> Result<()> {
+    // Only the field's presence is read: the secrets in the body are never copied out.
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        approval: Option<serde::de::IgnoredAny>,
+    }
+    let body: Option<Body> = reply.json().ok();
+    if body.is_some_and(|b| b.approval.is_some()) {
+        return Err(failed(
+            "a change policy applies: the write awaits approval in Infisical and is not applied yet".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A folder path as the server reports it (no trailing slash but the root).
