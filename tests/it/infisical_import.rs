@@ -6,7 +6,7 @@ use std::process::Output;
 
 use serde_json::{json, Value};
 
-use crate::support::infisical::{FakeInfisical, Generation, Recorded};
+use crate::support::infisical::{FakeInfisical, Fault, Generation, Recorded};
 use crate::support::podman::PodmanEnv;
 use crate::support::{run_with_stdin, Sandbox};
 
@@ -395,4 +395,42 @@ fn podman_secrets_through_psi_mappings_or_showsecret() {
         assert!(value(&fake, "/pod", "file-one").is_none());
     }
     assert!(!String::from_utf8_lossy(&out.stderr).contains("value"));
+}
+
+/// A failed chunk fails its keys only; the others are written; exit status 1; the table
+/// (no --json) names outcomes, never values.
+#[test]
+fn a_failed_chunk_fails_its_keys_and_the_table_shows_it() {
+    let fake = fake(Generation::Current);
+    fake.inject(
+        "PATCH",
+        "/api/v4/secrets/batch",
+        Fault::Status {
+            status: 400,
+            body: json!({"statusCode": 400, "error": "BadRequest", "message": "nope"}),
+            retry_after: None,
+        },
+        1,
+    );
+    let sandbox = Sandbox::new();
+    let mut env = String::new();
+    for i in 0..101 {
+        env.push_str(&format!("K{i:03}=secret-{i}\n"));
+    }
+    let config = config(&sandbox, &fake);
+    let mut cmd = sandbox.psi();
+    cmd.arg("-c").arg(&config);
+    cmd.args(["infisical", "import", "env-file", "--project", "app"]);
+    let out = run_with_stdin(&mut cmd, env.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Total: 101 Created: 1 Updated: 0 Skipped: 0 Failed: 100"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("K000  failed"), "{stdout}");
+    assert!(stdout.contains("nope"), "{stdout}");
+    assert!(!stdout.contains("secret-"), "{stdout}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("secret-"));
+    assert_eq!(fake.keys(PROJECT, "prod", "/"), ["K100"]);
 }
