@@ -395,6 +395,36 @@ fn podman_secrets_through_psi_mappings_or_showsecret() {
         assert!(value(&fake, "/pod", "file-one").is_none());
     }
     assert!(!String::from_utf8_lossy(&out.stderr).contains("value"));
+
+    // A quadlet's Secret= reference, imported under its target= name.
+    let quadlet = env.sandbox.path().join("web.container");
+    std::fs::write(
+        &quadlet,
+        "[Container]\nEnvironment=PLAIN=1\nSecret=shell-one,type=env,target=FROM_QUADLET\n",
+    )
+    .unwrap();
+    let out = env
+        .psi(&[
+            "infisical",
+            "import",
+            "quadlet",
+            quadlet.to_str().unwrap(),
+            "--resolve-secrets",
+            "--project",
+            "app",
+            "--path",
+            "/q",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(value(&fake, "/q", "FROM_QUADLET").unwrap(), "shell value");
+    assert_eq!(value(&fake, "/q", "PLAIN").unwrap(), "1");
 }
 
 /// A failed chunk fails its keys only; the others are written; exit status 1; the table
