@@ -76,7 +76,7 @@ pub enum Command {
     /// The appliance's systemd units and quadlets
     #[command(subcommand)]
     Systemd(SystemdCommand),
-    /// Infisical tools: check logins, print a folder as env, write one secret to a file
+    /// Infisical tools: check logins, print a folder as env, write one secret to a file, import
     #[command(subcommand)]
     Infisical(InfisicalCommand),
     /// Run a command with secrets in its environment (nothing written to disk)
@@ -90,6 +90,7 @@ pub struct HealthcheckArgs {
     pub cache: bool,
 }
 
+/// `psi infisical ...`.
 #[derive(Debug, Subcommand)]
 pub enum SystemdCommand {
     /// Write psi-secrets, the setup units, refresh and TLS timers (only files that changed)
@@ -361,6 +362,9 @@ pub enum InfisicalCommand {
     Env(InfisicalEnvArgs),
     /// Write one secret to a file (atomically, with its mode set at creation)
     WriteFile(InfisicalWriteFileArgs),
+    /// Copy secrets from env files, Podman secrets or quadlet files into an Infisical folder
+    #[command(subcommand)]
+    Import(crate::commands::infisical_import::ImportCommand),
 }
 
 #[derive(Debug, Args)]

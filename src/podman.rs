@@ -232,6 +232,34 @@ impl Podman {
         }
     }
 
+    /// The value of secret `name` as Podman reveals it (`showsecret=true`, Podman 5 and
+    /// later); `None` when Podman does not reveal values (Podman 4 ignores the parameter).
+    /// A missing secret is an error. The reply body holds the value: it is zeroized.
+    pub async fn secret_data(&self, name: &str) -> Result<Option<crate::secret::SecretValue>> {
+        let what = format!("read Podman secret '{name}'");
+        let path = format!("{API_PREFIX}/secrets/{}/json?showsecret=true", encode(name));
+        let (status, body) = self.call(Method::GET, &path, Bytes::new(), &what).await?;
+        if status != StatusCode::OK {
+            return Err(api_error(status, &body).context(what));
+        }
+        #[derive(Deserialize)]
+        struct Inspect {
+            #[serde(rename = "SecretData", default)]
+            data: Option<crate::secret::SecretString>,
+        }
+        let body = zeroize::Zeroizing::new(body.to_vec());
+        let inspect: Inspect = serde_json::from_slice(&body).map_err(|err| {
+            Error::Failed(format!(
+                "Podman's secret inspect reply is not the expected JSON: {err}"
+            ))
+            .context(&what)
+        })?;
+        Ok(inspect
+            .data
+            .filter(|d| !d.expose().is_empty())
+            .map(|d| crate::secret::SecretValue::new(d.expose().as_bytes().to_vec())))
+    }
+
     /// One request within the deadline; any status comes back, transport failures as errors.
     async fn call(
         &self,

@@ -37,6 +37,7 @@ pub async fn run(mut settings: Settings, command: InfisicalCommand) -> Result<()
             env(&settings, &args).await
         }
         InfisicalCommand::WriteFile(args) => write_file(&settings, &args).await,
+        InfisicalCommand::Import(command) => super::infisical_import::run(&settings, command).await,
     }
 }
 

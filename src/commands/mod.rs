@@ -5,6 +5,7 @@ pub mod butane;
 pub mod cache;
 pub mod creds;
 pub mod infisical;
+pub mod infisical_import;
 pub mod install;
 pub mod nitrokeyhsm;
 pub mod run;

@@ -19,6 +19,7 @@ mod image;
 mod infisical_cli;
 mod infisical_client;
 mod infisical_fake;
+mod infisical_import;
 mod nitrokeyhsm;
 mod nitrokeyhsm_cli;
 mod pcscd;

@@ -32,6 +32,7 @@ mod http;
 mod listing;
 mod sigv4;
 mod token;
+pub mod writes;
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};

@@ -250,6 +250,34 @@ impl FakeInfisical {
         self.lock().set_secret(project_id, env, path, key, value);
     }
 
+    /// The current value and version of a secret, if it exists.
+    pub fn secret(
+        &self,
+        project_id: &str,
+        env: &str,
+        path: &str,
+        key: &str,
+    ) -> Option<(String, u64)> {
+        let state = self.lock();
+        let project = state.project_index(Some(project_id), None)?;
+        let secret = state.folder(project, env, path)?.secret(key)?;
+        Some((secret.current().value.clone(), secret.current().version))
+    }
+
+    /// The keys in a folder, sorted.
+    pub fn keys(&self, project_id: &str, env: &str, path: &str) -> Vec<String> {
+        let state = self.lock();
+        let Some(project) = state.project_index(Some(project_id), None) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = state
+            .folder(project, env, path)
+            .map(|f| f.secrets.iter().map(|s| s.key.clone()).collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    }
+
     /// Deletes a secret; panics when it does not exist (a mistake in the test).
     pub fn delete_secret(&self, project_id: &str, env: &str, path: &str, key: &str) {
         self.lock().delete_secret(project_id, env, path, key);

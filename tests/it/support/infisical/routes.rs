@@ -13,7 +13,7 @@ use super::auth;
 use super::projects::{
     create_folder, create_import, create_project, list_folders, list_imports, membership,
 };
-use super::secrets::{batch_create, get, list, write, Write};
+use super::secrets::{batch_create, batch_update, get, list, write, Write};
 use super::state::{parse_query, uuid, State};
 use super::{Generation, Recorded};
 
@@ -299,12 +299,19 @@ enum Route<'a> {
     ListFolders,
     CreateImport,
     ListImports,
-    List { v4: bool },
-    Get { v4: bool, name: &'a str },
+    List {
+        v4: bool,
+    },
+    Get {
+        v4: bool,
+        name: &'a str,
+    },
     Create(&'a str),
     Update(&'a str),
     Delete(&'a str),
     Batch,
+    /// `PATCH /api/v4/secrets/batch` (newest servers only).
+    BatchUpdateV4,
 }
 
 /// The route and its pattern (the rate-limit bucket), or `None` for fastify's 404.
@@ -366,6 +373,9 @@ fn route<'a>(
         }
         ("GET", ["api", "v4", "secrets"]) if current => {
             (Route::List { v4: true }, "/api/v4/secrets")
+        }
+        ("PATCH", ["api", "v4", "secrets", "batch"]) if current => {
+            (Route::BatchUpdateV4, "/api/v4/secrets/batch")
         }
         ("GET", ["api", "v4", "secrets", name]) if current => {
             (Route::Get { v4: true, name }, "/api/v4/secrets/:secretName")
@@ -479,5 +489,6 @@ fn dispatch(state: &mut State, route: Route, identity: &str, req: &Request) -> R
         Route::Update(name) => write(state, identity, body, name, Write::Update),
         Route::Delete(name) => write(state, identity, body, name, Write::Delete),
         Route::Batch => batch_create(state, identity, body),
+        Route::BatchUpdateV4 => batch_update(state, identity, body),
     }
 }

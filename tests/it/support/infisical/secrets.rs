@@ -1,5 +1,5 @@
 //! Handlers for the secret routes: list and get (v3 and v4) with imports and reference
-//! expansion, and the v3 writes.
+//! expansion, the v3 writes and the v4 batch update (`mode` failOnNotFound|upsert|ignore).
 
 use serde_json::{json, Map, Value};
 
@@ -430,4 +430,83 @@ pub(super) fn batch_create(state: &mut State, identity: &str, body: &Value) -> R
         folder.secrets.push(secret);
     }
     Ok(json!({"secrets": created}))
+}
+
+/// `PATCH /api/v4/secrets/batch`: `mode` `failOnNotFound` (default: a missing key fails the
+/// whole batch), `upsert` (missing keys are created with version 1) or `ignore` (missing
+/// keys are left out); all or nothing. The folder must exist.
+pub(super) fn batch_update(state: &mut State, identity: &str, body: &Value) -> Result<Value, Fail> {
+    require(
+        body,
+        &[
+            ("projectId", "string"),
+            ("environment", "string"),
+            ("secrets", "array"),
+        ],
+    )?;
+    let entries = body["secrets"].as_array().unwrap();
+    for entry in entries {
+        require_strings(entry, &["secretKey"])?;
+    }
+    let mode = str_field(body, "mode").unwrap_or("failOnNotFound");
+    if !matches!(mode, "failOnNotFound" | "upsert" | "ignore") {
+        return Err(Fail::Validation(vec![json!({
+            "code": "invalid_enum_value",
+            "path": ["mode"],
+            "message": format!("Invalid enum value. Expected 'failOnNotFound' | 'upsert' | 'ignore', received '{mode}'"),
+        })]));
+    }
+    let project = writable_project(
+        state,
+        identity,
+        str_field(body, "projectId"),
+        None,
+        "edit on secrets",
+    )?;
+    let (project_id, env, folder) = target_folder(state, project, body)?;
+    if mode == "failOnNotFound" {
+        if let Some(missing) = entries
+            .iter()
+            .map(|e| str_field(e, "secretKey").unwrap())
+            .find(|k| folder.secret(k).is_none())
+        {
+            return Err(Fail::NotFound {
+                legacy_error: "BadRequest",
+                message: format!("Secret not found: {missing}"),
+            });
+        }
+    }
+    let mut written = Vec::new();
+    for entry in entries {
+        let key = str_field(entry, "secretKey").unwrap();
+        let secret = match folder.secrets.iter().position(|s| s.key == key) {
+            Some(i) => {
+                let secret = &mut folder.secrets[i];
+                let mut next = secret.current().clone();
+                next.version += 1;
+                if let Some(value) = str_field(entry, "secretValue") {
+                    next.value = stored_value(value);
+                }
+                if let Some(comment) = str_field(entry, "secretComment") {
+                    next.comment = comment.to_owned();
+                }
+                secret.history.push(next);
+                &folder.secrets[i]
+            }
+            None if mode == "upsert" => {
+                folder.secrets.push(new_secret(key, entry, 1));
+                folder.secrets.last().unwrap()
+            }
+            None => continue,
+        };
+        let value = secret.current().value.clone();
+        written.push(Value::Object(item(
+            &project_id,
+            &env,
+            secret,
+            secret.current(),
+            value,
+        )));
+    }
+    Ok(json!({"secrets": written}))
 }

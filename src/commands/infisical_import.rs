@@ -1,0 +1,911 @@
+//! `psi infisical import env-file|podman-secret|quadlet`: copy secrets into an Infisical folder.
+//!
+//! Readers (pure, unit-tested here): env files (comments, `export `, single quotes verbatim,
+//! double quotes with `\n \t \r \\ \" \$` escapes and values spanning lines, inline comments
+//! after a quoted value or after whitespace in an unquoted one); quadlet files (`Environment=`
+//! assignments, quoted and with line continuations, and with `--resolve-secrets` the values of
+//! `Secret=` references); Podman secrets (`showsecret=true` on Podman 5; on Podman 4, which
+//! reveals no values, psi shell-driver secrets through psi's mapping and its providers).
+//!
+//! Writing: the target folder is listed first. `--conflict fail` writes nothing when any key
+//! exists; `skip` leaves existing keys alone; `overwrite` updates them. Folders are created as
+//! needed. Newest servers get `PATCH /api/v4/secrets/batch` (`mode: "upsert"`) in chunks of
+//! 100; 2024 servers one create or update per key. A key whose sources disagree on its value
+//! is not written (failed). Exit status 1 when any key failed, also in a dry run (which writes
+//! nothing). Values never appear in output, logs or errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::provider::infisical::writes::{Entry, Target, CHUNK};
+use crate::provider::infisical::Infisical;
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// KEY=VALUE lines from FILE (stdin when omitted)
+    EnvFile {
+        /// The env file [default: stdin]
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// Podman secrets, each imported under its name
+    PodmanSecret {
+        /// A secret to import (repeatable)
+        #[arg(long = "name", value_name = "NAME", required_unless_present = "all")]
+        names: Vec<String>,
+        /// Every Podman secret
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// Environment= assignments (and with --resolve-secrets, Secret= values) of quadlet files
+    Quadlet {
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// Also import the values of Secret= references, read from Podman
+        #[arg(long)]
+        resolve_secrets: bool,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+}
+
+/// What to do with a key that already exists in the target folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conflict {
+    /// Write nothing when any key exists
+    Fail,
+    /// Leave existing keys as they are
+    Skip,
+    /// Update existing keys
+    Overwrite,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportOptions {
+    /// Project alias from the configuration
+    #[arg(long, value_name = "ALIAS")]
+    pub project: String,
+    /// Target folder
+    #[arg(long, default_value = "/", value_name = "PATH")]
+    pub path: String,
+    /// Environment slug [default: the project's]
+    #[arg(long, value_name = "SLUG")]
+    pub environment: Option<String>,
+    /// What to do with keys that already exist
+    #[arg(long, value_enum, default_value = "fail")]
+    pub conflict: Conflict,
+    /// Show what would happen; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One key read from a source. The value zeroizes on drop.
+pub struct Found {
+    pub key: String,
+    pub value: Zeroizing<String>,
+    pub source: String,
+}
+
+/// A key read that could not be given a value (an unreadable Podman secret).
+pub struct Unreadable {
+    pub key: String,
+    pub source: String,
+    pub why: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Readers
+
+/// Parses an env file. Returns the assignments and warnings (line numbers, never values).
+pub fn parse_env(text: &str, source: &str) -> (Vec<Found>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut warnings = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let number = i + 1;
+        let line = lines[i].trim();
+        i += 1;
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
+        let Some((key, rest)) = line.split_once('=') else {
+            warnings.push(format!("{source}:{number}: skipped: no '='"));
+            continue;
+        };
+        let key = key.trim();
+        if !valid_key(key) {
+            warnings.push(format!("{source}:{number}: skipped: invalid key"));
+            continue;
+        }
+        let rest = rest.trim_start();
+        let value = match rest.chars().next() {
+            Some(quote @ ('"' | '\'')) => {
+                // A quoted value may continue on the following lines.
+                let mut text = rest[1..].to_owned();
+                loop {
+                    match closing(&text, quote) {
+                        Some(end) => {
+                            let after = text[end + 1..].trim_start();
+                            if !(after.is_empty() || after.starts_with('#')) {
+                                warnings.push(format!(
+                                    "{source}:{number}: skipped: text after the closing quote"
+                                ));
+                                break None;
+                            }
+                            let inner = &text[..end];
+                            break Some(if quote == '"' {
+                                unescape(inner)
+                            } else {
+                                inner.to_owned()
+                            });
+                        }
+                        None if i < lines.len() => {
+                            text.push('\n');
+                            text.push_str(lines[i]);
+                            i += 1;
+                        }
+                        None => {
+                            warnings.push(format!("{source}:{number}: skipped: unclosed quote"));
+                            break None;
+                        }
+                    }
+                }
+            }
+            _ => {
+                // Unquoted: an inline comment starts at whitespace followed by '#'.
+                let mut end = rest.len();
+                let bytes = rest.as_bytes();
+                for (at, b) in bytes.iter().enumerate() {
+                    if *b == b'#' && at > 0 && bytes[at - 1].is_ascii_whitespace() {
+                        end = at;
+                        break;
+                    }
+                }
+                Some(rest[..end].trim_end().to_owned())
+            }
+        };
+        if let Some(value) = value {
+            found.push(Found {
+                key: key.to_owned(),
+                value: Zeroizing::new(value),
+                source: source.to_owned(),
+            });
+        }
+    }
+    (found, warnings)
+}
+
+/// Keys as Infisical and shells accept them: letters, digits, `_`, `-`, `.`; not empty.
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// The byte index of the closing `quote` (a double quote may be escaped with `\`).
+fn closing(text: &str, quote: char) -> Option<usize> {
+    let mut escaped = false;
+    for (at, c) in text.char_indices() {
+        if quote == '"' && escaped {
+            escaped = false;
+        } else if quote == '"' && c == '\\' {
+            escaped = true;
+        } else if c == quote {
+            return Some(at);
+        }
+    }
+    None
+}
+
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some(other @ ('\\' | '"' | '$' | '`')) => out.push(other),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// A `Secret=` reference of a quadlet: the Podman secret and the key to import it as.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// Parses a quadlet file: `Environment=` assignments and `Secret=` references, from any
+/// section (systemd's line continuations joined). Warnings name lines, never values.
+pub fn parse_quadlet(text: &str, source: &str) -> (Vec<Found>, Vec<SecretRef>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut refs = Vec::new();
+    let mut warnings = Vec::new();
+    let mut logical: Vec<(usize, String)> = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let (number, mut line) = match pending.take() {
+            Some((n, mut acc)) => {
+                acc.push(' ');
+                acc.push_str(raw.trim());
+                (n, acc)
+            }
+            None => (index + 1, raw.trim().to_owned()),
+        };
+        if line.ends_with('\\') && !line.starts_with('#') && !line.starts_with(';') {
+            line.pop();
+            pending = Some((number, line.trim_end().to_owned()));
+            continue;
+        }
+        logical.push((number, line));
+    }
+    if let Some(last) = pending {
+        logical.push(last);
+    }
+    for (number, line) in logical {
+        if let Some(rest) = line.strip_prefix("Environment=") {
+            match split_words(rest) {
+                Some(words) => {
+                    for word in words {
+                        match word.split_once('=') {
+                            Some((key, value)) if valid_key(key) => found.push(Found {
+                                key: key.to_owned(),
+                                value: Zeroizing::new(value.to_owned()),
+                                source: source.to_owned(),
+                            }),
+                            _ => warnings.push(format!(
+                                "{source}:{number}: skipped an Environment= word that is not KEY=VALUE"
+                            )),
+                        }
+                    }
+                }
+                None => warnings.push(format!("{source}:{number}: skipped: unclosed quote")),
+            }
+        } else if let Some(rest) = line.strip_prefix("Secret=") {
+            let mut fields = rest.trim().split(',');
+            let name = fields.next().unwrap_or_default().trim().to_owned();
+            if name.is_empty() {
+                continue;
+            }
+            let key = fields
+                .find_map(|f| f.trim().strip_prefix("target="))
+                .map(str::to_owned)
+                .unwrap_or_else(|| name.clone());
+            refs.push(SecretRef { name, key });
+        }
+    }
+    (found, refs, warnings)
+}
+
+/// systemd's word splitting for `Environment=`: whitespace outside quotes separates words,
+/// quotes are removed, `\` escapes the next character. `None` for an unclosed quote.
+fn split_words(text: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\\') => {
+                match chars.next() {
+                    Some('n') => word.push('\n'),
+                    Some('t') => word.push('\t'),
+                    Some(other) => word.push(other),
+                    None => {}
+                }
+                in_word = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return None;
+    }
+    if in_word {
+        words.push(word);
+    }
+    Some(words)
+}
+
+// ---------------------------------------------------------------------------------------
+// Podman
+
+/// Reads Podman secrets by name: Podman 5 reveals values itself; otherwise a psi
+/// shell-driver secret resolves through its mapping and psi's providers. Others are
+/// reported unreadable.
+async fn read_podman(
+    settings: &Settings,
+    names: &[(String, String)],
+    source: &str,
+) -> Result<(Vec<Found>, Vec<Unreadable>)> {
+    let podman = crate::podman::Podman::new(crate::podman::configured_socket(settings)?);
+    let listed = podman.list_secrets().await?;
+    let mut registry: Option<crate::provider::Registry> = None;
+    let state = crate::state::StateDir::new(settings.state_dir.clone());
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    for (name, key) in names {
+        let fail = |why: String| Unreadable {
+            key: key.clone(),
+            source: format!("{source} {name}"),
+            why,
+        };
+        let Some(info) = listed.iter().find(|s| &s.name == name) else {
+            unreadable.push(fail("no such Podman secret".into()));
+            continue;
+        };
+        let value = match podman.secret_data(name).await {
+            Ok(Some(value)) => Some(value),
+            Ok(None) => None,
+            Err(err) => {
+                unreadable.push(fail(err.to_string()));
+                continue;
+            }
+        };
+        let value = match value {
+            Some(value) => value,
+            None if info.driver == "shell" => {
+                let id = match crate::secret::SecretId::parse(&info.id) {
+                    Ok(id) => id,
+                    Err(why) => {
+                        unreadable.push(fail(why));
+                        continue;
+                    }
+                };
+                let mapping = match state.read_mapping(&id) {
+                    Ok(mapping) => mapping,
+                    Err(_) => {
+                        unreadable.push(fail(
+                            "this Podman does not reveal secret values and psi has no mapping for this shell-driver secret".into(),
+                        ));
+                        continue;
+                    }
+                };
+                if registry.is_none() {
+                    registry = Some(crate::provider::Registry::from_config(
+                        &settings.providers,
+                        &settings.state_dir,
+                    )?);
+                }
+                let registry = registry.as_ref().expect("set above");
+                let looked = match registry.get(mapping.provider()) {
+                    Ok(provider) => provider.lookup(&mapping).await,
+                    Err(err) => Err(err),
+                };
+                match looked {
+                    Ok(value) => value,
+                    Err(err) => {
+                        unreadable.push(fail(format!("psi lookup failed: {err}")));
+                        continue;
+                    }
+                }
+            }
+            None => {
+                unreadable.push(fail(format!(
+                    "this Podman does not reveal secret values (Podman 5 does) and driver '{}' is not psi's",
+                    info.driver
+                )));
+                continue;
+            }
+        };
+        match String::from_utf8(value.expose().to_vec()) {
+            Ok(text) => found.push(Found {
+                key: key.clone(),
+                value: Zeroizing::new(text),
+                source: format!("{source} {name}"),
+            }),
+            Err(err) => {
+                let mut bytes = err.into_bytes();
+                zeroize::Zeroize::zeroize(&mut bytes);
+                unreadable.push(fail("the value is not UTF-8 text".into()));
+            }
+        }
+    }
+    Ok((found, unreadable))
+}
+
+async fn all_podman_names(settings: &Settings) -> Result<Vec<String>> {
+    let podman = crate::podman::Podman::new(crate::podman::configured_socket(settings)?);
+    Ok(podman
+        .list_secrets()
+        .await?
+        .into_iter()
+        .map(|s| s.name)
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// Plan, write, report
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Skipped,
+    Failed,
+}
+
+#[derive(Serialize)]
+pub struct Row {
+    pub key: String,
+    pub source: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+#[derive(Serialize, Default)]
+pub struct Summary {
+    pub total: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub project: String,
+    pub environment: Option<String>,
+    pub path: String,
+    pub conflict: Conflict,
+    pub dry_run: bool,
+    pub results: Vec<Row>,
+    pub summary: Summary,
+}
+
+/// Runs `psi infisical import ...`.
+pub async fn run(settings: &Settings, command: ImportCommand) -> Result<()> {
+    let (options, found, unreadable, warnings) = match command {
+        ImportCommand::EnvFile { file, options } => {
+            let (text, source) = match &file {
+                Some(path) => (read_text(path)?, path.display().to_string()),
+                None => {
+                    let bytes = super::read_stdin(16 << 20)?;
+                    let text = String::from_utf8(bytes.to_vec())
+                        .map_err(|_| Error::Usage("stdin is not UTF-8 text".into()))?;
+                    (Zeroizing::new(text), "stdin".to_owned())
+                }
+            };
+            let (found, warnings) = parse_env(&text, &source);
+            (options, found, Vec::new(), warnings)
+        }
+        ImportCommand::PodmanSecret {
+            names,
+            all,
+            options,
+        } => {
+            let names = if all {
+                all_podman_names(settings).await?
+            } else {
+                names
+            };
+            let pairs: Vec<(String, String)> = names.into_iter().map(|n| (n.clone(), n)).collect();
+            let (found, unreadable) = read_podman(settings, &pairs, "podman secret").await?;
+            (options, found, unreadable, Vec::new())
+        }
+        ImportCommand::Quadlet {
+            files,
+            resolve_secrets,
+            options,
+        } => {
+            let mut found = Vec::new();
+            let mut unreadable = Vec::new();
+            let mut warnings = Vec::new();
+            for file in &files {
+                let text = read_text(file)?;
+                let source = file.display().to_string();
+                let (env, refs, warn) = parse_quadlet(&text, &source);
+                found.extend(env);
+                warnings.extend(warn);
+                if refs.is_empty() {
+                    continue;
+                }
+                if !resolve_secrets {
+                    for r in &refs {
+                        warnings.push(format!(
+                            "{source}: skipped Secret={} (use --resolve-secrets to import its value)",
+                            r.name
+                        ));
+                    }
+                    continue;
+                }
+                let pairs: Vec<(String, String)> =
+                    refs.into_iter().map(|r| (r.name, r.key)).collect();
+                let (f, u) =
+                    read_podman(settings, &pairs, &format!("{source}: podman secret")).await?;
+                found.extend(f);
+                unreadable.extend(u);
+            }
+            (options, found, unreadable, warnings)
+        }
+    };
+    for warning in &warnings {
+        eprintln!("psi: {warning}");
+    }
+    let config = settings.providers.infisical.as_ref().ok_or_else(|| {
+        Error::Usage("no Infisical provider configured (providers.infisical)".into())
+    })?;
+    let client = Infisical::new(config, &settings.state_dir)?;
+    if found.is_empty() && unreadable.is_empty() {
+        eprintln!("psi: no secrets found to import");
+    }
+    let report = import(&client, &options, found, unreadable).await?;
+    let s = &report.summary;
+    tracing::info!(
+        event = "infisical.import",
+        project = %report.project,
+        path = %report.path,
+        dry_run = report.dry_run,
+        total = s.total,
+        created = s.created,
+        updated = s.updated,
+        skipped = s.skipped,
+        failed = s.failed,
+        "import finished"
+    );
+    super::print_report(&report, options.json, human)?;
+    if report.summary.failed > 0 {
+        return Err(Error::Failed(format!(
+            "{} of {} keys failed to import",
+            report.summary.failed, report.summary.total
+        )));
+    }
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<Zeroizing<String>> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|err| Error::Io {
+        context: format!("cannot read {}", path.display()),
+        source: err,
+    })?);
+    String::from_utf8(bytes.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))
+}
+
+/// Plans and (unless a dry run) performs the writes.
+pub async fn import(
+    client: &Infisical,
+    options: &ImportOptions,
+    found: Vec<Found>,
+    unreadable: Vec<Unreadable>,
+) -> Result<Report> {
+    let target = Target {
+        project: &options.project,
+        environment: options.environment.as_deref(),
+        path: &options.path,
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    // Group by key: identical values from several sources are one key; differing ones fail.
+    let mut by_key: BTreeMap<String, Vec<Found>> = BTreeMap::new();
+    for f in found {
+        by_key.entry(f.key.clone()).or_default().push(f);
+    }
+    let mut unreadable_keys = BTreeSet::new();
+    for u in unreadable {
+        unreadable_keys.insert(u.key.clone());
+        rows.push(Row {
+            key: u.key,
+            source: u.source,
+            outcome: Outcome::Failed,
+            detail: u.why,
+        });
+    }
+    let mut writes: Vec<Found> = Vec::new();
+    for (key, mut list) in by_key {
+        let sources = list
+            .iter()
+            .map(|f| f.source.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if list.iter().any(|f| f.value != list[0].value) {
+            rows.push(Row {
+                key,
+                source: sources,
+                outcome: Outcome::Failed,
+                detail: "the sources give different values; not written".into(),
+            });
+            continue;
+        }
+        if unreadable_keys.contains(&key) {
+            rows.push(Row {
+                key,
+                source: sources,
+                outcome: Outcome::Failed,
+                detail: "another source of this key could not be read; not written".into(),
+            });
+            continue;
+        }
+        let mut first = list.swap_remove(0);
+        first.source = sources;
+        writes.push(first);
+    }
+
+    // Nothing to write: no need to ask Infisical anything.
+    let existing = if writes.is_empty() {
+        BTreeSet::new()
+    } else {
+        client.existing_keys(&target).await?
+    };
+    let conflicts: Vec<&str> = writes
+        .iter()
+        .filter(|f| existing.contains(&f.key))
+        .map(|f| f.key.as_str())
+        .collect();
+    let abort = options.conflict == Conflict::Fail && !conflicts.is_empty();
+    let prefix = if options.dry_run { "would be " } else { "" };
+
+    // Decide each key's fate before writing.
+    let mut to_create = Vec::new();
+    let mut to_update = Vec::new();
+    for f in &writes {
+        let exists = existing.contains(&f.key);
+        let (outcome, detail) = if abort {
+            if exists {
+                (
+                    Outcome::Failed,
+                    "already exists (use --conflict skip or overwrite)".to_owned(),
+                )
+            } else {
+                (
+                    Outcome::Skipped,
+                    "not written: other keys already exist and --conflict is fail".to_owned(),
+                )
+            }
+        } else if exists && options.conflict == Conflict::Skip {
+            (Outcome::Skipped, "already exists".to_owned())
+        } else if exists {
+            to_update.push(f);
+            (Outcome::Updated, format!("{prefix}updated"))
+        } else {
+            to_create.push(f);
+            (Outcome::Created, format!("{prefix}created"))
+        };
+        rows.push(Row {
+            key: f.key.clone(),
+            source: f.source.clone(),
+            outcome,
+            detail,
+        });
+    }
+
+    let nothing = to_create.is_empty() && to_update.is_empty();
+    if !(options.dry_run || abort || nothing) {
+        let mut failures: BTreeMap<String, String> = BTreeMap::new();
+        match client.ensure_folder(&target).await {
+            Err(err) => {
+                for f in to_create.iter().chain(&to_update) {
+                    failures.insert(f.key.clone(), err.to_string());
+                }
+            }
+            Ok(()) if client.supports_v4() => {
+                let all: Vec<&Found> = to_create.iter().chain(&to_update).copied().collect();
+                for chunk in all.chunks(CHUNK) {
+                    let entries: Vec<Entry<'_>> = chunk
+                        .iter()
+                        .map(|f| Entry {
+                            key: &f.key,
+                            value: &f.value,
+                        })
+                        .collect();
+                    if let Err(err) = client.upsert(&target, &entries).await {
+                        for f in chunk {
+                            failures.insert(f.key.clone(), err.to_string());
+                        }
+                    }
+                }
+            }
+            Ok(()) => {
+                for (f, update) in to_create
+                    .iter()
+                    .map(|f| (f, false))
+                    .chain(to_update.iter().map(|f| (f, true)))
+                {
+                    let entry = Entry {
+                        key: &f.key,
+                        value: &f.value,
+                    };
+                    if let Err(err) = client.write_one(&target, &entry, update).await {
+                        failures.insert(f.key.clone(), err.to_string());
+                    }
+                }
+            }
+        }
+        for row in &mut rows {
+            if let Some(why) = failures.get(&row.key) {
+                if matches!(row.outcome, Outcome::Created | Outcome::Updated) {
+                    row.outcome = Outcome::Failed;
+                    row.detail = why.clone();
+                }
+            }
+        }
+    }
+
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut summary = Summary {
+        total: rows.len(),
+        ..Summary::default()
+    };
+    for row in &rows {
+        match row.outcome {
+            Outcome::Created => summary.created += 1,
+            Outcome::Updated => summary.updated += 1,
+            Outcome::Skipped => summary.skipped += 1,
+            Outcome::Failed => summary.failed += 1,
+        }
+    }
+    Ok(Report {
+        project: options.project.clone(),
+        environment: options.environment.clone(),
+        path: crate::provider::infisical::writes::normalize(&options.path),
+        conflict: options.conflict,
+        dry_run: options.dry_run,
+        results: rows,
+        summary,
+    })
+}
+
+fn human(report: &Report) -> String {
+    let width = report
+        .results
+        .iter()
+        .map(|r| r.key.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let mut out = format!("{:<width$}  {:<8}  DETAIL\n", "KEY", "OUTCOME");
+    for row in &report.results {
+        let outcome = serde_json::to_value(row.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<width$}  {:<8}  {} ({})\n",
+            row.key, outcome, row.detail, row.source
+        ));
+    }
+    let s = &report.summary;
+    out.push_str(&format!(
+        "{}Total: {} Created: {} Updated: {} Skipped: {} Failed: {}\n",
+        if report.dry_run {
+            "Dry run (nothing written). "
+        } else {
+            ""
+        },
+        s.total,
+        s.created,
+        s.updated,
+        s.skipped,
+        s.failed
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(found: &[Found]) -> Vec<(String, String)> {
+        found
+            .iter()
+            .map(|f| (f.key.clone(), f.value.as_str().to_owned()))
+            .collect()
+    }
+
+    fn p(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn env_files() {
+        let text = "# comment\n\n  export A=1\nB = spaced value  # inline\nC=\"x\\ty\\\"z\\\\\" # after\nD='raw \\n $x' # c\nE=a#b\nF=\"two\nlines\"\nG=\nH=\"\"\nno equals\n1BAD!=x\nI='unterminated\n";
+        let (found, warnings) = parse_env(text, "f.env");
+        assert_eq!(
+            pairs(&found),
+            [
+                p("A", "1"),
+                p("B", "spaced value"),
+                p("C", "x\ty\"z\\"),
+                p("D", "raw \\n $x"),
+                p("E", "a#b"),
+                p("F", "two\nlines"),
+                p("G", ""),
+                p("H", ""),
+            ]
+        );
+        assert_eq!(
+            warnings,
+            [
+                "f.env:12: skipped: no '='",
+                "f.env:13: skipped: invalid key",
+                "f.env:14: skipped: unclosed quote",
+            ]
+        );
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_is_refused_without_quoting_it() {
+        let (found, warnings) = parse_env("A=\"x\"trailing-secret\n", "s");
+        assert!(found.is_empty());
+        assert_eq!(warnings, ["s:1: skipped: text after the closing quote"]);
+    }
+
+    #[test]
+    fn quadlets() {
+        let text = "[Unit]\nDescription=x\n[Container]\nEnvironment=A=1 \"B=two words\" C='x y' D=a\\ b\nEnvironment=E=1 \\\n  F=2\nEnvironment=noequals\nSecret=db,type=env,target=DB_PASS\nSecret=plain\n# Environment=Z=1\n";
+        let (found, refs, warnings) = parse_quadlet(text, "q");
+        assert_eq!(
+            pairs(&found),
+            [
+                p("A", "1"),
+                p("B", "two words"),
+                p("C", "x y"),
+                p("D", "a b"),
+                p("E", "1"),
+                p("F", "2"),
+            ]
+        );
+        assert_eq!(
+            refs,
+            [
+                SecretRef {
+                    name: "db".into(),
+                    key: "DB_PASS".into()
+                },
+                SecretRef {
+                    name: "plain".into(),
+                    key: "plain".into()
+                }
+            ]
+        );
+        assert_eq!(warnings.len(), 1);
+    }
+}

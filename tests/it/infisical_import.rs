@@ -1,0 +1,466 @@
+//! `psi infisical import` through the real binary against the fake Infisical, both API
+//! generations: what ends up in the fake, and which requests wrote it (v4 batch upsert in
+//! chunks of 100; v3 single creates and updates). Plus the fake's own v4 batch update.
+
+use std::process::Output;
+
+use serde_json::{json, Value};
+
+use crate::support::infisical::{FakeInfisical, Fault, Generation, Recorded};
+use crate::support::podman::PodmanEnv;
+use crate::support::{run_with_stdin, Sandbox};
+
+const PROJECT: &str = "7c1e3a52-2b7d-4f1e-9a0c-5d6e7f8a9b0c";
+
+fn fake(generation: Generation) -> FakeInfisical {
+    let fake = FakeInfisical::start(generation);
+    fake.add_universal_auth("client-1", "secret-1", 3600, 86400);
+    fake.add_project(PROJECT, "import-project");
+    fake
+}
+
+fn config(sandbox: &Sandbox, fake: &FakeInfisical) -> std::path::PathBuf {
+    sandbox.config(&format!(
+        "providers:\n  infisical:\n    api_url: {}\n    retries: 0\n    auth:\n      method: universal-auth\n      client_id: client-1\n      client_secret: secret-1\n    projects:\n      app:\n        id: {PROJECT}\n        environment: prod\n",
+        fake.url()
+    ))
+}
+
+/// Runs `psi infisical import ARGS --project app --json`, `stdin` on stdin.
+fn import(sandbox: &Sandbox, fake: &FakeInfisical, args: &[&str], stdin: &[u8]) -> (Output, Value) {
+    let config = config(sandbox, fake);
+    let mut cmd = sandbox.psi();
+    cmd.arg("-c").arg(&config).args(["infisical", "import"]);
+    cmd.args(args).args(["--project", "app", "--json"]);
+    let out = run_with_stdin(&mut cmd, stdin);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout: {} stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, report)
+}
+
+fn outcomes(report: &Value) -> Vec<(String, String)> {
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The requests that change something (everything but GETs and logins).
+fn writes(requests: &[Recorded]) -> Vec<&Recorded> {
+    requests
+        .iter()
+        .filter(|r| r.method != "GET" && !r.path.starts_with("/api/v1/auth/"))
+        .collect()
+}
+
+fn value(fake: &FakeInfisical, path: &str, key: &str) -> Option<String> {
+    fake.secret(PROJECT, "prod", path, key).map(|(v, _)| v)
+}
+
+#[test]
+fn v4_upserts_in_chunks_of_100_and_creates_folders() {
+    let fake = fake(Generation::Current);
+    fake.set_secret(PROJECT, "prod", "/imp/sub", "KEY_000", "old");
+    let sandbox = Sandbox::new();
+    let mut env = String::from("# generated\n");
+    for i in 0..150 {
+        env.push_str(&format!("export KEY_{i:03}=\"value {i}\\n\" # comment\n"));
+    }
+    let file = sandbox.path().join("big.env");
+    std::fs::write(&file, env).unwrap();
+    fake.clear_requests();
+    let (out, report) = import(
+        &sandbox,
+        &fake,
+        &[
+            "env-file",
+            file.to_str().unwrap(),
+            "--path",
+            "/imp/sub/",
+            "--conflict",
+            "overwrite",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        report["summary"],
+        json!({"total": 150, "created": 149, "updated": 1, "skipped": 0, "failed": 0})
+    );
+    assert_eq!(value(&fake, "/imp/sub", "KEY_000").unwrap(), "value 0\n");
+    assert_eq!(
+        fake.secret(PROJECT, "prod", "/imp/sub", "KEY_000")
+            .unwrap()
+            .1,
+        2
+    );
+    assert_eq!(value(&fake, "/imp/sub", "KEY_149").unwrap(), "value 149\n");
+    assert_eq!(fake.keys(PROJECT, "prod", "/imp/sub").len(), 150);
+
+    let requests = fake.requests();
+    let writes = writes(&requests);
+    let shape: Vec<(String, String)> = writes
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("POST", "/api/v1/folders"),
+            ("POST", "/api/v1/folders"),
+            ("PATCH", "/api/v4/secrets/batch"),
+            ("PATCH", "/api/v4/secrets/batch"),
+        ]
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+    );
+    let folders: Vec<(&str, &str)> = writes[..2]
+        .iter()
+        .map(|r| {
+            let b = r.body.as_ref().unwrap();
+            (b["path"].as_str().unwrap(), b["name"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(folders, [("/", "imp"), ("/imp", "sub")]);
+    for (batch, size) in writes[2..].iter().zip([100, 50]) {
+        let body = batch.body.as_ref().unwrap();
+        assert_eq!(body["mode"], "upsert");
+        assert_eq!(body["projectId"], PROJECT);
+        assert_eq!(body["environment"], "prod");
+        assert_eq!(body["secretPath"], "/imp/sub");
+        assert_eq!(body["secrets"].as_array().unwrap().len(), size);
+    }
+    // No value on stderr.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("value 1"));
+}
+
+#[test]
+fn v3_servers_get_creates_and_updates_one_by_one() {
+    let fake = fake(Generation::Legacy2024);
+    fake.set_secret(PROJECT, "prod", "/", "EXISTING", "old");
+    let sandbox = Sandbox::new();
+    fake.clear_requests();
+    let (out, report) = import(
+        &sandbox,
+        &fake,
+        &["env-file", "--conflict", "overwrite"],
+        b"EXISTING='new $value'\nNEW_ONE=plain # c\nNEW_TWO=\"multi\nline\"\n",
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        outcomes(&report),
+        [
+            ("EXISTING", "updated"),
+            ("NEW_ONE", "created"),
+            ("NEW_TWO", "created")
+        ]
+        .map(|(k, o)| (k.to_owned(), o.to_owned()))
+    );
+    assert_eq!(value(&fake, "/", "EXISTING").unwrap(), "new $value");
+    assert_eq!(value(&fake, "/", "NEW_ONE").unwrap(), "plain");
+    assert_eq!(value(&fake, "/", "NEW_TWO").unwrap(), "multi\nline");
+    let requests = fake.requests();
+    let mut shape: Vec<(String, String)> = writes(&requests)
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    shape.sort();
+    assert_eq!(
+        shape,
+        [
+            ("PATCH", "/api/v3/secrets/raw/EXISTING"),
+            ("POST", "/api/v3/secrets/raw/NEW_ONE"),
+            ("POST", "/api/v3/secrets/raw/NEW_TWO"),
+        ]
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+    );
+    assert!(requests.iter().all(|r| !r.path.contains("/batch")));
+}
+
+#[test]
+fn conflict_fail_writes_nothing_and_skip_keeps_existing() {
+    for generation in [Generation::Current, Generation::Legacy2024] {
+        let fake = fake(generation);
+        fake.set_secret(PROJECT, "prod", "/app", "A", "old");
+        let sandbox = Sandbox::new();
+        fake.clear_requests();
+        let (out, report) = import(
+            &sandbox,
+            &fake,
+            &["env-file", "--path", "/app"],
+            b"A=1\nB=2\n",
+        );
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        assert_eq!(
+            outcomes(&report),
+            [("A", "failed"), ("B", "skipped")].map(|(k, o)| (k.to_owned(), o.to_owned()))
+        );
+        assert!(writes(&fake.requests()).is_empty());
+        assert_eq!(fake.keys(PROJECT, "prod", "/app"), ["A"]);
+
+        let (out, report) = import(
+            &sandbox,
+            &fake,
+            &["env-file", "--path", "/app", "--conflict", "skip"],
+            b"A=1\nB=2\n",
+        );
+        assert!(out.status.success(), "{report}");
+        assert_eq!(
+            outcomes(&report),
+            [("A", "skipped"), ("B", "created")].map(|(k, o)| (k.to_owned(), o.to_owned()))
+        );
+        assert_eq!(value(&fake, "/app", "A").unwrap(), "old");
+        assert_eq!(value(&fake, "/app", "B").unwrap(), "2");
+    }
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let fake = fake(Generation::Current);
+    fake.set_secret(PROJECT, "prod", "/", "A", "old");
+    let sandbox = Sandbox::new();
+    fake.clear_requests();
+    let (out, report) = import(
+        &sandbox,
+        &fake,
+        &[
+            "env-file",
+            "--path",
+            "/new",
+            "--conflict",
+            "overwrite",
+            "--dry-run",
+        ],
+        b"A=1\nB=2\n",
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["summary"]["created"], 2);
+    assert!(writes(&fake.requests()).is_empty());
+    assert!(fake.keys(PROJECT, "prod", "/new").is_empty());
+}
+
+#[test]
+fn quadlet_environment_lines_are_imported_and_secret_refs_need_resolve() {
+    let fake = fake(Generation::Current);
+    let sandbox = Sandbox::new();
+    let file = sandbox.path().join("web.container");
+    std::fs::write(
+        &file,
+        "[Container]\nImage=x\nEnvironment=A=1 \"B=two words\" C='3'\nEnvironment=D=x\\\n  E=y\nSecret=db-pass,type=env,target=DB_PASS\n",
+    )
+    .unwrap();
+    let (out, report) = import(&sandbox, &fake, &["quadlet", file.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{report}");
+    let keys: Vec<String> = outcomes(&report).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["A", "B", "C", "D", "E"]);
+    assert_eq!(value(&fake, "/", "B").unwrap(), "two words");
+    assert_eq!(value(&fake, "/", "C").unwrap(), "3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Secret=db-pass"), "{stderr}");
+}
+
+#[test]
+fn fake_v4_batch_update_modes() {
+    let fake = fake(Generation::Current);
+    fake.set_secret(PROJECT, "prod", "/", "OLD", "1");
+    let token = {
+        let reply = fake.send(
+            "POST",
+            "/api/v1/auth/universal-auth/login",
+            &[],
+            Some(&json!({"clientId": "client-1", "clientSecret": "secret-1"})),
+        );
+        reply.body.unwrap()["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let auth = format!("Bearer {token}");
+    let body = |mode: &str| {
+        json!({"projectId": PROJECT, "environment": "prod", "secretPath": "/", "mode": mode,
+               "secrets": [{"secretKey": "OLD", "secretValue": "2"}, {"secretKey": "NEW", "secretValue": "n"}]})
+    };
+    let reply = fake.send(
+        "PATCH",
+        "/api/v4/secrets/batch",
+        &[("Authorization", &auth)],
+        Some(&body("failOnNotFound")),
+    );
+    assert_eq!(reply.status, 404);
+    assert_eq!(value(&fake, "/", "OLD").unwrap(), "1");
+    let reply = fake.send(
+        "PATCH",
+        "/api/v4/secrets/batch",
+        &[("Authorization", &auth)],
+        Some(&body("ignore")),
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(value(&fake, "/", "OLD").unwrap(), "2");
+    assert!(value(&fake, "/", "NEW").is_none());
+    let reply = fake.send(
+        "PATCH",
+        "/api/v4/secrets/batch",
+        &[("Authorization", &auth)],
+        Some(&body("upsert")),
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        fake.secret(PROJECT, "prod", "/", "NEW").unwrap(),
+        ("n".to_owned(), 1)
+    );
+    assert_eq!(
+        fake.secret(PROJECT, "prod", "/", "OLD").unwrap(),
+        ("2".to_owned(), 3)
+    );
+    // The 2024 server has no v4 route.
+    let old = self::fake(Generation::Legacy2024);
+    let reply = old.send(
+        "PATCH",
+        "/api/v4/secrets/batch",
+        &[("Authorization", &auth)],
+        Some(&body("upsert")),
+    );
+    assert_eq!(reply.status, 404);
+}
+
+/// Podman secrets: a psi shell-driver one resolves through psi's mapping (Podman 4 reveals
+/// no values); a file-driver one can be read only where Podman reveals values (Podman 5).
+#[test]
+fn podman_secrets_through_psi_mappings_or_showsecret() {
+    let fake = fake(Generation::Current);
+    let providers = format!(
+        "providers:\n  systemd-creds: {{}}\n  infisical:\n    api_url: {}\n    retries: 0\n    auth:\n      method: universal-auth\n      client_id: client-1\n      client_secret: secret-1\n    projects:\n      app:\n        id: {PROJECT}\n        environment: prod\n",
+        fake.url()
+    );
+    let Some(mut env) = PodmanEnv::new(&providers) else {
+        return;
+    };
+    env.for_setup();
+    let out = env.secret_create("shell-one", b"shell value", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.secret_create("file-one", b"file value", &["--driver", "file"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = env.podman().arg("--version").output().unwrap();
+    let podman5 = !String::from_utf8_lossy(&version.stdout).contains("version 4.");
+
+    let out = env
+        .psi(&[
+            "infisical",
+            "import",
+            "podman-secret",
+            "--all",
+            "--project",
+            "app",
+            "--path",
+            "/pod",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(value(&fake, "/pod", "shell-one").unwrap(), "shell value");
+    if podman5 {
+        assert!(out.status.success(), "{report}");
+        assert_eq!(value(&fake, "/pod", "file-one").unwrap(), "file value");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        assert_eq!(
+            outcomes(&report),
+            [("file-one", "failed"), ("shell-one", "created")]
+                .map(|(k, o)| (k.to_owned(), o.to_owned()))
+        );
+        let detail = report["results"][0]["detail"].as_str().unwrap();
+        assert!(detail.contains("does not reveal"), "{detail}");
+        assert!(value(&fake, "/pod", "file-one").is_none());
+    }
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("value"));
+
+    // A quadlet's Secret= reference, imported under its target= name.
+    let quadlet = env.sandbox.path().join("web.container");
+    std::fs::write(
+        &quadlet,
+        "[Container]\nEnvironment=PLAIN=1\nSecret=shell-one,type=env,target=FROM_QUADLET\n",
+    )
+    .unwrap();
+    let out = env
+        .psi(&[
+            "infisical",
+            "import",
+            "quadlet",
+            quadlet.to_str().unwrap(),
+            "--resolve-secrets",
+            "--project",
+            "app",
+            "--path",
+            "/q",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(value(&fake, "/q", "FROM_QUADLET").unwrap(), "shell value");
+    assert_eq!(value(&fake, "/q", "PLAIN").unwrap(), "1");
+}
+
+/// A failed chunk fails its keys only; the others are written; exit status 1; the table
+/// (no --json) names outcomes, never values.
+#[test]
+fn a_failed_chunk_fails_its_keys_and_the_table_shows_it() {
+    let fake = fake(Generation::Current);
+    fake.inject(
+        "PATCH",
+        "/api/v4/secrets/batch",
+        Fault::Status {
+            status: 400,
+            body: json!({"statusCode": 400, "error": "BadRequest", "message": "nope"}),
+            retry_after: None,
+        },
+        1,
+    );
+    let sandbox = Sandbox::new();
+    let mut env = String::new();
+    for i in 0..101 {
+        env.push_str(&format!("K{i:03}=secret-{i}\n"));
+    }
+    let config = config(&sandbox, &fake);
+    let mut cmd = sandbox.psi();
+    cmd.arg("-c").arg(&config);
+    cmd.args(["infisical", "import", "env-file", "--project", "app"]);
+    let out = run_with_stdin(&mut cmd, env.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Total: 101 Created: 1 Updated: 0 Skipped: 0 Failed: 100"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("K000  failed"), "{stdout}");
+    assert!(stdout.contains("nope"), "{stdout}");
+    assert!(!stdout.contains("secret-"), "{stdout}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("secret-"));
+    assert_eq!(fake.keys(PROJECT, "prod", "/"), ["K100"]);
+}
