@@ -76,6 +76,17 @@ pub enum Command {
     /// The appliance's systemd units and quadlets
     #[command(subcommand)]
     Systemd(SystemdCommand),
+    /// Infisical: TLS certificates from Infisical PKI
+    #[command(subcommand)]
+    Infisical(InfisicalCommand),
+}
+
+/// `psi infisical ...`
+#[derive(Debug, Subcommand)]
+pub enum InfisicalCommand {
+    /// TLS certificates issued by Infisical PKI: issue, renew (the daily timer), status
+    #[command(subcommand)]
+    Tls(crate::commands::infisical_tls::TlsCommand),
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 pub mod butane;
 pub mod cache;
 pub mod creds;
+pub mod infisical_tls;
 pub mod install;
 pub mod nitrokeyhsm;
 pub mod secret;
@@ -44,6 +45,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Healthcheck(args) => crate::client::healthcheck(&settings.socket_path, args.cache)
             .map_err(|why| Error::Failed(format!("unhealthy: {why}"))),
         Command::Systemd(command) => block_on(systemd::run(&settings, command)),
+        Command::Infisical(crate::cli::InfisicalCommand::Tls(command)) => {
+            block_on(infisical_tls::run(&settings, command))
+        }
     }
 }
 

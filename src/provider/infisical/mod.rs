@@ -30,6 +30,7 @@ mod auth;
 mod aws;
 mod http;
 mod listing;
+mod pki;
 mod sigv4;
 mod token;
 
@@ -51,6 +52,7 @@ use self::api::Call;
 use self::auth::Auth;
 use self::http::{Class, Http};
 use self::listing::ListBody;
+pub use self::pki::{IssueRequest, Issued};
 use self::token::Tokens;
 use crate::config::InfisicalConfig;
 use crate::error::{Error, Result};
