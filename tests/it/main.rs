@@ -18,6 +18,7 @@ mod creds;
 mod image;
 mod infisical_client;
 mod infisical_fake;
+mod infisical_tls;
 mod nitrokeyhsm;
 mod nitrokeyhsm_cli;
 mod pcscd;

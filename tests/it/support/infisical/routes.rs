@@ -305,6 +305,11 @@ enum Route<'a> {
     Update(&'a str),
     Delete(&'a str),
     Batch,
+    PkiIssueFromCa(&'a str),
+    CertCreate,
+    CertRequest(&'a str),
+    CertBundle(&'a str),
+    CertRenew(&'a str),
 }
 
 /// The route and its pattern (the rate-limit bucket), or `None` for fastify's 404.
@@ -370,6 +375,29 @@ fn route<'a>(
         ("GET", ["api", "v4", "secrets", name]) if current => {
             (Route::Get { v4: true, name }, "/api/v4/secrets/:secretName")
         }
+        ("POST", ["api", "v1", "pki", "ca", ca, "issue-certificate"]) if !current => (
+            Route::PkiIssueFromCa(ca),
+            "/api/v1/pki/ca/:caId/issue-certificate",
+        ),
+        ("POST", ["api", "v1", "cert-manager", "certificates"]) if current => {
+            (Route::CertCreate, "/api/v1/cert-manager/certificates")
+        }
+        ("GET", ["api", "v1", "cert-manager", "certificates", "certificate-requests", id])
+            if current =>
+        {
+            (
+                Route::CertRequest(id),
+                "/api/v1/cert-manager/certificates/certificate-requests/:id",
+            )
+        }
+        ("GET", ["api", "v1", "cert-manager", "certificates", id, "bundle"]) if current => (
+            Route::CertBundle(id),
+            "/api/v1/cert-manager/certificates/:id/bundle",
+        ),
+        ("POST", ["api", "v1", "cert-manager", "certificates", id, "renew"]) if current => (
+            Route::CertRenew(id),
+            "/api/v1/cert-manager/certificates/:id/renew",
+        ),
         _ => return None,
     };
     Some(found)
@@ -479,5 +507,10 @@ fn dispatch(state: &mut State, route: Route, identity: &str, req: &Request) -> R
         Route::Update(name) => write(state, identity, body, name, Write::Update),
         Route::Delete(name) => write(state, identity, body, name, Write::Delete),
         Route::Batch => batch_create(state, identity, body),
+        Route::PkiIssueFromCa(ca) => super::pki::issue_from_ca(state, ca, body),
+        Route::CertCreate => super::pki::create(state, body),
+        Route::CertRequest(id) => super::pki::request(state, id),
+        Route::CertBundle(id) => super::pki::bundle(state, id),
+        Route::CertRenew(id) => super::pki::renew(state, id),
     }
 }
