@@ -480,3 +480,64 @@ fn print_table(rows: &[StatusRow]) {
         line(row.to_vec());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn hooks_are_argv_not_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a b");
+        let hook = format!("touch '{}'", file.display());
+        assert_eq!(block(run_hooks(&[hook], HOOK_TIMEOUT)), 0);
+        assert!(file.exists(), "quoted argument kept whole");
+        // No shell: `;` and `>` are plain arguments to echo.
+        let redirect = dir.path().join("redirected");
+        let hook = format!("echo hi > {}", redirect.display());
+        assert_eq!(block(run_hooks(&[hook], HOOK_TIMEOUT)), 0);
+        assert!(!redirect.exists());
+    }
+
+    #[test]
+    fn hook_failures_are_counted() {
+        let hooks = [
+            "false".to_owned(),
+            "".to_owned(),
+            "touch 'unbalanced".to_owned(),
+            "/nonexistent/hook".to_owned(),
+            "true".to_owned(),
+        ];
+        assert_eq!(block(run_hooks(&hooks, HOOK_TIMEOUT)), 4);
+    }
+
+    #[test]
+    fn hook_timeout() {
+        let start = std::time::Instant::now();
+        let failed = block(run_hooks(
+            &["sleep 30".to_owned()],
+            Duration::from_millis(200),
+        ));
+        assert_eq!(failed, 1);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn modes() {
+        let yaml = "project: p\nprofile_id: x\ncommon_name: c\noutput: {cert: a, key: b, chain: c, mode: '0644'}\n";
+        let mut cert: CertConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(file_mode(&cert).unwrap(), 0o644);
+        cert.output.mode = "0o600".into();
+        assert_eq!(file_mode(&cert).unwrap(), 0o600);
+        cert.output.mode = "rw-r--r--".into();
+        assert!(file_mode(&cert).is_err());
+    }
+}
