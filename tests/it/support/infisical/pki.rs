@@ -25,11 +25,24 @@ use openssl::x509::{X509NameBuilder, X509};
 use serde_json::{json, Value};
 
 use super::routes::{str_field, Fail};
-use super::state::State;
+use super::state::{iso, State};
 
 pub(super) struct Ca {
     key: PKey<Private>,
     cert: X509,
+    serial: String,
+}
+
+/// A certificate issued from a CA on the 2024 server, by serial number.
+pub(super) struct Leaf {
+    id: String,
+    ca_id: String,
+    common_name: String,
+    alt_names: String,
+    not_before: u64,
+    not_after: u64,
+    created_at: u64,
+    revoked_at: Option<u64>,
 }
 
 /// A certificate issued through the cert-manager API (renewable).
@@ -47,6 +60,8 @@ pub(super) struct Pki {
     /// profile id -> CA id.
     pub profiles: HashMap<String, String>,
     pub certs: HashMap<String, Issued>,
+    /// 2024 server: serial -> certificate.
+    pub leaves: HashMap<String, Leaf>,
     /// request id -> (certificate id, polls still answering pending).
     pub requests: HashMap<String, (String, u32)>,
     pub pending: u32,
@@ -84,13 +99,20 @@ fn uuid() -> String {
 }
 
 pub(super) fn make_ca(now: u64, cn: &str) -> Ca {
+    make_ca_named(now, &[("CN", cn)])
+}
+
+fn make_ca_named(now: u64, entries: &[(&str, &str)]) -> Ca {
     let key = new_key();
     let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
+    for (field, value) in entries {
+        name.append_entry_by_text(field, value).unwrap();
+    }
     let name = name.build();
     let mut b = X509::builder().unwrap();
     b.set_version(2).unwrap();
-    b.set_serial_number(&serial().0).unwrap();
+    let (serial_number, serial_hex) = serial();
+    b.set_serial_number(&serial_number).unwrap();
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
@@ -104,7 +126,129 @@ pub(super) fn make_ca(now: u64, cn: &str) -> Ca {
     Ca {
         key,
         cert: b.build(),
+        serial: serial_hex,
     }
+}
+
+/// `POST /api/v1/pki/ca` (2024 server; fixture 73): an internal root CA, active at once.
+pub(super) fn create_ca(state: &mut State, body: &Value) -> Result<Value, Fail> {
+    let slug = str_field(body, "projectSlug").unwrap_or_default();
+    let project_id = state
+        .projects
+        .iter()
+        .find(|p| p.slug == slug)
+        .map(|p| p.id.clone())
+        .ok_or_else(|| Fail::BadRequest {
+            error: "BadRequest",
+            message: format!("Project with slug '{slug}' not found"),
+        })?;
+    let field = |name: &str| str_field(body, name).unwrap_or_default().to_owned();
+    let order = [
+        ("C", "country"),
+        ("O", "organization"),
+        ("OU", "ou"),
+        ("ST", "province"),
+        ("CN", "commonName"),
+        ("L", "locality"),
+    ];
+    let values: Vec<(&str, String)> = order
+        .iter()
+        .map(|(short, key)| (*short, field(key)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let dn = values
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let entries: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let now = state.now;
+    let ca = make_ca_named(now, &entries);
+    let id = uuid();
+    let out = json!({"ca": {
+        "id": id,
+        "createdAt": iso(now),
+        "updatedAt": iso(now),
+        "parentCaId": null,
+        "projectId": project_id,
+        "type": field("type"),
+        "status": "active",
+        "friendlyName": dn,
+        "organization": field("organization"),
+        "ou": field("ou"),
+        "country": field("country"),
+        "province": field("province"),
+        "locality": field("locality"),
+        "commonName": field("commonName"),
+        "dn": dn,
+        "serialNumber": ca.serial,
+        "maxPathLength": -1,
+        "keyAlgorithm": str_field(body, "keyAlgorithm").unwrap_or("RSA_2048"),
+        "notBefore": iso(now),
+        "notAfter": iso(now + 10 * 365 * 86_400),
+    }});
+    state.pki.cas.insert(id, ca);
+    Ok(out)
+}
+
+fn ca_not_found() -> Fail {
+    Fail::BadRequest {
+        error: "BadRequest",
+        message: "CA not found".into(),
+    }
+}
+
+/// `GET /api/v1/pki/ca/:caId/certificate` (fixture 74).
+pub(super) fn ca_certificate(state: &mut State, ca_id: &str) -> Result<Value, Fail> {
+    let ca = state.pki.cas.get(ca_id).ok_or_else(ca_not_found)?;
+    Ok(json!({
+        "certificate": String::from_utf8(ca.cert.to_pem().unwrap()).unwrap(),
+        "certificateChain": "",
+        "serialNumber": ca.serial,
+    }))
+}
+
+fn leaf_not_found() -> Fail {
+    Fail::NotFound {
+        legacy_error: "NotFound",
+        message: "Certificate not found".into(),
+    }
+}
+
+/// `GET /api/v1/pki/certificates/:serial` (fixture 78).
+pub(super) fn leaf(state: &mut State, serial: &str) -> Result<Value, Fail> {
+    let leaf = state.pki.leaves.get(serial).ok_or_else(leaf_not_found)?;
+    Ok(json!({"certificate": {
+        "id": leaf.id,
+        "createdAt": iso(leaf.created_at),
+        "updatedAt": iso(leaf.revoked_at.unwrap_or(leaf.created_at)),
+        "caId": leaf.ca_id,
+        "status": if leaf.revoked_at.is_some() { "revoked" } else { "active" },
+        "serialNumber": serial,
+        "friendlyName": leaf.common_name,
+        "commonName": leaf.common_name,
+        "notBefore": iso(leaf.not_before),
+        "notAfter": iso(leaf.not_after),
+        "revokedAt": leaf.revoked_at.map(iso),
+        "revocationReason": null,
+        "altNames": leaf.alt_names,
+    }}))
+}
+
+/// `POST /api/v1/pki/certificates/:serial/revoke` (fixture 83).
+pub(super) fn revoke(state: &mut State, serial: &str) -> Result<Value, Fail> {
+    let now = state.now;
+    let leaf = state
+        .pki
+        .leaves
+        .get_mut(serial)
+        .ok_or_else(leaf_not_found)?;
+    leaf.revoked_at = Some(now);
+    Ok(json!({
+        "message": "Successfully revoked certificate",
+        "serialNumber": serial,
+        "revokedAt": iso(now),
+    }))
 }
 
 /// `90d`, `1h`, `30m`, `10s`, `2w`, `1y` (ms-style) in seconds.
@@ -199,10 +343,7 @@ pub(super) fn issue_from_ca(state: &mut State, ca_id: &str, body: &Value) -> Res
         message: "Invalid TTL format".into(),
     })?;
     let now = state.now;
-    let ca = state.pki.cas.get(ca_id).ok_or_else(|| Fail::BadRequest {
-        error: "BadRequest",
-        message: "CA not found".into(),
-    })?;
+    let ca = state.pki.cas.get(ca_id).ok_or_else(ca_not_found)?;
     let alt_names: Vec<(String, String)> = names
         .iter()
         .map(|n| {
@@ -212,6 +353,19 @@ pub(super) fn issue_from_ca(state: &mut State, ca_id: &str, body: &Value) -> Res
         .collect();
     let out = mint(ca, now, &cn, &alt_names, ttl);
     state.pki.issued += 1;
+    state.pki.leaves.insert(
+        out["serialNumber"].as_str().unwrap().to_owned(),
+        Leaf {
+            id: uuid(),
+            ca_id: ca_id.to_owned(),
+            common_name: cn,
+            alt_names: names.join(", "),
+            not_before: now - 60,
+            not_after: now + ttl,
+            created_at: now,
+            revoked_at: None,
+        },
+    );
     Ok(out)
 }
 

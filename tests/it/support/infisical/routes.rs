@@ -306,6 +306,10 @@ enum Route<'a> {
     Delete(&'a str),
     Batch,
     PkiIssueFromCa(&'a str),
+    PkiCreateCa,
+    PkiCaCertificate(&'a str),
+    PkiLeaf(&'a str),
+    PkiRevoke(&'a str),
     CertCreate,
     CertRequest(&'a str),
     CertBundle(&'a str),
@@ -378,6 +382,19 @@ fn route<'a>(
         ("POST", ["api", "v1", "pki", "ca", ca, "issue-certificate"]) if !current => (
             Route::PkiIssueFromCa(ca),
             "/api/v1/pki/ca/:caId/issue-certificate",
+        ),
+        ("POST", ["api", "v1", "pki", "ca"]) if !current => (Route::PkiCreateCa, "/api/v1/pki/ca"),
+        ("GET", ["api", "v1", "pki", "ca", ca, "certificate"]) if !current => (
+            Route::PkiCaCertificate(ca),
+            "/api/v1/pki/ca/:caId/certificate",
+        ),
+        ("GET", ["api", "v1", "pki", "certificates", serial]) if !current => (
+            Route::PkiLeaf(serial),
+            "/api/v1/pki/certificates/:serialNumber",
+        ),
+        ("POST", ["api", "v1", "pki", "certificates", serial, "revoke"]) if !current => (
+            Route::PkiRevoke(serial),
+            "/api/v1/pki/certificates/:serialNumber/revoke",
         ),
         ("POST", ["api", "v1", "cert-manager", "certificates"]) if current => {
             (Route::CertCreate, "/api/v1/cert-manager/certificates")
@@ -508,6 +525,10 @@ fn dispatch(state: &mut State, route: Route, identity: &str, req: &Request) -> R
         Route::Delete(name) => write(state, identity, body, name, Write::Delete),
         Route::Batch => batch_create(state, identity, body),
         Route::PkiIssueFromCa(ca) => super::pki::issue_from_ca(state, ca, body),
+        Route::PkiCreateCa => super::pki::create_ca(state, body),
+        Route::PkiCaCertificate(ca) => super::pki::ca_certificate(state, ca),
+        Route::PkiLeaf(serial) => super::pki::leaf(state, serial),
+        Route::PkiRevoke(serial) => super::pki::revoke(state, serial),
         Route::CertCreate => super::pki::create(state, body),
         Route::CertRequest(id) => super::pki::request(state, id),
         Route::CertBundle(id) => super::pki::bundle(state, id),
