@@ -249,8 +249,41 @@ async fn issue(client: &Infisical, cert: &CertConfig) -> Result<Issued> {
     client.issue_certificate(&request).await
 }
 
+/// Checks that the issued certificate belongs to the key that will sit next to it: the new
+/// key, or, when Infisical sent none (a renewal may not), the key already on disk.
+fn check_key_match(cert: &CertConfig, issued: &Issued) -> Result<()> {
+    let x509 = X509::from_pem(issued.certificate.as_bytes()).map_err(|err| {
+        Error::Failed(format!("Infisical sent an unparseable certificate: {err}"))
+    })?;
+    let existing;
+    let key_pem: &[u8] = match &issued.private_key {
+        Some(key) => key.expose().as_bytes(),
+        None => {
+            existing = zeroize::Zeroizing::new(std::fs::read(&cert.output.key).map_err(|err| {
+                Error::Failed(format!(
+                    "Infisical sent no private key and {} cannot be read: {err}",
+                    cert.output.key.display()
+                ))
+            })?);
+            &existing
+        }
+    };
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem)
+        .map_err(|_| Error::Failed("the private key is not a PEM private key".into()))?;
+    let public = x509
+        .public_key()
+        .map_err(|err| Error::Failed(format!("certificate public key: {err}")))?;
+    if !public.public_eq(&key) {
+        return Err(Error::Failed(
+            "the issued certificate does not match the private key; nothing written".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn write_outputs(cert: &CertConfig, issued: &Issued) -> Result<()> {
     let mode = file_mode(cert)?;
+    check_key_match(cert, issued)?;
     let out = &cert.output;
     let write = |path: &Path, text: &str, mode: u32| -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
