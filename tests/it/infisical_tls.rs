@@ -175,6 +175,10 @@ fn check_issue(generation: Generation) {
         Generation::Legacy2024 => assert_eq!(state["certificate_id"], ""),
     }
 
+    // Not a terminal: JSON without --json.
+    let o = psi(&sb, &config, &["infisical", "tls", "status"]);
+    let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "web");
     let after = status_json(&sb, &config);
     assert_eq!(after[0]["status"], "valid");
     assert_eq!(after[0]["days_left"], 89);
@@ -283,7 +287,10 @@ fn missing_hook_fails_after_processing_all() {
     let mut a = Cert::new("a");
     a.hooks = vec!["/nonexistent/psi-hook --reload".into()];
     let mut b = Cert::new("b");
-    b.hooks = vec![shlex::try_join(["touch", marker.to_str().unwrap()]).unwrap()];
+    b.hooks = vec![
+        shlex::try_join(["touch", marker.to_str().unwrap()]).unwrap(),
+        "echo hook-said-hi".into(),
+    ];
     let config = config(&sb, &fake, generation, &[a, b]);
     let o = psi(&sb, &config, &["infisical", "tls", "issue"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -298,6 +305,11 @@ fn missing_hook_fails_after_processing_all() {
         "b processed after a's hook failed"
     );
     assert!(marker.exists());
+    assert!(
+        stderr.contains("hook-said-hi"),
+        "hook output logged: {stderr}"
+    );
+    assert!(o.stdout.is_empty(), "hook output not on stdout");
     let rows = status_json(&sb, &config);
     assert!(rows.iter().all(|r| r["status"] == "valid"));
 }
@@ -324,4 +336,47 @@ fn legacy_server_without_cert_manager_is_explained() {
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no cert-manager API"), "{stderr}");
     assert!(!out(&sb, "web", "cert.pem").exists());
+}
+
+#[test]
+fn status_table_on_a_terminal() {
+    if !crate::support::require("script") {
+        return;
+    }
+    let generation = Generation::Current;
+    let fake = fake(generation);
+    let sb = Sandbox::new();
+    let config = config(
+        &sb,
+        &fake,
+        generation,
+        &[Cert::new("web"), Cert::new("later")],
+    );
+    let o = psi(&sb, &config, &["infisical", "tls", "issue"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_file(out(&sb, "later", "cert.pem")).unwrap();
+    let command = format!(
+        "{} --config {} infisical tls status --timer psi-test.timer",
+        crate::support::psi_bin(),
+        config.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("PSI_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("Timer: psi-test.timer"), "{text}");
+    assert!(text.contains("TLS Certificates"), "{text}");
+    let web = text.lines().find(|l| l.starts_with("web ")).unwrap();
+    assert!(
+        web.contains("web.example.com") && web.ends_with("valid"),
+        "{web}"
+    );
+    let later = text.lines().find(|l| l.starts_with("later ")).unwrap();
+    assert!(
+        later.contains("—") && later.ends_with("not issued"),
+        "{later}"
+    );
 }
