@@ -80,13 +80,22 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
             let client = Infisical::new(config, &settings.state_dir)?;
             let renew = matches!(command, TlsCommand::Renew);
             let mut failures = Vec::new();
+            let mut changed = 0;
             for (name, cert) in &certs {
-                if let Err(why) = process(settings, &client, name, cert, renew).await {
-                    eprintln!("  {name}: FAILED: {why}");
-                    failures.push(format!("{name}: {why}"));
+                match process(settings, &client, name, cert, renew).await {
+                    Ok(wrote) => changed += usize::from(wrote),
+                    Err(why) => {
+                        eprintln!("  {name}: FAILED: {why}");
+                        failures.push(format!("{name}: {why}"));
+                    }
                 }
             }
             if failures.is_empty() {
+                match (renew, changed) {
+                    (true, 0) => eprintln!("No renewals needed."),
+                    (true, n) => eprintln!("{n} certificate(s) renewed."),
+                    (false, _) => eprintln!("All certificates issued."),
+                }
                 Ok(())
             } else {
                 Err(Error::Failed(format!(
@@ -159,14 +168,14 @@ fn file_mode(cert: &CertConfig) -> Result<u32> {
         .ok_or_else(|| Error::Usage(format!("output.mode '{text}' is not an octal file mode")))
 }
 
-/// Issues or renews one certificate, writes it, runs its hooks.
+/// Issues or renews one certificate, writes it, runs its hooks. `Ok(false)`: not due.
 async fn process(
     settings: &Settings,
     client: &Infisical,
     name: &str,
     cert: &CertConfig,
     renew: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let state = load_state(settings, name);
     let issued = if renew {
         let margin = renew_before(cert)?;
@@ -178,7 +187,7 @@ async fn process(
                         "  {name}: valid, {} days remaining",
                         (left / 86_400.0).floor() as i64
                     );
-                    return Ok(());
+                    return Ok(false);
                 }
                 eprintln!("Renewing: {name}");
                 match (
@@ -228,7 +237,7 @@ async fn process(
     if failed > 0 {
         return Err(Error::Failed(format!("{failed} hook(s) failed")));
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn issue(client: &Infisical, cert: &CertConfig) -> Result<Issued> {

@@ -185,7 +185,10 @@ fn check_issue(generation: Generation) {
 
     // Not due: renew changes nothing.
     let o = psi(&sb, &config, &["infisical", "tls", "renew"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("web: valid, 89 days remaining"), "{stderr}");
+    assert!(stderr.contains("No renewals needed."), "{stderr}");
     assert_eq!(std::fs::read(out(&sb, "web", "cert.pem")).unwrap(), cert);
     assert_eq!(fake.pki_counts(), (1, 0));
 }
