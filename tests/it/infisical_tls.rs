@@ -9,7 +9,7 @@ use std::process::Output;
 use openssl::x509::X509;
 use serde_json::Value;
 
-use crate::support::infisical::{FakeInfisical, Generation};
+use crate::support::infisical::{FakeInfisical, Fault, Generation};
 use crate::support::Sandbox;
 
 const PROJECT: &str = "0b6f6d0e-6a55-4d5e-8f5e-1f2a3b4c5d6e";
@@ -382,4 +382,84 @@ fn status_table_on_a_terminal() {
         later.contains("—") && later.ends_with("not issued"),
         "{later}"
     );
+}
+
+#[test]
+fn one_failed_certificate_does_not_stop_the_others() {
+    let generation = Generation::Legacy2024;
+    let fake = fake(generation);
+    let sb = Sandbox::new();
+    let config = config(&sb, &fake, generation, &[Cert::new("a"), Cert::new("b")]);
+    // "a" comes first (config order is sorted by name): its request is refused.
+    fake.inject(
+        "POST",
+        &format!("/api/v1/pki/ca/{CA}/issue-certificate"),
+        Fault::Status {
+            status: 400,
+            body: serde_json::json!({"statusCode": 400, "message": "CA not found", "error": "BadRequest"}),
+            retry_after: None,
+        },
+        1,
+    );
+    let o = psi(&sb, &config, &["infisical", "tls", "issue"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CA not found"), "{stderr}");
+    assert!(!out(&sb, "a", "cert.pem").exists());
+    assert!(out(&sb, "b", "cert.pem").exists());
+    let rows = status_json(&sb, &config);
+    assert_eq!(rows[0]["status"], "not_issued");
+    assert_eq!(rows[1]["status"], "valid");
+    // renew issues what is missing.
+    let o = psi(&sb, &config, &["infisical", "tls", "renew"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out(&sb, "a", "cert.pem").exists());
+}
+
+#[test]
+fn a_certificate_for_another_key_is_not_written() {
+    let generation = Generation::Current;
+    let fake = fake(generation);
+    let sb = Sandbox::new();
+    let mut c = Cert::new("web");
+    c.ttl = "10d";
+    let config = config(&sb, &fake, generation, &[c]);
+    let o = psi(&sb, &config, &["infisical", "tls", "issue"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = std::fs::read(out(&sb, "web", "cert.pem")).unwrap();
+    // A renewal answer without a private key, for a key psi does not have.
+    let key = openssl::pkey::PKey::from_ec_key(
+        openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(90).unwrap())
+        .unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let pem = String::from_utf8(b.build().to_pem().unwrap()).unwrap();
+    fake.inject(
+        "POST",
+        "/api/v1/cert-manager/certificates/",
+        Fault::Status {
+            status: 200,
+            body: serde_json::json!({"certificate": pem, "serialNumber": "01", "certificateId": "x"}),
+            retry_after: None,
+        },
+        1,
+    );
+    let o = psi(&sb, &config, &["infisical", "tls", "renew"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not match the private key"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out(&sb, "web", "cert.pem")).unwrap(), before);
 }
