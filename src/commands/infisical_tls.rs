@@ -8,7 +8,8 @@
 //! - `status`: valid / needs renewal / expired / not issued, from the certificate file.
 //!
 //! Hooks run after a certificate was written: each one split like a shell word list
-//! (no shell runs it), with a timeout, its output logged. Every certificate is processed;
+//! (no shell runs it), with a timeout, its output logged, without the environment variables
+//! that carry psi's secrets (socket token, HSM PIN, credentials directory, AWS keys). Every certificate is processed;
 //! any failure (issuing, writing, a hook) makes the command fail at the end.
 //!
 //! Files: key always 0600; cert, chain and CA `output.mode` (default 0640). State:
@@ -332,17 +333,38 @@ pub async fn run_hooks(hooks: &[String], timeout: Duration) -> usize {
     failed
 }
 
+/// Environment variables that carry psi's own secrets; hooks do not inherit them.
+const HOOK_ENV_REMOVED: [&str; 6] = [
+    "PSI_SOCKET_TOKEN",
+    "PSI_NITROKEYHSM_PIN",
+    "CREDENTIALS_DIRECTORY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// A hook's command: no shell, no stdin, output captured, killed when it times out, and
+/// without the environment variables that hold psi's secrets.
+fn hook_command(program: &str, args: &[String]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in HOOK_ENV_REMOVED {
+        command.env_remove(name);
+    }
+    command
+}
+
 async fn run_hook(hook: &str, timeout: Duration) -> std::result::Result<(), String> {
     let argv = shlex::split(hook).ok_or_else(|| "parse error: unbalanced quotes".to_owned())?;
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| "parse error: empty command".to_owned())?;
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let child = hook_command(program, args)
         .spawn()
         .map_err(|err| format!("cannot run {program}: {err}"))?;
     let output = tokio::time::timeout(timeout, child.wait_with_output())
@@ -559,6 +581,19 @@ mod tests {
             "true".to_owned(),
         ];
         assert_eq!(block(run_hooks(&hooks, HOOK_TIMEOUT)), 4);
+    }
+
+    #[test]
+    fn hooks_do_not_inherit_psi_secrets() {
+        let command = hook_command("true", &[]);
+        let removed: Vec<_> = command
+            .as_std()
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(removed.len(), HOOK_ENV_REMOVED.len());
+        assert!(removed.iter().any(|n| n == "PSI_SOCKET_TOKEN"));
     }
 
     #[test]
