@@ -76,7 +76,7 @@ pub enum Command {
     /// The appliance's systemd units and quadlets
     #[command(subcommand)]
     Systemd(SystemdCommand),
-    /// Infisical tools: check logins, print a folder as env, write one secret to a file, import
+    /// Infisical tools: logins, a folder as env, one secret to a file, imports, TLS certificates
     #[command(subcommand)]
     Infisical(InfisicalCommand),
     /// Run a command with secrets in its environment (nothing written to disk)
@@ -365,6 +365,9 @@ pub enum InfisicalCommand {
     /// Copy secrets from env files, Podman secrets or quadlet files into an Infisical folder
     #[command(subcommand)]
     Import(crate::commands::infisical_import::ImportCommand),
+    /// TLS certificates issued by Infisical PKI: issue, renew (the daily timer), status
+    #[command(subcommand)]
+    Tls(crate::commands::infisical_tls::TlsCommand),
 }
 
 #[derive(Debug, Args)]

@@ -38,6 +38,7 @@ pub async fn run(mut settings: Settings, command: InfisicalCommand) -> Result<()
         }
         InfisicalCommand::WriteFile(args) => write_file(&settings, &args).await,
         InfisicalCommand::Import(command) => super::infisical_import::run(&settings, command).await,
+        InfisicalCommand::Tls(command) => super::infisical_tls::run(&settings, command).await,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod creds;
 pub mod infisical;
 pub mod infisical_import;
+pub mod infisical_tls;
 pub mod install;
 pub mod nitrokeyhsm;
 pub mod run;

@@ -20,6 +20,7 @@ mod infisical_cli;
 mod infisical_client;
 mod infisical_fake;
 mod infisical_import;
+mod infisical_tls;
 mod nitrokeyhsm;
 mod nitrokeyhsm_cli;
 mod pcscd;

@@ -11,6 +11,7 @@
 
 mod auth;
 mod client;
+mod pki;
 mod projects;
 mod routes;
 mod secrets;
@@ -240,6 +241,32 @@ impl FakeInfisical {
     }
 
     /// Adds a project with the environments dev, staging and prod.
+    /// Creates an internal root CA (EC P-256) with id `ca_id`.
+    pub fn add_ca(&self, ca_id: &str) {
+        let mut state = self.lock();
+        let ca = pki::make_ca(state.now, &format!("Fake CA {ca_id}"));
+        state.pki.cas.insert(ca_id.to_owned(), ca);
+    }
+
+    /// A certificate profile (cert-manager API) issuing from CA `ca_id`.
+    pub fn add_cert_profile(&self, profile_id: &str, ca_id: &str) {
+        self.lock()
+            .pki
+            .profiles
+            .insert(profile_id.to_owned(), ca_id.to_owned());
+    }
+
+    /// New cert-manager requests answer `pending` for `polls` polls before they are issued.
+    pub fn set_pki_pending(&self, polls: u32) {
+        self.lock().pki.pending = polls;
+    }
+
+    /// (certificates issued, certificates renewed) so far.
+    pub fn pki_counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.pki.issued, state.pki.renewed)
+    }
+
     pub fn add_project(&self, project_id: &str, slug: &str) {
         self.lock().add_project(project_id, slug, slug);
     }

@@ -312,6 +312,15 @@ enum Route<'a> {
     Batch,
     /// `PATCH /api/v4/secrets/batch` (newest servers only).
     BatchUpdateV4,
+    PkiIssueFromCa(&'a str),
+    PkiCreateCa,
+    PkiCaCertificate(&'a str),
+    PkiLeaf(&'a str),
+    PkiRevoke(&'a str),
+    CertCreate,
+    CertRequest(&'a str),
+    CertBundle(&'a str),
+    CertRenew(&'a str),
 }
 
 /// The route and its pattern (the rate-limit bucket), or `None` for fastify's 404.
@@ -380,6 +389,42 @@ fn route<'a>(
         ("GET", ["api", "v4", "secrets", name]) if current => {
             (Route::Get { v4: true, name }, "/api/v4/secrets/:secretName")
         }
+        ("POST", ["api", "v1", "pki", "ca", ca, "issue-certificate"]) if !current => (
+            Route::PkiIssueFromCa(ca),
+            "/api/v1/pki/ca/:caId/issue-certificate",
+        ),
+        ("POST", ["api", "v1", "pki", "ca"]) if !current => (Route::PkiCreateCa, "/api/v1/pki/ca"),
+        ("GET", ["api", "v1", "pki", "ca", ca, "certificate"]) if !current => (
+            Route::PkiCaCertificate(ca),
+            "/api/v1/pki/ca/:caId/certificate",
+        ),
+        ("GET", ["api", "v1", "pki", "certificates", serial]) if !current => (
+            Route::PkiLeaf(serial),
+            "/api/v1/pki/certificates/:serialNumber",
+        ),
+        ("POST", ["api", "v1", "pki", "certificates", serial, "revoke"]) if !current => (
+            Route::PkiRevoke(serial),
+            "/api/v1/pki/certificates/:serialNumber/revoke",
+        ),
+        ("POST", ["api", "v1", "cert-manager", "certificates"]) if current => {
+            (Route::CertCreate, "/api/v1/cert-manager/certificates")
+        }
+        ("GET", ["api", "v1", "cert-manager", "certificates", "certificate-requests", id])
+            if current =>
+        {
+            (
+                Route::CertRequest(id),
+                "/api/v1/cert-manager/certificates/certificate-requests/:id",
+            )
+        }
+        ("GET", ["api", "v1", "cert-manager", "certificates", id, "bundle"]) if current => (
+            Route::CertBundle(id),
+            "/api/v1/cert-manager/certificates/:id/bundle",
+        ),
+        ("POST", ["api", "v1", "cert-manager", "certificates", id, "renew"]) if current => (
+            Route::CertRenew(id),
+            "/api/v1/cert-manager/certificates/:id/renew",
+        ),
         _ => return None,
     };
     Some(found)
@@ -490,5 +535,14 @@ fn dispatch(state: &mut State, route: Route, identity: &str, req: &Request) -> R
         Route::Delete(name) => write(state, identity, body, name, Write::Delete),
         Route::Batch => batch_create(state, identity, body),
         Route::BatchUpdateV4 => batch_update(state, identity, body),
+        Route::PkiIssueFromCa(ca) => super::pki::issue_from_ca(state, ca, body),
+        Route::PkiCreateCa => super::pki::create_ca(state, body),
+        Route::PkiCaCertificate(ca) => super::pki::ca_certificate(state, ca),
+        Route::PkiLeaf(serial) => super::pki::leaf(state, serial),
+        Route::PkiRevoke(serial) => super::pki::revoke(state, serial),
+        Route::CertCreate => super::pki::create(state, body),
+        Route::CertRequest(id) => super::pki::request(state, id),
+        Route::CertBundle(id) => super::pki::bundle(state, id),
+        Route::CertRenew(id) => super::pki::renew(state, id),
     }
 }

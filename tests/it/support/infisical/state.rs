@@ -47,6 +47,7 @@ pub(super) struct State {
     pub buckets: HashMap<String, (u64, u32)>,
     pub faults: Vec<FaultRule>,
     pub requests: Vec<Recorded>,
+    pub pki: super::pki::Pki,
 }
 
 pub(super) struct Project {
@@ -236,6 +237,7 @@ impl State {
             buckets: HashMap::new(),
             faults: Vec::new(),
             requests: Vec::new(),
+            pki: Default::default(),
         }
     }
 
