@@ -253,6 +253,29 @@ impl InfisicalConfig {
         if let Some(timeout) = &self.timeout {
             crate::duration::parse(timeout).map_err(|err| format!("{AT}.timeout: {err}"))?;
         }
+        for (name, cert) in &self.tls.certificates {
+            let at = format!("{AT}.tls.certificates.{name}");
+            if cert.profile_id.is_empty() && cert.ca_id.is_none() {
+                return Err(format!(
+                    "{at}: set profile_id (a certificate profile) or ca_id (a CA, for Infisical without certificate profiles)"
+                ));
+            }
+            if !self.projects.contains_key(&cert.project) {
+                return Err(format!(
+                    "{at}.project: '{}' is not a project under {AT}.projects",
+                    cert.project
+                ));
+            }
+            // `ttl` is Infisical's to judge (it takes forms psi never reads).
+            for (key, value) in [
+                ("renew_before", Some(&cert.renew_before)),
+                ("hook_timeout", cert.hook_timeout.as_ref()),
+            ] {
+                if let Some(value) = value {
+                    crate::duration::parse(value).map_err(|err| format!("{at}.{key}: {err}"))?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -369,6 +392,8 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct CertConfig {
     pub project: String,
+    /// The certificate profile to issue from (current Infisical); empty when `ca_id` is used.
+    #[serde(default)]
     pub profile_id: String,
     pub common_name: String,
     #[serde(default)]
@@ -383,6 +408,8 @@ pub struct CertConfig {
     pub hooks: Vec<String>,
     /// New: the CA to issue from, for Infisical versions without certificate profiles.
     pub ca_id: Option<String>,
+    /// New: how long each hook may run [default: 60s].
+    pub hook_timeout: Option<String>,
 }
 
 fn default_cert_ttl() -> String {

@@ -234,7 +234,13 @@ async fn process(
     let json = serde_json::to_vec_pretty(&new_state).expect("state serializes");
     fsutil::write_atomic(&path, &json, fsutil::PRIVATE)?;
     eprintln!("  {}: {name}", if renew { "Renewed" } else { "Issued" });
-    let failed = run_hooks(&cert.hooks, HOOK_TIMEOUT).await;
+    // Checked at load (config validation), so a bad value cannot reach here.
+    let timeout = cert
+        .hook_timeout
+        .as_deref()
+        .and_then(|t| crate::duration::parse(t).ok())
+        .unwrap_or(HOOK_TIMEOUT);
+    let failed = run_hooks(&cert.hooks, timeout).await;
     if failed > 0 {
         return Err(Error::Failed(format!("{failed} hook(s) failed")));
     }

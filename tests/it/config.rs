@@ -402,3 +402,31 @@ fn workloads_are_validated_with_key_paths() {
     ))
     .unwrap();
 }
+
+#[test]
+fn tls_certificates_are_validated_with_key_paths() {
+    let base = "providers:\n  infisical:\n    auth: {method: universal-auth, client_id: c, client_secret: s}\n    projects:\n      web: {id: x}\n    tls:\n      certificates:\n        api:\n";
+    let output = "          output: {cert: /c, key: /k, chain: /ch}\n";
+    for (cert, expected) in [
+        (
+            "          project: web\n          common_name: a\n",
+            "providers.infisical.tls.certificates.api: set profile_id (a certificate profile) or ca_id",
+        ),
+        (
+            "          project: nope\n          ca_id: c\n          common_name: a\n",
+            "providers.infisical.tls.certificates.api.project: 'nope' is not a project",
+        ),
+        (
+            "          project: web\n          ca_id: c\n          common_name: a\n          hook_timeout: soon\n",
+            "providers.infisical.tls.certificates.api.hook_timeout: 'soon' is not a duration",
+        ),
+    ] {
+        let msg = config_error(&format!("{base}{cert}{output}"));
+        assert!(msg.contains(expected), "{cert}: {msg}");
+    }
+    // A CA alone (older Infisical) needs no profile.
+    load_text(&format!(
+        "{base}          project: web\n          ca_id: c\n          common_name: a\n          hook_timeout: 5s\n{output}"
+    ))
+    .unwrap();
+}
