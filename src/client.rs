@@ -230,6 +230,31 @@ pub fn healthcheck(socket: &Path, cache: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `GET /lookup/{id}` on `socket`: what the driver's lookup prints, for `psi run`. The error
+/// is serve's own explanation (never a value).
+pub fn lookup(
+    socket: &Path,
+    token: Option<&str>,
+    id: &str,
+) -> Result<crate::secret::SecretValue, String> {
+    let mut target = String::from("/lookup/");
+    percent_encode(id, &mut target);
+    let request = build_request("GET", &target, token, None);
+    let reply = exchange(socket, &request).map_err(|failure| match failure {
+        Failure::Usage(why) | Failure::Failed(why) => why,
+    })?;
+    let response = parse_response(&reply)
+        .map_err(|why| format!("lookup {id}: malformed reply from psi serve: {why}"))?;
+    if response.status != 200 {
+        return Err(format!(
+            "lookup {id}: HTTP {}: {}",
+            response.status,
+            error_detail(&response.body)
+        ));
+    }
+    Ok(crate::secret::SecretValue::new(response.body.to_vec()))
+}
+
 /// Connects, sends `request`, and reads the reply until psi closes the connection.
 fn exchange(socket: &Path, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let failed = |what: &str, err: std::io::Error| {

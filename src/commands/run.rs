@@ -34,6 +34,65 @@ fn selections(args: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// A workload's secrets through a running `psi serve`, as its container would get them: the
+/// drop-in names the Podman secrets and their variables, Podman gives their IDs, serve the
+/// values (from its cache when the provider is down). `None` when that path is not there (no
+/// serve answering, no drop-in, no Podman API): then the providers are asked directly.
+async fn via_serve(
+    settings: &Settings,
+    workload: &str,
+) -> Option<Result<(BTreeMap<String, SecretValue>, Vec<(String, String)>)>> {
+    use crate::unitgen::dropin;
+    crate::client::healthcheck(&settings.socket_path, false).ok()?;
+    let path = settings
+        .systemd_dir
+        .join(dropin::dir_name(workload))
+        .join(dropin::FILE_NAME);
+    let text = std::fs::read_to_string(path).ok()?;
+    let podman = crate::podman::Podman::new(crate::podman::configured_socket(settings).ok()?);
+    let ids: BTreeMap<String, String> = podman
+        .list_secrets()
+        .await
+        .ok()?
+        .into_iter()
+        .map(|s| (s.name, s.id))
+        .collect();
+    let prefix = crate::setup::desired::secret_name(workload, "");
+    let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
+    let mut values = BTreeMap::new();
+    let mut env = Vec::new();
+    for line in text.lines() {
+        let Some(fields) = line.trim().strip_prefix("Secret=") else {
+            continue;
+        };
+        let mut parts = fields.split(',');
+        let name = parts.next().unwrap_or_default().trim();
+        let key = name.strip_prefix(&prefix).unwrap_or(name).to_owned();
+        let options: Vec<&str> = parts.collect();
+        let var = options
+            .iter()
+            .find_map(|o| o.strip_prefix("target="))
+            .filter(|_| options.contains(&"type=env"));
+        if !values.contains_key(&key) {
+            let Some(id) = ids.get(name) else {
+                return Some(Err(Error::Failed(format!(
+                    "the drop-in of {workload} names the Podman secret {name}, which Podman does not have; run psi setup"
+                ))));
+            };
+            match crate::client::lookup(&settings.socket_path, token, id) {
+                Ok(value) => {
+                    values.insert(key.clone(), value);
+                }
+                Err(why) => return Some(Err(Error::Failed(format!("{name}: {why}")))),
+            }
+        }
+        if let Some(var) = var {
+            env.push((var.to_owned(), key));
+        }
+    }
+    Some(Ok((values, env)))
+}
+
 /// Resolves what `psi run` adds to the environment (async: it asks Infisical).
 pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
     let wanted = selections(&args.env)?;
@@ -41,7 +100,10 @@ pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
         &args.workload,
         &args.project,
     ) {
-        (Some(workload), _) => crate::setup::workload_values(settings, workload).await?,
+        (Some(workload), _) => match via_serve(settings, workload).await {
+            Some(found) => found?,
+            None => crate::setup::workload_values(settings, workload).await?,
+        },
         (None, Some(project)) => {
             let config = settings
                 .providers

@@ -138,6 +138,27 @@ fn containers_start_from_the_cache_while_infisical_is_down() {
     );
     assert_eq!(out.stdout, b"pass-1");
 
+    // psi run for the workload goes through serve too (the drop-in names the secrets, Podman
+    // their IDs), so it also works while Infisical is down.
+    let out = env
+        .psi(&[
+            "run",
+            "--workload",
+            "myapp",
+            "--",
+            "sh",
+            "-c",
+            r#"printf %s "$DB_PASS""#,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"pass-1");
+
     // A secret the cache does not hold gets a clear error instead of a hang.
     let body = env.sandbox.path().join("other.json");
     std::fs::write(
