@@ -299,68 +299,34 @@ fn write_file_plain_and_base64_with_mode() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn run_puts_a_folder_in_the_environment() {
+/// `psi run --project web --path /app [EXTRA...] -- sh -c SCRIPT` on a fresh fake.
+fn run_app_folder(extra: &[&str], script: &str) -> std::process::Output {
     let fake = fake();
     let sandbox = sandbox(&fake, "secret-2");
-    let out = psi(
-        &sandbox,
-        &[
-            "run",
-            "--project",
-            "web",
-            "--path",
-            "/app",
-            "--",
-            "sh",
-            "-c",
-            "printf %s \"$DB_HOST|$DB_PASS\"",
-        ],
-    );
+    let mut args = vec!["run", "--project", "web", "--path", "/app"];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", script]);
+    psi(&sandbox, &args)
+}
+
+#[test]
+fn run_puts_a_folder_in_the_environment() {
+    let out = run_app_folder(&[], "printf %s \"$DB_HOST|$DB_PASS\"");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "db.internal|s3cr3t with spaces");
 }
 
 #[test]
 fn run_propagates_the_exit_code() {
-    let fake = fake();
-    let sandbox = sandbox(&fake, "secret-2");
-    let out = psi(
-        &sandbox,
-        &[
-            "run",
-            "--project",
-            "web",
-            "--path",
-            "/app",
-            "--",
-            "sh",
-            "-c",
-            "exit 7",
-        ],
-    );
+    let out = run_app_folder(&[], "exit 7");
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
 }
 
 #[test]
 fn run_env_selects_and_renames() {
-    let fake = fake();
-    let sandbox = sandbox(&fake, "secret-2");
-    let out = psi(
-        &sandbox,
-        &[
-            "run",
-            "--project",
-            "web",
-            "--path",
-            "/app",
-            "--env",
-            "X=DB_HOST",
-            "--",
-            "sh",
-            "-c",
-            "printf %s \"$X|${DB_HOST-unset}|${DB_PASS-unset}\"",
-        ],
+    let out = run_app_folder(
+        &["--env", "X=DB_HOST"],
+        "printf %s \"$X|${DB_HOST-unset}|${DB_PASS-unset}\"",
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "db.internal|unset|unset");
