@@ -196,7 +196,8 @@ impl Podman {
             encode(driver)
         );
         if !driver_opts.is_empty() {
-            let json = serde_json::to_string(driver_opts).expect("a string map serializes");
+            let json = serde_json::to_string(driver_opts)
+                .map_err(|err| Error::Failed(format!("cannot encode the driver options: {err}")))?;
             path.push_str("&driveropts=");
             path.push_str(&encode(&json));
         }
@@ -298,7 +299,7 @@ impl Podman {
             // Anything but a form type: Podman would consume a form body itself (module doc).
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(body))
-            .expect("method, path and headers are valid");
+            .map_err(|err| Error::Failed(format!("cannot build a Podman API request: {err}")))?;
         let exchange = async {
             let response = sender
                 .send_request(request)

@@ -230,8 +230,11 @@ async fn process(
         profile_id: cert.profile_id.clone(),
     };
     let path = state_path(settings, name);
-    fsutil::ensure_dir(path.parent().expect("state path has a parent"), 0o700)?;
-    let json = serde_json::to_vec_pretty(&new_state).expect("state serializes");
+    if let Some(dir) = path.parent() {
+        fsutil::ensure_dir(dir, 0o700)?;
+    }
+    let json = serde_json::to_vec_pretty(&new_state)
+        .map_err(|err| Error::Failed(format!("cannot encode the TLS state of {name}: {err}")))?;
     fsutil::write_atomic(&path, &json, fsutil::PRIVATE)?;
     eprintln!("  {}: {name}", if renew { "Renewed" } else { "Issued" });
     // Checked at load (config validation), so a bad value cannot reach here.
@@ -450,18 +453,19 @@ fn status(settings: &Settings, certs: &[(&String, &CertConfig)], args: &StatusAr
         rows.push(row);
     }
     if args.json || !std::io::stdout().is_terminal() {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
-        );
-        return Ok(());
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|err| Error::Failed(format!("cannot encode the status: {err}")))?;
+        return super::write_stdout(format!("{text}\n").as_bytes());
     }
-    print_timer(settings, &args.timer);
-    print_table(&rows);
-    Ok(())
+    // One write: `println!` would panic when the reader of stdout has gone away.
+    let mut out = String::new();
+    print_timer(&mut out, settings, &args.timer);
+    print_table(&mut out, &rows);
+    super::write_stdout(out.as_bytes())
 }
 
-fn print_timer(settings: &Settings, timer: &str) {
+fn print_timer(out_text: &mut String, settings: &Settings, timer: &str) {
+    use std::fmt::Write as _;
     let mut cmd = std::process::Command::new("systemctl");
     if settings.scope == crate::config::Scope::User {
         cmd.arg("--user");
@@ -475,7 +479,7 @@ fn print_timer(settings: &Settings, timer: &str) {
         ])
         .stderr(Stdio::null())
         .output();
-    println!("Timer: {timer}");
+    let _ = writeln!(out_text, "Timer: {timer}");
     match out {
         Ok(out) if out.status.success() => {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -489,16 +493,19 @@ fn print_timer(settings: &Settings, timer: &str) {
                     _ => continue,
                 };
                 if !value.is_empty() && value != "n/a" {
-                    println!("  {label}: {value}");
+                    let _ = writeln!(out_text, "  {label}: {value}");
                 }
             }
         }
-        _ => println!("  State: unknown (systemctl unavailable)"),
+        _ => {
+            let _ = writeln!(out_text, "  State: unknown (systemctl unavailable)");
+        }
     }
-    println!();
+    out_text.push('\n');
 }
 
-fn print_table(rows: &[StatusRow]) {
+fn print_table(out_text: &mut String, rows: &[StatusRow]) {
+    use std::fmt::Write as _;
     let header = [
         "Name",
         "Common Name",
@@ -536,14 +543,14 @@ fn print_table(rows: &[StatusRow]) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    println!("TLS Certificates");
-    let line = |cells: Vec<String>| {
+    out_text.push_str("TLS Certificates\n");
+    let mut line = |cells: Vec<String>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(widths)
             .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        let _ = writeln!(out_text, "{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in table {
