@@ -3,7 +3,6 @@
 //! keep starting while Infisical is down, a reload under load never fails a lookup, and a
 //! cache whose key is unavailable leaves serve on live lookups.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use serde_json::Value;
 use crate::support::http;
 use crate::support::infisical::{FakeInfisical, Generation};
 use crate::support::podman::PodmanEnv;
+use crate::support::secret_ids;
 
 const PROJECT: &str = "3c1b2a4e-5f6d-4e7c-8a9b-0c1d2e3f4a5b";
 
@@ -85,20 +85,6 @@ fn setup(env: &PodmanEnv) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn secret_ids(env: &PodmanEnv) -> BTreeMap<String, String> {
-    let out = env
-        .podman()
-        .args(["secret", "ls", "--format", "{{.Name}} {{.ID}}"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, i)| (n.to_owned(), i.to_owned()))
-        .collect()
 }
 
 #[test]
@@ -177,7 +163,7 @@ fn containers_start_from_the_cache_while_infisical_is_down() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let id = secret_ids(&env)["other"].clone();
+    let id = secret_ids(env.podman())["other"].clone();
     let reply = get(&env.sandbox.socket(), &format!("/lookup/{id}"));
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert!(
@@ -205,7 +191,7 @@ fn setup_prunes_removed_secrets_and_serve_reloads_without_a_restart() {
     assert_eq!(report["cache"]["entries"], 2, "{report}");
     assert_eq!(report["cache"]["previous"], 2, "{report}");
     // Serve notices the new file by itself (it polls every 2 s) and swaps it in.
-    let ids = secret_ids(&env);
+    let ids = secret_ids(env.podman());
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let reply = get(
@@ -287,7 +273,7 @@ fn without_its_key_the_cache_is_unavailable_and_lookups_go_live() {
             .contains("psi-cache-key"),
         "{report}"
     );
-    let ids = secret_ids(&env);
+    let ids = secret_ids(env.podman());
     let reply = get(
         &env.sandbox.socket(),
         &format!("/lookup/{}", ids["myapp--DB_HOST"]),

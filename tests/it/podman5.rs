@@ -4,12 +4,11 @@
 //! libpod client and the driver commands work with 5.x, and template workloads, whose secret
 //! names contain `@` (4.3.1 rejects them).
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use crate::support::infisical::{FakeInfisical, Generation};
 use crate::support::podman5::Podman5Env;
+use crate::support::{secret_ids, setup_actions};
 
 const PROJECT: &str = "7c1e9a52-3f0b-4d8e-9a61-2b5c8d0e4f13";
 
@@ -54,47 +53,6 @@ fn setup(env: &Podman5Env) -> (i32, Value) {
     (code, report)
 }
 
-/// Podman 5's secrets by name -> ID, from `podman secret ls` in the chroot.
-fn secret_ids(env: &Podman5Env) -> BTreeMap<String, String> {
-    let out = env
-        .podman()
-        .args(["secret", "ls", "--format", "{{.Name}} {{.ID}}"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "podman secret ls: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, i)| (n.to_owned(), i.to_owned()))
-        .collect()
-}
-
-/// Actions of one workload in a report, as "action name" strings.
-fn actions(report: &Value, workload: &str) -> Vec<String> {
-    report["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["workload"] == workload)
-        .unwrap_or_else(|| panic!("no workload {workload} in {report}"))["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {}",
-                a["action"].as_str().unwrap(),
-                a["name"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
 /// The mapping files in psi's state dir (one per secret Podman stored through psi).
 fn state_files(env: &Podman5Env) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(env.state_dir())
@@ -121,14 +79,14 @@ fn setup_on_podman5_registers_secrets_that_containers_resolve_and_keeps_them() {
 
     let (_, report) = setup(&env);
     assert_eq!(
-        actions(&report, "myapp"),
+        setup_actions(&report, "myapp"),
         [
             "create myapp--API_KEY",
             "create myapp--DB_HOST",
             "create myapp--DB_PASS"
         ]
     );
-    let ids = secret_ids(&env);
+    let ids = secret_ids(env.podman());
     assert_eq!(
         ids.keys().collect::<Vec<_>>(),
         ["myapp--API_KEY", "myapp--DB_HOST", "myapp--DB_PASS"]
@@ -171,7 +129,7 @@ fn setup_on_podman5_registers_secrets_that_containers_resolve_and_keeps_them() {
     assert_eq!(files.len(), 3, "{files:?}");
     let (_, report) = setup(&env);
     assert_eq!(
-        actions(&report, "myapp"),
+        setup_actions(&report, "myapp"),
         [
             "keep myapp--API_KEY",
             "keep myapp--DB_HOST",
@@ -183,7 +141,7 @@ fn setup_on_podman5_registers_secrets_that_containers_resolve_and_keeps_them() {
             assert_eq!(action["action"], "keep", "{report}");
         }
     }
-    assert_eq!(secret_ids(&env), ids);
+    assert_eq!(secret_ids(env.podman()), ids);
     assert_eq!(state_files(&env), files);
     assert_eq!(
         report["workloads"][0]["dropin"]["changed"], false,
@@ -203,10 +161,10 @@ fn template_workload_registers_at_sign_names_on_podman5() {
 
     let (_, report) = setup(&env);
     assert_eq!(
-        actions(&report, "worker@"),
+        setup_actions(&report, "worker@"),
         ["create worker@--DB_HOST", "create worker@--DB_PASS"]
     );
-    let ids = secret_ids(&env);
+    let ids = secret_ids(env.podman());
     assert_eq!(
         ids.keys().collect::<Vec<_>>(),
         ["worker@--DB_HOST", "worker@--DB_PASS"]
@@ -239,8 +197,8 @@ fn template_workload_registers_at_sign_names_on_podman5() {
     // Setup recognises `worker@--*` as the template's own secrets on the next run.
     let (_, report) = setup(&env);
     assert_eq!(
-        actions(&report, "worker@"),
+        setup_actions(&report, "worker@"),
         ["keep worker@--DB_HOST", "keep worker@--DB_PASS"]
     );
-    assert_eq!(secret_ids(&env), ids);
+    assert_eq!(secret_ids(env.podman()), ids);
 }

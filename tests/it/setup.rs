@@ -2,13 +2,13 @@
 //! API socket, `psi serve` answering Podman's shell driver, and the drop-ins on disk. Plus the
 //! drop-in golden files, rendered from config through the same pure path setup uses.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::support::infisical::{FakeInfisical, Generation};
 use crate::support::podman::PodmanEnv;
+use crate::support::{secret_ids, setup_actions};
 
 const PROJECT: &str = "0b6f6d0e-6a55-4d5e-8f5e-1f2a3b4c5d6e";
 
@@ -60,43 +60,6 @@ fn setup(env: &PodmanEnv, args: &[&str]) -> (i32, Value, String) {
     (out.status.code().unwrap(), report, stderr)
 }
 
-/// Podman's secrets by name -> ID.
-fn secret_ids(env: &PodmanEnv) -> BTreeMap<String, String> {
-    let out = env
-        .podman()
-        .args(["secret", "ls", "--format", "{{.Name}} {{.ID}}"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, i)| (n.to_owned(), i.to_owned()))
-        .collect()
-}
-
-/// Actions of one workload in a report, as "action name" strings.
-fn actions(report: &Value, workload: &str) -> Vec<String> {
-    report["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["workload"] == workload)
-        .unwrap_or_else(|| panic!("no workload {workload} in {report}"))["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {}",
-                a["action"].as_str().unwrap(),
-                a["name"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
 fn state_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -119,7 +82,7 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
     let (code, report, stderr) = setup(&env, &[]);
     assert_eq!(code, 0, "{report}\n{stderr}");
     assert_eq!(
-        actions(&report, "myapp"),
+        setup_actions(&report, "myapp"),
         [
             "create myapp--API_KEY",
             "create myapp--DB_HOST",
@@ -136,7 +99,7 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
         assert!(stderr.contains(reload_warning), "{stderr}");
     }
     assert_eq!(
-        actions(&report, "proxy"),
+        setup_actions(&report, "proxy"),
         ["create proxy--DB_HOST", "create proxy--TLS_KEY"]
     );
     assert_eq!(
@@ -148,7 +111,7 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
         "[Container]\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM_COPY\nSecret=proxy--TLS_KEY,type=mount,target=/etc/proxy/tls.key,mode=0400\n"
     );
     // Podman stored the mapping through psi serve, under its own ID.
-    let ids = secret_ids(&env);
+    let ids = secret_ids(env.podman());
     let mapping = std::fs::read(env.state_dir().join(&ids["myapp--DB_HOST"])).unwrap();
     assert_eq!(
         mapping,
@@ -199,14 +162,14 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
     let (code, report, stderr) = setup(&env, &[]);
     assert_eq!(code, 0, "{report}\n{stderr}");
     assert_eq!(
-        actions(&report, "myapp"),
+        setup_actions(&report, "myapp"),
         [
             "keep myapp--API_KEY",
             "keep myapp--DB_HOST",
             "keep myapp--DB_PASS"
         ]
     );
-    assert_eq!(secret_ids(&env), ids);
+    assert_eq!(secret_ids(env.podman()), ids);
     assert_eq!(state_files(&env.state_dir()), files);
     assert_eq!(
         std::fs::metadata(&dropin).unwrap().modified().unwrap(),
@@ -240,16 +203,19 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
     assert!(!out.status.success());
     let (code, report, _) = setup(&env, &[]);
     assert_eq!(code, 0);
-    assert!(actions(&report, "myapp").contains(&"drift myapp--API_KEY".to_owned()));
-    assert!(secret_ids(&env).contains_key("myapp--API_KEY"));
+    assert!(setup_actions(&report, "myapp").contains(&"drift myapp--API_KEY".to_owned()));
+    assert!(secret_ids(env.podman()).contains_key("myapp--API_KEY"));
     let (code, report, _) = setup(&env, &["--prune"]);
     assert_eq!(code, 0);
-    assert!(actions(&report, "myapp").contains(&"remove myapp--API_KEY".to_owned()));
-    assert!(!secret_ids(&env).contains_key("myapp--API_KEY"));
+    assert!(setup_actions(&report, "myapp").contains(&"remove myapp--API_KEY".to_owned()));
+    assert!(!secret_ids(env.podman()).contains_key("myapp--API_KEY"));
     assert!(!std::fs::read_to_string(&dropin)
         .unwrap()
         .contains("API_KEY"));
-    assert_eq!(secret_ids(&env)["myapp--DB_HOST"], ids["myapp--DB_HOST"]);
+    assert_eq!(
+        secret_ids(env.podman())["myapp--DB_HOST"],
+        ids["myapp--DB_HOST"]
+    );
 }
 
 #[test]
@@ -298,7 +264,7 @@ fn dry_run_plans_and_classifies_without_changing_anything() {
     );
     // myapp--DB_PASS loses its mapping file; the drop-in names a secret Podman lacks; a key
     // goes away upstream.
-    let ids = secret_ids(&env);
+    let ids = secret_ids(env.podman());
     std::fs::remove_file(env.state_dir().join(&ids["myapp--DB_PASS"])).unwrap();
     let dropin = systemd.join("myapp.container.d/50-secrets.conf");
     let mut text = std::fs::read_to_string(&dropin).unwrap();
@@ -311,7 +277,7 @@ fn dry_run_plans_and_classifies_without_changing_anything() {
     assert_eq!(code, 0, "{report}\n{stderr}");
     assert_eq!(report["dry_run"], true);
     assert_eq!(
-        actions(&report, "myapp"),
+        setup_actions(&report, "myapp"),
         [
             "drift myapp--API_KEY",
             "replace myapp--DB_HOST",
@@ -336,7 +302,7 @@ fn dry_run_plans_and_classifies_without_changing_anything() {
         serde_json::json!(["myapp--GHOST"])
     );
     // Nothing changed.
-    assert_eq!(secret_ids(&env), ids);
+    assert_eq!(secret_ids(env.podman()), ids);
     assert_eq!(state_files(&env.state_dir()), files);
     assert_eq!(std::fs::read_to_string(&dropin).unwrap(), text);
 
@@ -358,7 +324,7 @@ fn dry_run_plans_and_classifies_without_changing_anything() {
     // The real run re-creates exactly those two and keeps the rest.
     let (code, report, stderr) = setup(&env, &[]);
     assert_eq!(code, 0, "{report}\n{stderr}");
-    let after = secret_ids(&env);
+    let after = secret_ids(env.podman());
     assert_ne!(after["myapp--DB_HOST"], ids["myapp--DB_HOST"]);
     assert_ne!(after["myapp--DB_PASS"], ids["myapp--DB_PASS"]);
     for kept in ["myapp--API_KEY", "proxy--DB_HOST", "proxy--TLS_KEY"] {
@@ -409,7 +375,7 @@ fn one_failing_workload_does_not_stop_the_others() {
         .map(|w| w["workload"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["sealed"]);
-    assert!(secret_ids(&env).contains_key("good--DB_HOST"));
+    assert!(secret_ids(env.podman()).contains_key("good--DB_HOST"));
     assert!(systemd.join("good.container.d/50-secrets.conf").exists());
     assert!(!systemd.join("broken.container.d").exists());
     assert!(stderr.contains("1 of 3 workload(s) failed"), "{stderr}");
@@ -545,14 +511,14 @@ fn concurrent_setups_take_turns() {
             String::from_utf8_lossy(&out.stderr)
         );
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-        created += actions(&report, "myapp")
+        created += setup_actions(&report, "myapp")
             .iter()
             .filter(|a| a.starts_with("create"))
             .count();
     }
     // One run created the three secrets, the other found them in place.
     assert_eq!(created, 3);
-    assert_eq!(secret_ids(&env).len(), 5);
+    assert_eq!(secret_ids(env.podman()).len(), 5);
 }
 
 /// A self-hosted server of the 2024 generation: no `/api/v4`, 403 for refused tokens, 400
@@ -567,7 +533,7 @@ fn setup_and_lookups_work_against_a_2024_server() {
     };
     let (code, report, stderr) = setup(&env, &[]);
     assert_eq!(code, 0, "{report}\n{stderr}");
-    assert_eq!(actions(&report, "myapp").len(), 3);
+    assert_eq!(setup_actions(&report, "myapp").len(), 3);
     let out = env.run(&["myapp--DB_HOST,type=env,target=H"], "printf %s \"$H\"");
     assert!(
         out.status.success(),
@@ -592,7 +558,7 @@ fn setup_and_lookups_work_against_a_2024_server() {
         .any(|r| r.path == "/api/v3/secrets/raw/DB_HOST"));
 
     fake.delete_secret(PROJECT, "prod", "/app", "DB_HOST");
-    let ids = secret_ids(&env);
+    let ids = secret_ids(env.podman());
     let reply = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(crate::support::http::get(

@@ -254,3 +254,44 @@ pub fn assert_golden(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
     assert_eq!(text, expected, "drifted from {}", path.display());
 }
+
+/// Podman's secrets by name -> ID: `podman secret ls` through `podman` (any Podman harness's
+/// command, with its environment).
+pub fn secret_ids(mut podman: Command) -> std::collections::BTreeMap<String, String> {
+    let out = podman
+        .args(["secret", "ls", "--format", "{{.Name}} {{.ID}}"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman secret ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, i)| (n.to_owned(), i.to_owned()))
+        .collect()
+}
+
+/// The actions of one workload in a `psi setup --json` report, as "action name" strings.
+pub fn setup_actions(report: &serde_json::Value, workload: &str) -> Vec<String> {
+    report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == workload)
+        .unwrap_or_else(|| panic!("no workload {workload} in {report}"))["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["action"].as_str().unwrap(),
+                a["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
