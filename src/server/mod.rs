@@ -298,18 +298,17 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .lookup(&id)
             .await
             .map(|value| Bytes::copy_from_slice(value.expose())),
+        // Store and delete answer 200 with no body (the original said `ok`): Podman copies
+        // the driver command's stdout into its own, so a body would precede the ID that
+        // `podman secret create` and `podman secret rm` print.
         Route::Store(id) => match read_body(req, app.limits.body).await {
-            Ok(body) => app
-                .service
-                .store(&id, &body)
-                .await
-                .map(|()| Bytes::from_static(b"ok")),
+            Ok(body) => app.service.store(&id, &body).await.map(|()| Bytes::new()),
             Err(err) => {
                 tracing::warn!(event = "secret.store", secret_id = %id, outcome = "error", error = %err);
                 Err(err)
             }
         },
-        Route::Delete(id) => app.service.delete(&id).map(|()| Bytes::from_static(b"ok")),
+        Route::Delete(id) => app.service.delete(&id).map(|()| Bytes::new()),
         Route::List => app.service.list().map(|ids| Bytes::from(ids.join("\n"))),
     };
     match result {

@@ -192,7 +192,7 @@ fn client_against_serve_store_lookup_list_delete() {
     let value = b"line one\r\nline two\n\0tail\n";
     let out = run_with_stdin(&mut served.client("store", Some(id), &[]), value);
     assert!(out.status.success(), "store: {}", stderr(&out));
-    assert_eq!(out.stdout, b"ok");
+    assert_eq!(out.stdout, b"", "a store answers with no body");
 
     let out = served.client("lookup", Some(id), &[]).output().unwrap();
     assert!(out.status.success(), "lookup: {}", stderr(&out));

@@ -165,3 +165,22 @@ fn secret_created_with_the_originals_curl_options_resolves() {
     check(&out, "podman run (original options)");
     assert_eq!(stdout(&out), "from-the-original");
 }
+
+/// `ID=$(printf v | podman secret create x -)` must capture the ID alone: Podman copies the
+/// store command's stdout to its own, so psi's answer to a store (and to a delete, for
+/// `podman secret rm`) must have no body. Both driver clients, and the original's curl.
+#[test]
+fn secret_create_and_rm_print_only_the_id() {
+    for client in ["curl", "psi"] {
+        let Some(env) = PodmanEnv::with_client("", &[], client) else {
+            return;
+        };
+        let out = env.secret_create("quiet", b"value", &[]);
+        check(&out, &format!("podman secret create ({client})"));
+        let id = env.secret_id("quiet");
+        assert_eq!(stdout(&out), format!("{id}\n"), "create with {client}");
+        let out = env.podman().args(["secret", "rm", "quiet"]).output().unwrap();
+        check(&out, &format!("podman secret rm ({client})"));
+        assert_eq!(stdout(&out), format!("{id}\n"), "rm with {client}");
+    }
+}

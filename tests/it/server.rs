@@ -188,7 +188,7 @@ async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
     let mapping =
         br#"{"provider": "infisical", "project": "myproject", "path": "/app", "key": "DB_HOST"}"#;
     let reply = request(&running.socket, "POST", "/store/mapped", &[], mapping).await;
-    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    assert_eq!((reply.status, reply.text().as_str()), (200, ""));
     let path = running.sandbox.state_dir().join("mapped");
     assert_eq!(std::fs::read(&path).unwrap(), mapping);
     assert_eq!(
@@ -253,7 +253,7 @@ async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
     assert_eq!(get(&running.socket, "/list").await.text(), "mapped\nraw");
 
     let reply = request(&running.socket, "DELETE", "/delete/raw", &[], b"").await;
-    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    assert_eq!((reply.status, reply.text().as_str()), (200, ""));
     assert!(!running.sandbox.state_dir().join("raw").exists());
     assert_eq!(
         request(&running.socket, "DELETE", "/delete/raw", &[], b"")
