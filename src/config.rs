@@ -660,6 +660,9 @@ pub struct ScopePaths {
     pub systemd_dir: PathBuf,
     pub unit_dir: PathBuf,
     pub containers_conf_d: PathBuf,
+    /// Where `psi systemd install` puts its tmpfiles.d file (the user manager reads
+    /// `~/.config/user-tmpfiles.d`).
+    pub tmpfiles_dir: PathBuf,
 }
 
 impl ScopePaths {
@@ -680,6 +683,7 @@ impl ScopePaths {
                 systemd_dir: "/etc/containers/systemd".into(),
                 unit_dir: "/etc/systemd/system".into(),
                 containers_conf_d: "/etc/containers/containers.conf.d".into(),
+                tmpfiles_dir: "/etc/tmpfiles.d".into(),
             }),
             Scope::User => {
                 let home = home.ok_or_else(|| {
@@ -696,6 +700,7 @@ impl ScopePaths {
                     systemd_dir: home.join(".config/containers/systemd"),
                     unit_dir: home.join(".config/systemd/user"),
                     containers_conf_d: home.join(".config/containers/containers.conf.d"),
+                    tmpfiles_dir: home.join(".config/user-tmpfiles.d"),
                 })
             }
         }

@@ -35,16 +35,8 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = Command::from(command(program, args, Stdio::piped()));
     command.kill_on_drop(true);
-    for name in WITHHELD {
-        command.env_remove(name);
-    }
     let shown = program.to_string_lossy().into_owned();
     let mut child = command.spawn().map_err(|err| Error::Io {
         context: format!("cannot run {shown}"),
@@ -72,10 +64,61 @@ where
             });
         }
     }
-    Ok(Output {
-        success: output.status.success(),
-        code: output.status.code(),
-        stdout: Zeroizing::new(output.stdout),
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    Ok(Output::from(output))
+}
+
+/// [`run`] for a synchronous caller that gives the child no input (psi unsealing its cache
+/// key while it loads its settings, before anything else runs).
+pub fn run_blocking<I, S>(program: &OsStr, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    command(program, args, Stdio::null())
+        .output()
+        .map(Output::from)
+        .map_err(|err| Error::Io {
+            context: format!("cannot run {}", program.to_string_lossy()),
+            source: err,
+        })
+}
+
+/// Whether `program` is an executable file in one of `PATH`'s directories.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
     })
+}
+
+/// `program args...` with its output piped and without [`WITHHELD`] variables.
+fn command<I, S>(program: &OsStr, args: I, stdin: Stdio) -> std::process::Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for name in WITHHELD {
+        command.env_remove(name);
+    }
+    command
+}
+
+impl From<std::process::Output> for Output {
+    fn from(output: std::process::Output) -> Output {
+        Output {
+            success: output.status.success(),
+            code: output.status.code(),
+            stdout: Zeroizing::new(output.stdout),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        }
+    }
 }

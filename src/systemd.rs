@@ -1,9 +1,10 @@
-//! Talking to systemd: `daemon-reload` after psi changed unit files or drop-ins, and
-//! enabling or starting the appliance's units. Through `systemctl`, so it works the same
-//! natively and in a container with the host's systemd bus mounted, and psi needs no D-Bus
-//! library.
+//! Talking to systemd: `daemon-reload` after psi changed unit files or drop-ins, enabling or
+//! starting the appliance's units, and applying its tmpfiles.d file. Through `systemctl` and
+//! `systemd-tmpfiles`, so it works the same natively and in a container that reaches the
+//! host's manager (`unitgen::units`), and psi needs no D-Bus library.
 
 use std::ffi::OsStr;
+use std::path::Path;
 
 use crate::config::Scope;
 use crate::error::{Error, Result};
@@ -17,20 +18,43 @@ pub async fn daemon_reload(scope: Scope) -> Result<()> {
 
 /// `systemctl [--user] ARGS...`; a failure carries systemctl's stderr.
 pub async fn systemctl(scope: Scope, args: &[&str]) -> Result<()> {
-    let mut all: Vec<&str> = Vec::with_capacity(args.len() + 1);
+    run(scope, "systemctl", args.iter().map(OsStr::new)).await
+}
+
+/// `systemd-tmpfiles [--user] --create FILE`: the directories it lists, now.
+pub async fn tmpfiles_create(scope: Scope, file: &Path) -> Result<()> {
+    run(
+        scope,
+        "systemd-tmpfiles",
+        [OsStr::new("--create"), file.as_os_str()],
+    )
+    .await
+}
+
+/// `PROGRAM [--user] ARGS...`, an error with its stderr unless it succeeds.
+async fn run<'a>(
+    scope: Scope,
+    program: &str,
+    args: impl IntoIterator<Item = &'a OsStr>,
+) -> Result<()> {
+    let mut all: Vec<&OsStr> = Vec::new();
     if scope == Scope::User {
-        all.push("--user");
+        all.push(OsStr::new("--user"));
     }
-    all.extend_from_slice(args);
-    let output = process::run(OsStr::new("systemctl"), all.iter().copied(), b"")
+    all.extend(args);
+    let line = std::iter::once(OsStr::new(program))
+        .chain(all.iter().copied())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = process::run(OsStr::new(program), all.iter().copied(), b"")
         .await
-        .map_err(|err| err.context(format!("systemctl {}", all.join(" "))))?;
+        .map_err(|err| err.context(line.clone()))?;
     if output.success {
         Ok(())
     } else {
         Err(Error::Failed(format!(
-            "systemctl {} failed: {}",
-            all.join(" "),
+            "{line} failed: {}",
             output.stderr.trim()
         )))
     }

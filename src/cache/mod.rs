@@ -5,7 +5,8 @@
 //!   JSON under a random per-cache key (the original's scheme: the same mapping on two hosts
 //!   gives unrelated keys, and the file reveals no coordinates).
 //! - [`Backend`]: what protects the file: a 32-byte AES key sealed by systemd-creds (TPM2 or
-//!   host key), delivered as `$CREDENTIALS_DIRECTORY/psi-cache-key`; or the Nitrokey HSM's
+//!   host key), delivered as `$CREDENTIALS_DIRECTORY/psi-cache-key` or unsealed by psi
+//!   from the key file (`<config_dir>/cache.key`); or the Nitrokey HSM's
 //!   RSA key through the provider's own PKCS#11 thread.
 //! - [`load`], [`save`], [`inspect`]: the file. [`format`] is the pure byte format.
 //!
@@ -16,6 +17,7 @@ pub mod format;
 pub mod live;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -161,7 +163,7 @@ impl fmt::Debug for Backend {
 
 impl Backend {
     /// The configured backend: `Ok(None)` when `cache.enabled` is false or `cache.backend`
-    /// is unset. TPM reads the key from `$CREDENTIALS_DIRECTORY/psi-cache-key`; HSM shares
+    /// is unset. TPM reads the key as [`read_tpm_key`] says; HSM shares
     /// the registry's Nitrokey provider (one PKCS#11 thread per process).
     pub fn from_settings(settings: &Settings, registry: &Registry) -> Result<Option<Backend>> {
         let cache = &settings.file.cache;
@@ -213,32 +215,42 @@ pub fn hsm_not_configured() -> Error {
     )
 }
 
-/// Where `psi cache init --backend tpm` puts the sealed key by default: `<config_dir>/cache.key`.
+/// Where `psi cache init --backend tpm` puts the sealed key, and where psi looks for it:
+/// `cache.key` beside the config file (`/etc/psi/cache.key` by default). Beside the file
+/// rather than in the scope's directory, so a config given with `-c` keeps its key with it,
+/// and psi in its container (config directory mounted at `/etc/psi`) finds the same file.
 pub fn default_key_path(settings: &Settings) -> PathBuf {
-    settings.paths.config_dir.join("cache.key")
+    settings
+        .config_path
+        .parent()
+        .unwrap_or(&settings.paths.config_dir)
+        .join("cache.key")
 }
 
-/// The TPM backend's key from `$CREDENTIALS_DIRECTORY/psi-cache-key`; `key_path` is the
-/// sealed file to name in the hint.
+/// The TPM backend's key: `$CREDENTIALS_DIRECTORY/psi-cache-key` when systemd unsealed it
+/// for the unit (`LoadCredentialEncrypted=`, the original's units), else the sealed file
+/// `key_path` unsealed here with `systemd-creds decrypt`. psi's generated units take the
+/// second way: systemd fails a unit whose credential file is missing, and a host whose key
+/// is not provisioned yet must still serve (live, with the cache unavailable).
 pub fn read_tpm_key(env: EnvLookup<'_>, key_path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>> {
-    let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
-        return Err(Error::Cache(format!(
-            "TPM cache backend requires $CREDENTIALS_DIRECTORY. Add \
-             'LoadCredentialEncrypted={KEY_CREDENTIAL}:{}' to the psi serve unit, or run \
-             'psi cache init --backend tpm'.",
-            key_path.display()
-        )));
-    };
-    let path = Path::new(&dir).join(KEY_CREDENTIAL);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => Zeroizing::new(bytes),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+    let delivered = env("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(|dir| Path::new(&dir).join(KEY_CREDENTIAL))
+        .filter(|path| path.exists());
+    let bytes = match delivered {
+        Some(path) => Zeroizing::new(
+            std::fs::read(&path)
+                .map_err(|err| Error::io("cannot read the TPM cache key", &path, err))?,
+        ),
+        None if key_path.exists() => unseal_key(key_path)?,
+        None => {
             return Err(Error::Cache(format!(
-                "TPM cache key not found at {}. Run 'psi cache init --backend tpm' to provision it.",
-                path.display()
+                "no TPM cache key: {} does not exist and systemd passed no {KEY_CREDENTIAL} \
+                 credential. Run 'psi cache init --backend tpm' to provision it (the \
+                 generated psi-cache-key.service does so at boot).",
+                key_path.display()
             )))
         }
-        Err(err) => return Err(Error::io("cannot read the TPM cache key", &path, err)),
     };
     let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
         Error::Cache(format!(
@@ -247,6 +259,29 @@ pub fn read_tpm_key(env: EnvLookup<'_>, key_path: &Path) -> Result<Zeroizing<[u8
         ))
     })?;
     Ok(Zeroizing::new(key))
+}
+
+/// `systemd-creds decrypt --name=psi-cache-key KEY_PATH -`: the key comes back on a pipe and
+/// is never written anywhere.
+fn unseal_key(key_path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let name = format!("--name={KEY_CREDENTIAL}");
+    let args = [
+        OsStr::new("decrypt"),
+        OsStr::new(&name),
+        key_path.as_os_str(),
+        OsStr::new("-"),
+    ];
+    let output = crate::process::run_blocking(OsStr::new("systemd-creds"), args)
+        .map_err(|err| Error::Cache(format!("cannot unseal the TPM cache key: {err}")))?;
+    if !output.success {
+        return Err(Error::Cache(format!(
+            "cannot unseal the TPM cache key {}: {}. If it was sealed on another host or \
+             before a TPM change, replace it with 'psi cache init --backend tpm --force'.",
+            key_path.display(),
+            output.stderr
+        )));
+    }
+    Ok(output.stdout)
 }
 
 /// The cache file: `cache.path`, else `state_dir/cache.enc`.
@@ -453,21 +488,20 @@ mod tests {
     #[test]
     fn tpm_key_from_the_credentials_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let sealed = Path::new("/etc/psi/cache.key");
+        let sealed = dir.path().join("cache.key");
+        let sealed = sealed.as_path();
+        let missing = format!(
+            "no TPM cache key: {} does not exist and systemd passed no psi-cache-key credential. Run 'psi cache init --backend tpm' to provision it (the generated psi-cache-key.service does so at boot).",
+            sealed.display()
+        );
         let no_env = |_: &str| None;
         assert_eq!(
             read_tpm_key(&no_env, sealed).unwrap_err().to_string(),
-            "TPM cache backend requires $CREDENTIALS_DIRECTORY. Add 'LoadCredentialEncrypted=psi-cache-key:/etc/psi/cache.key' to the psi serve unit, or run 'psi cache init --backend tpm'."
+            missing
         );
         let creds = dir.path().to_path_buf();
         let env = move |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| creds.clone().into());
-        assert_eq!(
-            read_tpm_key(&env, sealed).unwrap_err().to_string(),
-            format!(
-                "TPM cache key not found at {}/psi-cache-key. Run 'psi cache init --backend tpm' to provision it.",
-                dir.path().display()
-            )
-        );
+        assert_eq!(read_tpm_key(&env, sealed).unwrap_err().to_string(), missing);
         std::fs::write(dir.path().join(KEY_CREDENTIAL), [1u8; 31]).unwrap();
         assert_eq!(
             read_tpm_key(&env, sealed).unwrap_err().to_string(),

@@ -189,9 +189,10 @@ fn pcscd_files(volume: &str, systemd_dir: &Path) -> [ProvisionFile; 2] {
 }
 
 /// psi's own units in `mode` (quadlets running `image`, or native units running
-/// [`NATIVE_BINARY`]): the files `psi systemd install` writes, byte for byte, and the units
-/// to enable. Quadlet units are enabled by their own `[Install]` section when the quadlet
-/// generator runs at boot, so only native services and the timers are listed.
+/// [`NATIVE_BINARY`]) and its tmpfiles.d file: the files `psi systemd install` writes, byte
+/// for byte, and the units to enable. Quadlet units are enabled by their own `[Install]`
+/// section when the quadlet generator runs at boot, so only native services, the timers and
+/// the host units the appliance needs (the Podman API socket) are listed.
 fn appliance_files(
     settings: &Settings,
     mode: ButaneMode,
@@ -204,18 +205,21 @@ fn appliance_files(
     let spec = ApplianceSpec::from_settings(settings, mode, Some(image), Path::new(NATIVE_BINARY))?
         .with_default_config();
     let mut files = Vec::new();
-    let mut units = Vec::new();
+    let mut units: Vec<ProvisionUnit> = spec
+        .host_units()
+        .into_iter()
+        .map(|name| ProvisionUnit {
+            name: name.into(),
+            enabled: true,
+        })
+        .collect();
     for file in appliance(&spec) {
         let dir = match file.target {
             Target::Quadlet => PathBuf::from(&spec.systemd_dir.host),
             Target::Unit => spec.unit_dir.clone(),
+            Target::Tmpfiles => spec.tmpfiles_dir.clone(),
         };
-        if file.target == Target::Unit
-            && (file.name.ends_with(".timer")
-                || mode == Mode::Native
-                    && (file.name == "psi-secrets.service"
-                        || file.name.ends_with("-setup.service")))
-        {
+        if file.enable {
             units.push(ProvisionUnit {
                 name: file.name.clone(),
                 enabled: true,

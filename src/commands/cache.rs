@@ -142,7 +142,7 @@ async fn init_tpm(settings: &Settings, args: &CacheInitArgs, path: &Path) -> Res
     // The key is at hand: write the empty cache with it, no $CREDENTIALS_DIRECTORY needed.
     cache::save(path, &Backend::Tpm(key), &Entries::empty()).await?;
     say(&format!(
-        "Sealed TPM key → {key}\nEmpty cache    → {cache}\nAdd this to the psi serve unit:\n  LoadCredentialEncrypted={KEY_CREDENTIAL}:{key}\n",
+        "Sealed TPM key → {key}\nEmpty cache    → {cache}\npsi unseals the key itself with systemd-creds; a unit of your own may instead pass\n  LoadCredentialEncrypted={KEY_CREDENTIAL}:{key}\n",
         key = key_path.display(),
         cache = path.display()
     ))

@@ -1,7 +1,8 @@
 //! `psi creds store NAME [--register]`: seal stdin with systemd-creds. Without `--register`
-//! the mapping goes to `state_dir/NAME`; with it, the mapping is handed to
-//! `podman secret create --driver shell NAME -`, so Podman's store call (through `psi serve`)
-//! files it under Podman's ID and no copy is left under the name.
+//! the mapping goes to `state_dir/NAME`; with it, the mapping is registered as Podman secret
+//! NAME (`podman secret create --driver shell NAME -`, or the Podman API where there is no
+//! podman command), so Podman's store call (through `psi serve`) files it under Podman's ID
+//! and no copy is left under the name.
 
 use crate::cli::{CredsCommand, CredsStoreArgs};
 use crate::config::{Settings, WithKey};
@@ -38,7 +39,7 @@ async fn store(settings: &Settings, args: &CredsStoreArgs) -> Result<()> {
         .map_err(|e| e.context(format!("seal {name}")))?;
     let bytes = mapping.to_bytes();
     if args.register {
-        return super::register(&name, &bytes, creds::NAME).await;
+        return super::register(settings, &name, &bytes, creds::NAME).await;
     }
     let state = StateDir::new(&settings.state_dir);
     state.write_mapping(&name, &bytes)?;

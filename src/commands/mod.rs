@@ -89,25 +89,52 @@ pub fn read_stdin(limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
 /// Podman refuses secret data above this many bytes (`maxSecretSize` in Podman 4 and 5).
 const PODMAN_MAX_SECRET: usize = 512_000;
 
-/// `podman secret create --driver shell NAME -` with `mapping` on stdin: Podman stores it
+/// Registers `mapping` as Podman secret `name` with the shell driver: Podman stores it
 /// through psi's driver under Podman's own ID, so no copy is left under the name. For
 /// `--register` of the commands that seal one value (`creds store`, `nitrokeyhsm store`).
-pub(crate) async fn register(name: &SecretId, mapping: &[u8], provider: &str) -> Result<()> {
+///
+/// With the podman CLI installed, `podman secret create --driver shell NAME -`: it carries
+/// the caller's own Podman (containers.conf, storage, rootless or not). Without it, as in
+/// psi's image (`podman exec -i psi-secrets psi creds store NAME --register`), the same
+/// request goes to the Podman API socket (`podman_socket`, which the psi-secrets quadlet
+/// mounts); the host's Podman then runs its own psi.conf store command.
+pub(crate) async fn register(
+    settings: &Settings,
+    name: &SecretId,
+    mapping: &[u8],
+    provider: &str,
+) -> Result<()> {
     if mapping.len() > PODMAN_MAX_SECRET {
         return Err(Error::Usage(format!(
             "the sealed mapping is {} bytes and Podman accepts at most {PODMAN_MAX_SECRET}; store it without --register",
             mapping.len()
         )));
     }
-    let args = ["secret", "create", "--driver", "shell", name.as_str(), "-"];
-    let output = crate::process::run(std::ffi::OsStr::new("podman"), args, mapping).await?;
-    if !output.success {
-        return Err(Error::Failed(format!(
-            "podman secret create {name} failed: {}\n(is psi serve running, and psi.conf installed with psi install?)",
-            output.stderr
-        )));
-    }
-    tracing::info!(event = "secret.register", secret_id = %name, provider, outcome = "success", "registered with Podman");
+    let how = if crate::process::on_path("podman") {
+        let args = ["secret", "create", "--driver", "shell", name.as_str(), "-"];
+        let output = crate::process::run(std::ffi::OsStr::new("podman"), args, mapping).await?;
+        if !output.success {
+            return Err(Error::Failed(format!(
+                "podman secret create {name} failed: {}\n(is psi serve running, and psi.conf installed with psi install?)",
+                output.stderr
+            )));
+        }
+        "podman"
+    } else {
+        let socket = crate::podman::configured_socket(settings)?;
+        let podman = crate::podman::Podman::new(socket.clone());
+        podman
+            .create_secret(name.as_str(), "shell", &Default::default(), mapping)
+            .await
+            .map_err(|err| {
+                err.context(format!(
+                    "register {name} through the Podman API at {} (no podman command here)",
+                    socket.display()
+                ))
+            })?;
+        "podman-api"
+    };
+    tracing::info!(event = "secret.register", secret_id = %name, provider, via = how, outcome = "success", "registered with Podman");
     Ok(())
 }
 

@@ -30,6 +30,7 @@ use crate::secret::SecretValue;
 use crate::state::StateDir;
 use crate::unitgen::driver_conf;
 use crate::unitgen::dropin::{self, DropIn};
+use crate::unitgen::units;
 
 use desired::{Desired, Found, Missing};
 use plan::{Action, Existing, WorkloadPlan};
@@ -318,6 +319,7 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         };
         fresh.extend(desired.secrets.values().cloned());
         let rendered = dropin::render(&DropIn {
+            psi_units: &units::secret_units(&config.provider),
             depends_on: &config.depends_on,
             secrets: &desired.lines,
         });

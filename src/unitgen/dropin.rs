@@ -1,10 +1,17 @@
 //! `{workload}.container.d/50-secrets.conf`: the quadlet drop-in that hands a workload's
 //! Podman secrets to its container, as environment variables or as files.
 //!
-//! For plain env secrets without `depends_on` the output is the original's byte for byte
-//! (`[Container]` then one `Secret=` line per key). Lines are sorted so that the same plan
-//! always renders the same bytes: the file is rewritten, and systemd reloaded, only when
-//! something really changed.
+//! The `[Container]` section is the original's (one `Secret=` line per key). The `[Unit]`
+//! section is new: the original ordered a workload only after its `depends_on`, so at every
+//! boot the workload raced psi's lookup service and could start before its secrets resolved
+//! ("no such secret", exit 126). Here the workload starts after psi-secrets (ready once its
+//! socket is bound) and after the setup unit that registers its secrets. The dependency is
+//! `Wants=`, not `Requires=`: secrets are read only at container start, so stopping or
+//! restarting psi must not take the workload down with it, and a setup that fails (Infisical
+//! down) must still let the workload start with what Podman and psi's cache already hold.
+//!
+//! Lines are sorted so that the same plan always renders the same bytes: the file is
+//! rewritten, and systemd reloaded, only when something really changed.
 
 use std::collections::BTreeSet;
 
@@ -58,7 +65,9 @@ impl SecretLine {
 /// Everything the drop-in says.
 #[derive(Debug, Clone, Copy)]
 pub struct DropIn<'a> {
-    /// Units the container starts after and wants (`depends_on`).
+    /// psi's units the secrets come from: the lookup service and the provider's setup unit.
+    pub psi_units: &'a [String],
+    /// Further units the container starts after and wants (`depends_on`).
     pub depends_on: &'a [String],
     pub secrets: &'a [SecretLine],
 }
@@ -73,8 +82,14 @@ pub const FILE_NAME: &str = "50-secrets.conf";
 
 pub fn render(spec: &DropIn<'_>) -> String {
     let mut out = String::new();
-    if !spec.depends_on.is_empty() {
-        let units = spec.depends_on.join(" ");
+    let units: Vec<&str> = spec
+        .psi_units
+        .iter()
+        .chain(spec.depends_on)
+        .map(String::as_str)
+        .collect();
+    if !units.is_empty() {
+        let units = units.join(" ");
         out.push_str(&format!("[Unit]\nAfter={units}\nWants={units}\n\n"));
     }
     out.push_str("[Container]\n");
@@ -115,6 +130,7 @@ mod tests {
             env("myapp--DB_HOST", "DB_HOST"),
         ];
         let text = render(&DropIn {
+            psi_units: &[],
             depends_on: &[],
             secrets: &secrets,
         });
@@ -132,9 +148,30 @@ mod tests {
     fn duplicate_lines_collapse() {
         let secrets = [env("w--A", "A"), env("w--A", "A")];
         let text = render(&DropIn {
+            psi_units: &[],
             depends_on: &[],
             secrets: &secrets,
         });
         assert_eq!(text, "[Container]\nSecret=w--A,type=env,target=A\n");
+    }
+
+    #[test]
+    fn ordered_after_psi_then_depends_on() {
+        let secrets = [env("w--A", "A")];
+        let text = render(&DropIn {
+            psi_units: &[
+                "psi-secrets.service".into(),
+                "psi-infisical-setup.service".into(),
+            ],
+            depends_on: &["db.service".into()],
+            secrets: &secrets,
+        });
+        assert_eq!(
+            text,
+            "[Unit]\n\
+             After=psi-secrets.service psi-infisical-setup.service db.service\n\
+             Wants=psi-secrets.service psi-infisical-setup.service db.service\n\n\
+             [Container]\nSecret=w--A,type=env,target=A\n"
+        );
     }
 }

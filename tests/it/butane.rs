@@ -529,13 +529,15 @@ fn checked_in_examples_match_the_generator() {
     for file in ignition["storage"]["files"].as_array().unwrap() {
         let path = Path::new(file["path"].as_str().unwrap());
         let dir = path.parent().unwrap();
-        if dir != Path::new("/etc/containers/systemd") && dir != Path::new("/etc/systemd/system") {
-            continue;
-        }
+        let examples = match dir.to_str().unwrap() {
+            "/etc/containers/systemd" | "/etc/systemd/system" => "quadlets",
+            "/etc/tmpfiles.d" => "tmpfiles.d",
+            _ => continue,
+        };
         let name = path.file_name().unwrap().to_str().unwrap();
         let bytes = decode_data_url(file["contents"]["source"].as_str().unwrap());
         let text = String::from_utf8(bytes).unwrap();
-        assert_golden(&root.join("quadlets").join(name), &text);
+        assert_golden(&root.join(examples).join(name), &text);
         if let Some(unit) = rendered.iter().find(|f| f.name == name) {
             assert_eq!(unit.text, text, "{name} differs from psi systemd install's");
             seen += 1;

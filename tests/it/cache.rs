@@ -502,12 +502,41 @@ fn tpm_init_with_the_host_key_then_status() {
     assert_eq!(json["verify"]["status"], "ok");
     assert_eq!(json["verify"]["entries"], 0);
 
-    // Without the unsealed key, --verify fails (exit 1) and says why.
+    // Without the unsealed key, and no sealed key at the default path (<config dir>/cache.key)
+    // either, --verify fails (exit 1) and says why.
+    let default_key = sandbox.path().join("cache.key");
     let out = psi(&["cache", "status", "--verify"], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains(
-        "Entries:       unreadable — TPM cache backend requires $CREDENTIALS_DIRECTORY."
-    ));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "Entries:       unreadable — no TPM cache key: {} does not exist",
+            default_key.display()
+        )),
+        "{said}"
+    );
+    // With the sealed key there, psi unseals it itself (no LoadCredentialEncrypted=).
+    std::fs::copy(&key, &default_key).unwrap();
+    let out = psi(&["cache", "status", "--verify", "--json"], None);
+    ok(&out, "cache status --verify, key unsealed by psi");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["verify"]["status"], "ok");
+    // A key sealed under another host key does not unseal: the reason, exit 1.
+    let other = Sandbox::new();
+    let out = other
+        .psi()
+        .arg("-c")
+        .arg(&config)
+        .args(["cache", "status", "--verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("cannot unseal the TPM cache key") && said.contains("--force"),
+        "{said}"
+    );
+    std::fs::remove_file(&default_key).unwrap();
 
     // An original (version 1) file is reported as such.
     std::fs::write(

@@ -179,7 +179,11 @@ fn secret_create_and_rm_print_only_the_id() {
         check(&out, &format!("podman secret create ({client})"));
         let id = env.secret_id("quiet");
         assert_eq!(stdout(&out), format!("{id}\n"), "create with {client}");
-        let out = env.podman().args(["secret", "rm", "quiet"]).output().unwrap();
+        let out = env
+            .podman()
+            .args(["secret", "rm", "quiet"])
+            .output()
+            .unwrap();
         check(&out, &format!("podman secret rm ({client})"));
         assert_eq!(stdout(&out), format!("{id}\n"), "rm with {client}");
     }

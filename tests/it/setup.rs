@@ -104,11 +104,11 @@ fn setup_registers_secrets_that_containers_resolve_through_psi() {
     );
     assert_eq!(
         std::fs::read_to_string(systemd.join("myapp.container.d/50-secrets.conf")).unwrap(),
-        "[Unit]\nAfter=postgres.service\nWants=postgres.service\n\n[Container]\nSecret=myapp--API_KEY,type=env,target=API_KEY\nSecret=myapp--DB_HOST,type=env,target=DB_HOST\nSecret=myapp--DB_PASS,type=env,target=DB_PASS\n"
+        "[Unit]\nAfter=psi-secrets.service psi-infisical-setup.service postgres.service\nWants=psi-secrets.service psi-infisical-setup.service postgres.service\n\n[Container]\nSecret=myapp--API_KEY,type=env,target=API_KEY\nSecret=myapp--DB_HOST,type=env,target=DB_HOST\nSecret=myapp--DB_PASS,type=env,target=DB_PASS\n"
     );
     assert_eq!(
         std::fs::read_to_string(systemd.join("proxy.container.d/50-secrets.conf")).unwrap(),
-        "[Container]\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM_COPY\nSecret=proxy--TLS_KEY,type=mount,target=/etc/proxy/tls.key,mode=0400\n"
+        "[Unit]\nAfter=psi-secrets.service psi-infisical-setup.service\nWants=psi-secrets.service psi-infisical-setup.service\n\n[Container]\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM\nSecret=proxy--DB_HOST,type=env,target=UPSTREAM_COPY\nSecret=proxy--TLS_KEY,type=mount,target=/etc/proxy/tls.key,mode=0400\n"
     );
     // Podman stored the mapping through psi serve, under its own ID.
     let ids = secret_ids(env.podman());
@@ -480,6 +480,7 @@ fn dropin_golden_files() {
             .collect();
         let wanted = desired(workload, w, &listings).unwrap();
         let text = render(&DropIn {
+            psi_units: &psi::unitgen::units::secret_units(&w.provider),
             depends_on: &w.depends_on,
             secrets: &wanted.lines,
         });

@@ -240,7 +240,7 @@ fn quadlet_accepts_the_container_units() {
             assert!(
                 serve
                     .lines()
-                    .any(|l| l == "Wants=network-online.target pcscd.service"),
+                    .any(|l| l == "Wants=network-online.target podman.socket pcscd.service"),
                 "{name}:\n{serve}"
             );
         }
@@ -266,13 +266,23 @@ fn quadlet_accepts_the_container_units() {
         assert!(exec.ends_with(&format!(" {IMAGE} serve")), "{name}: {exec}");
         if variant.config.contains("infisical") {
             let setup = section(&stdout, "psi-infisical-setup.service");
-            let podman_socket = if variant.user {
-                " -v %t/podman/podman.sock:/run/podman/podman.sock:z "
+            // The socket's directory (a re-created socket stays reachable), the host's
+            // systemd through its private socket, and the Podman API socket unit required.
+            let (podman_dir, private) = if variant.user {
+                (" -v %t/podman:/run/podman ", " -v %t/systemd/private:/run/systemd/private ")
             } else {
-                " -v /run/podman/podman.sock:/run/podman/podman.sock:z "
+                (" -v /run/podman:/run/podman ", " -v /run/systemd/private:/run/systemd/private ")
             };
-            assert!(setup.contains(podman_socket), "{name}:\n{setup}");
-            assert!(setup.contains("Requires=psi-secrets.service"), "{name}");
+            assert!(setup.contains(podman_dir), "{name}:\n{setup}");
+            assert!(setup.contains(private), "{name}:\n{setup}");
+            assert!(
+                setup.contains(" -v /run/systemd/system:/run/systemd/system:ro "),
+                "{name}:\n{setup}"
+            );
+            assert!(
+                setup.contains("Requires=podman.socket psi-secrets.service"),
+                "{name}:\n{setup}"
+            );
             assert!(
                 setup.contains(&format!(" {IMAGE} setup --provider infisical")),
                 "{name}"
@@ -389,6 +399,7 @@ fn install_writes_the_golden_set_once() {
         install(&[]);
         let mut written = tree(dir, "out/quadlets");
         written.extend(tree(dir, "out/units"));
+        written.extend(tree(dir, "out/tmpfiles.d"));
         // The golden files were rendered from a temporary directory of their own.
         let golden: Vec<(String, String)> = {
             let mut files = Vec::new();
@@ -405,7 +416,7 @@ fn install_writes_the_golden_set_once() {
         written.sort();
         assert_eq!(written, golden, "{name}");
 
-        let all: Vec<PathBuf> = ["quadlets", "units"]
+        let all: Vec<PathBuf> = ["quadlets", "units", "tmpfiles.d"]
             .iter()
             .flat_map(|sub| std::fs::read_dir(out_dir.join(sub)).into_iter().flatten())
             .map(|e| e.unwrap().path())

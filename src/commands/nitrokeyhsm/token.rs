@@ -276,7 +276,7 @@ pub(super) async fn store(settings: &Settings, args: &NitrokeyStoreArgs) -> Resu
         .map_err(|e| e.context(format!("encrypt {name}")))?;
     let bytes = mapping.to_bytes();
     if args.register {
-        return super::super::register(&name, &bytes, NAME).await;
+        return super::super::register(settings, &name, &bytes, NAME).await;
     }
     let state = StateDir::new(&settings.state_dir);
     state.write_mapping(&name, &bytes)?;

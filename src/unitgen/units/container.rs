@@ -17,10 +17,10 @@
 //! the server over it would turn that into an outage.
 
 use super::{
-    credential_lines, install_lines, setup_description, unit_lines, ApplianceSpec, GeneratedFile,
-    Place, Role, Target, UnitText, SERVE_DESCRIPTION, TLS_DESCRIPTION,
+    cache_key_unit_lines, credential_lines, host_key_lines, install_lines, setup_unit_lines,
+    unit_lines, ApplianceSpec, GeneratedFile, Place, Role, Target, UnitText, SERVE_DESCRIPTION,
+    TLS_DESCRIPTION,
 };
-use crate::config::Scope;
 
 /// Where the service's credentials directory (`%d`) appears in the container.
 const CREDENTIALS_INSIDE: &str = "/run/credentials";
@@ -31,11 +31,38 @@ pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
     if !spec.tls_dirs.is_empty() {
         files.push(tls_renew(spec));
     }
+    if let Some(key) = spec.tpm_cache_key() {
+        files.push(cache_key(spec, key));
+    }
     files
 }
 
 fn volume(place: &Place, options: &str) -> String {
     format!("Volume={}:{}{options}", place.host, place.inside)
+}
+
+/// The directory holding a socket, mounted rather than the socket itself: a bind-mounted
+/// socket file keeps the old inode when its service re-creates it (a restarted
+/// `podman.socket`), and the container would talk to a dead socket until it restarts.
+fn socket_dir(place: &Place) -> Place {
+    let parent = |p: &str| {
+        std::path::Path::new(p)
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "/".into())
+    };
+    Place {
+        host: parent(&place.host),
+        inside: parent(&place.inside),
+    }
+}
+
+/// The host's systemd as `systemctl` in the container reaches it (module doc of `units`).
+fn systemd_lines(spec: &ApplianceSpec) -> [String; 2] {
+    [
+        volume(&spec.systemd_socket, ""),
+        "Volume=/run/systemd/system:/run/systemd/system:ro".into(),
+    ]
 }
 
 /// `[Container]` lines every psi container has: name, image, command, host network (the
@@ -63,35 +90,46 @@ fn container_lines(spec: &ApplianceSpec, name: &str, exec: &str, role: Role) -> 
             "HealthOnFailure=kill".into(),
         ]);
     }
-    lines.push(volume(&spec.config_dir, ":ro"));
+    // The cache key provisioning writes the sealed key next to the config.
+    let config_options = if matches!(role, Role::CacheKey) {
+        ""
+    } else {
+        ":ro"
+    };
+    lines.push(volume(&spec.config_dir, config_options));
     lines.push(volume(&spec.state_dir, ":Z"));
+    if spec.uses_host_key() && !matches!(role, Role::TlsRenew) {
+        // systemd-creds in the container seals and unseals with the host's key and TPM: the
+        // host key is bound to the machine ID, so both come from the host (read-only, not
+        // relabelled: the host's own systemd keeps using them). A host without a TPM simply
+        // has no device to add.
+        lines.extend([
+            "Volume=/etc/machine-id:/etc/machine-id:ro".to_owned(),
+            "Volume=/var/lib/systemd/credential.secret:/var/lib/systemd/credential.secret:ro"
+                .into(),
+            "AddDevice=-/dev/tpmrm0".into(),
+        ]);
+    }
+    // Podman's API socket directory (not relabelled: Podman's own socket stays its own).
+    let podman = volume(&socket_dir(&spec.podman_socket), "");
     match role {
-        Role::Serve => {
-            lines.push(volume(&spec.runtime_dir, ":Z"));
-            if spec.systemd_creds && spec.scope == Scope::System {
-                // systemd-creds in the container unseals with the host's key and TPM: its
-                // host key is bound to the machine ID, so both come from the host (read-only,
-                // not relabelled: the host's own systemd keeps using them). A host without
-                // a TPM simply has no device to add.
-                lines.extend([
-                    "Volume=/etc/machine-id:/etc/machine-id:ro".to_owned(),
-                    "Volume=/var/lib/systemd/credential.secret:/var/lib/systemd/credential.secret:ro".into(),
-                    "AddDevice=-/dev/tpmrm0".into(),
-                ]);
-            }
+        Role::Serve => lines.extend([volume(&spec.runtime_dir, ":Z"), podman]),
+        Role::Setup => {
+            lines.extend([volume(&spec.systemd_dir, ":Z"), podman]);
+            lines.extend(systemd_lines(spec));
         }
-        Role::Setup => lines.extend([
-            volume(&spec.systemd_dir, ":Z"),
-            volume(&spec.podman_socket, ":z"),
-            volume(&spec.dbus_socket, ""),
-        ]),
         // The certificate directories are shared with the services using them: mounted
-        // without relabelling, which would take them from those services.
-        Role::TlsRenew => lines.extend(
-            spec.tls_dirs
-                .iter()
-                .map(|dir| volume(&Place::same(dir), "")),
-        ),
+        // without relabelling, which would take them from those services. Hooks reach the
+        // host's systemd.
+        Role::TlsRenew => {
+            lines.extend(
+                spec.tls_dirs
+                    .iter()
+                    .map(|(dir, _)| volume(&Place::same(dir), "")),
+            );
+            lines.extend(systemd_lines(spec));
+        }
+        Role::CacheKey => {}
     }
     let mut env = Vec::new();
     if let Some(ca) = &spec.ca_cert {
@@ -100,7 +138,7 @@ fn container_lines(spec: &ApplianceSpec, name: &str, exec: &str, role: Role) -> 
     }
     if let Some(pcscd) = spec
         .hsm_volume()
-        .filter(|_| !matches!(role, Role::TlsRenew))
+        .filter(|_| matches!(role, Role::Serve | Role::Setup))
     {
         lines.push(format!("Volume={pcscd}:/run/pcscd:rw"));
     }
@@ -119,7 +157,8 @@ fn container_lines(spec: &ApplianceSpec, name: &str, exec: &str, role: Role) -> 
 }
 
 fn serve(spec: &ApplianceSpec) -> GeneratedFile {
-    let mut service = vec!["Restart=on-failure".to_owned()];
+    let mut service = host_key_lines(spec);
+    service.push("Restart=on-failure".to_owned());
     // The host side of the socket directory, for the default socket (`/run/psi`, `%t/psi`).
     if spec.runtime_dir_managed {
         service.push("RuntimeDirectory=psi".into());
@@ -142,12 +181,10 @@ fn serve(spec: &ApplianceSpec) -> GeneratedFile {
 fn setup(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
     let name = format!("psi-{provider}-setup");
     let mut service = vec!["Type=oneshot".to_owned(), "RemainAfterExit=yes".into()];
+    service.extend(host_key_lines(spec));
     service.extend(credential_lines(spec, Role::Setup));
     UnitText::new(spec, &format!("psi's {provider} secrets setup"))
-        .section(
-            "Unit",
-            unit_lines(spec, setup_description(provider), Role::Setup),
-        )
+        .section("Unit", setup_unit_lines(spec, provider))
         .section(
             "Container",
             container_lines(
@@ -177,4 +214,25 @@ fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
     )
     .section("Service", vec!["Type=oneshot".into()])
     .file(Target::Quadlet, "psi-tls-renew.container".into())
+}
+
+/// `psi-cache-key.container`: `psi cache init --backend tpm` at first boot, sealing a new key
+/// with the host's systemd-creds (TPM2 where present, else the host key).
+fn cache_key(spec: &ApplianceSpec, key: &std::path::Path) -> GeneratedFile {
+    let mut service = vec!["Type=oneshot".to_owned(), "RemainAfterExit=yes".into()];
+    service.extend(host_key_lines(spec));
+    UnitText::new(spec, "psi's cache key, provisioned at first boot")
+        .section("Unit", cache_key_unit_lines(spec, key))
+        .section(
+            "Container",
+            container_lines(
+                spec,
+                "psi-cache-key",
+                "cache init --backend tpm",
+                Role::CacheKey,
+            ),
+        )
+        .section("Service", service)
+        .section("Install", install_lines(spec))
+        .file(Target::Quadlet, "psi-cache-key.container".into())
 }

@@ -7,6 +7,31 @@
 //! | `psi-infisical-setup.service` / `.container` | unit dir / quadlet dir | infisical configured |
 //! | `psi-infisical-refresh.service` + `.timer` | unit dir | and the cache is enabled with a backend |
 //! | `psi-tls-renew.service` / `.container` + `.timer` | unit dir (timer always) | `providers.infisical.tls.certificates` non-empty |
+//! | `psi-cache-key.service` / `.container` | unit dir / quadlet dir | the cache is enabled with the `tpm` backend |
+//! | `psi.conf` | tmpfiles.d (system) / user-tmpfiles.d (user) | always |
+//!
+//! A fresh host needs nothing by hand. The tmpfiles.d file creates every host directory a
+//! unit mounts or writes (the state directory, a configured socket's directory, the TLS
+//! output directories) before any unit starts; `psi systemd install` also applies it at
+//! once. Units that mount systemd-creds' host key run `systemd-creds setup` first (it
+//! creates the key only when it is missing). A TPM-backed cache provisions its own key at
+//! first boot (`psi-cache-key`, skipped once the key exists), and psi unseals that key
+//! itself with systemd-creds instead of through `LoadCredentialEncrypted=`: systemd fails a
+//! unit whose credential file is missing (status 243/CREDENTIALS), while psi serves live
+//! lookups and reports the cache "unavailable".
+//!
+//! Ordering: setup requires the Podman API socket (`podman.socket`) and runs before the
+//! configured workloads, so on first boot, before any drop-in exists, a workload waits for
+//! the setup that writes its drop-in; the drop-in then orders it after psi-secrets and setup
+//! at every later boot (`dropin`).
+//!
+//! The host's systemd from a container: setup (daemon-reload after new drop-ins) and TLS
+//! renewal (hooks such as `systemctl reload nginx.service`) get systemd's private socket
+//! (`/run/systemd/private`, the user manager's for user scope, mounted at the system path
+//! where psi inside looks) and `/run/systemd/system`, whose presence is how systemctl knows
+//! it talks to a running systemd. `systemctl` in psi's image then acts on the host's manager
+//! directly, with no D-Bus broker in between and no privilege beyond the root the
+//! container already runs as.
 //!
 //! Setup units exist for providers that *discover* secrets. Only Infisical does: a
 //! systemd-creds or Nitrokey value is sealed and registered once (`creds store --register`,
@@ -60,6 +85,8 @@ pub enum Target {
     Quadlet,
     /// The scope's unit directory: native services and every timer (quadlet reads no timers).
     Unit,
+    /// The scope's tmpfiles.d directory.
+    Tmpfiles,
 }
 
 /// One rendered file.
@@ -68,6 +95,30 @@ pub struct GeneratedFile {
     pub target: Target,
     pub name: String,
     pub text: String,
+    /// A plain unit with an `[Install]` section, enabled with `systemctl enable` (natively
+    /// the services, in both modes the timers). Quadlet units are enabled by their own
+    /// `[Install]` section when the generator runs.
+    pub enable: bool,
+}
+
+/// The lookup service's unit, in both modes (quadlet names the service after the file).
+pub const SERVE_UNIT: &str = "psi-secrets.service";
+
+/// The unit that provisions the TPM-backed cache key at first boot.
+pub const CACHE_KEY_UNIT: &str = "psi-cache-key.service";
+
+/// The Podman API socket's unit (system and user manager alike).
+pub const PODMAN_SOCKET_UNIT: &str = "podman.socket";
+
+/// The setup unit of a provider that discovers secrets.
+pub fn setup_unit(provider: &str) -> String {
+    format!("psi-{provider}-setup.service")
+}
+
+/// The units a workload's secrets come from, which its drop-in orders it after: the lookup
+/// service and the setup unit that registers them.
+pub fn secret_units(provider: &str) -> Vec<String> {
+    vec![SERVE_UNIT.to_owned(), setup_unit(provider)]
 }
 
 /// A directory or socket as the host names it and as psi inside its container sees it.
@@ -140,10 +191,14 @@ pub struct ApplianceSpec {
     pub socket_env: Option<String>,
     pub systemd_dir: Place,
     pub unit_dir: PathBuf,
-    /// The Podman API socket (container setup talks to it).
+    /// The Podman API socket (setup talks to it; so does `--register` in psi-secrets).
     pub podman_socket: Place,
-    /// The bus psi's `systemctl daemon-reload` uses from inside its setup container.
-    pub dbus_socket: Place,
+    /// systemd's private socket, through which `systemctl` in psi's containers reaches the
+    /// host's manager (the user's own for user scope).
+    pub systemd_socket: Place,
+    /// Workloads of discovering providers as (provider, service): setup runs before them.
+    /// Template workloads (`name@`) are left out: only their instances are units.
+    pub workloads: Vec<(String, String)>,
     pub infisical: bool,
     /// `providers.nitrokeyhsm.pcscd_volume` when the provider is configured.
     pub nitrokeyhsm_volume: Option<String>,
@@ -156,8 +211,10 @@ pub struct ApplianceSpec {
     pub ca_cert: Option<PathBuf>,
     /// Serve loads `LoadCredentialEncrypted=psi-socket-token`.
     pub socket_token_credential: bool,
-    /// The directories TLS renewal writes to (sorted, unique); empty: no TLS units.
-    pub tls_dirs: Vec<PathBuf>,
+    /// The directories TLS renewal writes to (sorted, unique) and their modes: the files'
+    /// mode with search permission wherever it grants read; empty: no TLS units.
+    pub tls_dirs: Vec<(PathBuf, u32)>,
+    pub tmpfiles_dir: PathBuf,
 }
 
 impl ApplianceSpec {
@@ -213,10 +270,10 @@ impl ApplianceSpec {
             None if user => "%t/podman/podman.sock".into(),
             None => "/run/podman/podman.sock".into(),
         };
-        let dbus_host = if user {
-            "%t/bus"
+        let systemd_host = if user {
+            "%t/systemd/private"
         } else {
-            "/run/dbus/system_bus_socket"
+            "/run/systemd/private"
         };
         let infisical = settings.providers.infisical.as_ref();
         let cache = match (file.cache.enabled, file.cache.backend) {
@@ -242,24 +299,35 @@ impl ApplianceSpec {
             }
             _ => None,
         };
-        let mut tls_dirs: Vec<PathBuf> = infisical
-            .map(|i| &i.tls.certificates)
-            .into_iter()
-            .flatten()
-            .flat_map(|(_, cert)| {
-                let out = &cert.output;
-                [
-                    Some(&out.cert),
-                    Some(&out.key),
-                    Some(&out.chain),
-                    out.ca.as_ref(),
-                ]
-            })
-            .flatten()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
+        let mut tls_dirs: std::collections::BTreeMap<PathBuf, u32> = Default::default();
+        for (name, cert) in infisical.map(|i| &i.tls.certificates).into_iter().flatten() {
+            let out = &cert.output;
+            let mode = u32::from_str_radix(&out.mode, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| Error::Config {
+                    path: settings.config_path.clone(),
+                    message: format!(
+                        "providers.infisical.tls.certificates.{name}.output.mode: '{}' is not a file mode; use octal digits, e.g. 0640",
+                        out.mode
+                    ),
+                })?;
+            let files = [
+                Some(&out.cert),
+                Some(&out.key),
+                Some(&out.chain),
+                out.ca.as_ref(),
+            ];
+            for dir in files.into_iter().flatten().filter_map(|p| p.parent()) {
+                *tls_dirs.entry(dir.to_path_buf()).or_insert(0o700) |= dir_mode(mode);
+            }
+        }
+        let workloads = file
+            .workloads
+            .iter()
+            .filter(|(name, w)| w.provider == "infisical" && !name.ends_with('@'))
+            .map(|(name, w)| (w.provider.clone(), format!("{name}.service")))
             .collect();
-        tls_dirs.sort();
-        tls_dirs.dedup();
         let nitrokey = settings.providers.nitrokeyhsm.as_ref();
         Ok(ApplianceSpec {
             mode,
@@ -289,7 +357,8 @@ impl ApplianceSpec {
                 file.podman_socket.is_some(),
                 "/run/podman/podman.sock",
             ),
-            dbus_socket: Place::new(dbus_host, false, "/run/dbus/system_bus_socket"),
+            systemd_socket: Place::new(systemd_host, false, "/run/systemd/private"),
+            workloads,
             infisical: infisical.is_some(),
             nitrokeyhsm_volume: nitrokey.map(|n| n.pcscd_volume.clone()),
             systemd_creds: settings.providers.systemd_creds.is_some(),
@@ -304,7 +373,8 @@ impl ApplianceSpec {
                 settings.socket_token,
                 Some((_, CredentialSource::CredentialsDirectory))
             ),
-            tls_dirs,
+            tls_dirs: tls_dirs.into_iter().collect(),
+            tmpfiles_dir: paths.tmpfiles_dir.clone(),
         })
     }
 
@@ -318,6 +388,10 @@ impl ApplianceSpec {
             Scope::User => "%h/.config/psi",
         };
         self.config_dir = Place::new(dir, false, "/etc/psi");
+        // The key lives beside the config file (`cache::default_key_path`).
+        if let Some(cache) = &mut self.cache {
+            cache.key_path = Path::new(dir).join("cache.key");
+        }
         self
     }
 
@@ -339,6 +413,34 @@ impl ApplianceSpec {
                 Some(&self.cache_hsm_volume)
             }
             _ => None,
+        }
+    }
+
+    /// The TPM backend's sealed key, when psi provisions it at first boot (`psi-cache-key`)
+    /// and unseals it itself: system scope. A user's psi cannot read the host key, so the
+    /// user scope keeps `LoadCredentialEncrypted=` (the user manager unseals it) and the key
+    /// is made by hand with `psi cache init --backend tpm`.
+    pub fn tpm_cache_key(&self) -> Option<&Path> {
+        self.cache
+            .as_ref()
+            .filter(|c| c.backend == CacheBackend::Tpm && self.scope == Scope::System)
+            .map(|c| c.key_path.as_path())
+    }
+
+    /// Whether psi's containers unseal with the host's systemd-creds key: the systemd-creds
+    /// provider or the TPM cache key (system scope; a user's credentials are not sealed with
+    /// the host key).
+    pub fn uses_host_key(&self) -> bool {
+        self.scope == Scope::System && (self.systemd_creds || self.tpm_cache_key().is_some())
+    }
+
+    /// Host units the appliance needs enabled beside its own: the Podman API socket, which
+    /// setup and container-mode `--register` talk to.
+    pub fn host_units(&self) -> Vec<&'static str> {
+        if self.mode == Mode::Container || !self.setup_providers().is_empty() {
+            vec![PODMAN_SOCKET_UNIT]
+        } else {
+            Vec::new()
         }
     }
 
@@ -373,6 +475,7 @@ pub fn appliance(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
     if !spec.tls_dirs.is_empty() {
         files.push(tls_timer(spec));
     }
+    files.push(tmpfiles(spec));
     files.sort_by(|a, b| (a.target, &a.name).cmp(&(b.target, &b.name)));
     files
 }
@@ -417,10 +520,12 @@ impl UnitText {
     }
 
     fn file(self, target: Target, name: String) -> GeneratedFile {
+        let enable = target == Target::Unit && self.text.contains("\n[Install]\n");
         GeneratedFile {
             target,
             name,
             text: self.text,
+            enable,
         }
     }
 }
@@ -431,6 +536,7 @@ pub(crate) enum Role {
     Serve,
     Setup,
     TlsRenew,
+    CacheKey,
 }
 
 /// `[Unit]` lines of a psi process: network (system scope only: a user manager has no
@@ -438,46 +544,158 @@ pub(crate) enum Role {
 /// and pcscd for anything that opens the Nitrokey. Natively pcscd is the host's
 /// (socket-activated), so only the order is kept; in container mode `pcscd.service` is the
 /// sidecar quadlet, which must be started.
+///
+/// Serve and setup wait for the cache key's first-boot provisioning (`Wants=`: without a key
+/// they still run, with the cache unavailable). Setup requires the Podman API socket and
+/// the lookup service, and runs before the workloads whose secrets it registers; container
+/// serve wants the API socket too (its directory is mounted, for `--register`).
 fn unit_lines(spec: &ApplianceSpec, description: String, role: Role) -> Vec<String> {
     let mut after = Vec::new();
     let mut wants = Vec::new();
-    if spec.scope == Scope::System {
-        after.push("network-online.target");
-        wants.push("network-online.target");
+    let mut requires = Vec::new();
+    let mut before = Vec::new();
+    if spec.scope == Scope::System && !matches!(role, Role::CacheKey) {
+        after.push("network-online.target".to_owned());
+        wants.push("network-online.target".to_owned());
     }
-    if matches!(role, Role::Setup) {
-        after.push("psi-secrets.service");
+    if matches!(role, Role::Serve | Role::Setup) && spec.tpm_cache_key().is_some() {
+        after.push(CACHE_KEY_UNIT.to_owned());
+        wants.push(CACHE_KEY_UNIT.to_owned());
     }
-    if spec.hsm_volume().is_some() && !matches!(role, Role::TlsRenew) {
-        after.push("pcscd.service");
+    match role {
+        Role::Serve if spec.mode == Mode::Container => {
+            after.push(PODMAN_SOCKET_UNIT.to_owned());
+            wants.push(PODMAN_SOCKET_UNIT.to_owned());
+        }
+        Role::Setup => {
+            after.extend([PODMAN_SOCKET_UNIT.to_owned(), SERVE_UNIT.to_owned()]);
+            requires.extend([PODMAN_SOCKET_UNIT.to_owned(), SERVE_UNIT.to_owned()]);
+        }
+        Role::CacheKey => {
+            before.push(SERVE_UNIT.to_owned());
+            before.extend(spec.setup_providers().into_iter().map(setup_unit));
+        }
+        _ => {}
+    }
+    if spec.hsm_volume().is_some() && matches!(role, Role::Serve | Role::Setup) {
+        after.push("pcscd.service".to_owned());
         if spec.mode == Mode::Container {
-            wants.push("pcscd.service");
+            wants.push("pcscd.service".to_owned());
         }
     }
     let mut lines = vec![format!("Description={description}")];
-    if !after.is_empty() {
-        lines.push(format!("After={}", after.join(" ")));
-    }
-    if !wants.is_empty() {
-        lines.push(format!("Wants={}", wants.join(" ")));
-    }
-    if matches!(role, Role::Setup) {
-        lines.push("Requires=psi-secrets.service".into());
+    for (key, units) in [
+        ("After", after),
+        ("Wants", wants),
+        ("Requires", requires),
+        ("Before", before),
+    ] {
+        if !units.is_empty() {
+            lines.push(format!("{key}={}", units.join(" ")));
+        }
     }
     lines
 }
 
+/// `[Unit]` lines of a provider's setup unit: [`unit_lines`], then `Before=` the workloads
+/// whose secrets it registers, so on first boot (no drop-in yet) they wait for it.
+fn setup_unit_lines(spec: &ApplianceSpec, provider: &str) -> Vec<String> {
+    let mut lines = unit_lines(spec, setup_description(provider), Role::Setup);
+    let before: Vec<&str> = spec
+        .workloads
+        .iter()
+        .filter(|(p, _)| p == provider)
+        .map(|(_, unit)| unit.as_str())
+        .collect();
+    if !before.is_empty() {
+        lines.push(format!("Before={}", before.join(" ")));
+    }
+    lines
+}
+
+/// `[Unit]` lines of the first-boot key provisioning: only while the key is missing.
+fn cache_key_unit_lines(spec: &ApplianceSpec, key: &Path) -> Vec<String> {
+    let mut lines = unit_lines(spec, CACHE_KEY_DESCRIPTION.into(), Role::CacheKey);
+    lines.push(format!("ConditionPathExists=!{}", key.display()));
+    lines
+}
+
+/// The search permission a directory needs for the files in it to be read with `mode`:
+/// execute wherever read is granted, and the owner (root, who writes them) always.
+fn dir_mode(file_mode: u32) -> u32 {
+    0o700 | file_mode & 0o777 | (file_mode & 0o444) >> 2
+}
+
+/// `ExecStartPre=` creating systemd-creds' host key when a container mounts it: the bind
+/// mount fails on a host where nothing has created the key yet. `systemd-creds setup` leaves
+/// an existing key alone.
+fn host_key_lines(spec: &ApplianceSpec) -> Vec<String> {
+    if spec.mode == Mode::Container && spec.uses_host_key() {
+        vec!["ExecStartPre=systemd-creds setup".into()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `psi.conf` for systemd-tmpfiles: every host directory the units mount or write, created
+/// at boot before any unit starts (and by `psi systemd install` at once).
+fn tmpfiles(spec: &ApplianceSpec) -> GeneratedFile {
+    let mut dirs: Vec<(String, u32)> = vec![(spec.state_dir.host.clone(), 0o700)];
+    if !spec.runtime_dir_managed {
+        dirs.push((spec.runtime_dir.host.clone(), 0o755));
+    }
+    dirs.extend(
+        spec.tls_dirs
+            .iter()
+            .map(|(dir, mode)| (dir.display().to_string(), *mode)),
+    );
+    let mut text = format!(
+        "# Directories psi's units use.\n# Generated by psi; do not edit. Regenerate with: {}psi systemd install --mode {}{}\n",
+        match spec.scope {
+            Scope::System => "sudo ",
+            Scope::User => "",
+        },
+        spec.mode.as_str(),
+        match spec.mode {
+            Mode::Native => "",
+            Mode::Container => " --image IMAGE",
+        }
+    );
+    for (dir, mode) in dirs {
+        text.push_str(&format!("d {} {mode:04o} - - -\n", tmpfiles_path(&dir)));
+    }
+    GeneratedFile {
+        target: Target::Tmpfiles,
+        name: "psi.conf".into(),
+        text,
+        enable: false,
+    }
+}
+
+/// A path as tmpfiles.d reads it: `%` is a specifier there, and whitespace separates fields.
+fn tmpfiles_path(path: &str) -> String {
+    let escaped = path.replace('%', "%%");
+    if escaped.contains(char::is_whitespace) || escaped.contains('"') {
+        format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        escaped
+    }
+}
+
 /// `LoadCredentialEncrypted=` lines: the cache key (tpm backend) and the HSM PIN for serve
 /// and setup (setup writes the cache; both may open the token), the socket token for serve.
+///
+/// In system scope the TPM cache key is not among them: psi unseals it itself (see the
+/// module doc and [`ApplianceSpec::tpm_cache_key`]).
 fn credential_lines(spec: &ApplianceSpec, role: Role) -> Vec<String> {
     let mut lines = Vec::new();
-    if matches!(role, Role::TlsRenew) {
+    if matches!(role, Role::TlsRenew | Role::CacheKey) {
         return lines;
     }
     if let Some(cache) = spec
         .cache
         .as_ref()
-        .filter(|c| c.backend == CacheBackend::Tpm)
+        .filter(|c| c.backend == CacheBackend::Tpm && spec.scope == Scope::User)
     {
         lines.push(format!(
             "LoadCredentialEncrypted={}:{}",
@@ -504,6 +722,7 @@ fn setup_description(provider: &str) -> String {
 
 const SERVE_DESCRIPTION: &str = "PSI secret lookup service";
 const TLS_DESCRIPTION: &str = "PSI TLS certificate renewal";
+const CACHE_KEY_DESCRIPTION: &str = "PSI cache key provisioning";
 
 /// `psi-<p>-refresh.service`: restarts the setup unit. A timer cannot target the setup unit
 /// itself: `RemainAfterExit=yes` keeps it active, so `OnUnitActiveSec=` would fire once.

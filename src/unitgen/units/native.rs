@@ -1,8 +1,8 @@
 //! Native mode: the psi binary as plain services in the scope's unit directory.
 
 use super::{
-    credential_lines, install_lines, setup_description, unit_lines, ApplianceSpec, GeneratedFile,
-    Role, Target, UnitText, SERVE_DESCRIPTION, TLS_DESCRIPTION,
+    cache_key_unit_lines, credential_lines, install_lines, setup_unit_lines, unit_lines,
+    ApplianceSpec, GeneratedFile, Role, Target, UnitText, SERVE_DESCRIPTION, TLS_DESCRIPTION,
 };
 use crate::unitgen::shell_word;
 
@@ -11,6 +11,9 @@ pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
     files.extend(spec.setup_providers().into_iter().map(|p| setup(spec, p)));
     if !spec.tls_dirs.is_empty() {
         files.push(tls_renew(spec));
+    }
+    if let Some(key) = spec.tpm_cache_key() {
+        files.push(cache_key(spec, key));
     }
     files
 }
@@ -44,7 +47,11 @@ fn serve(spec: &ApplianceSpec) -> GeneratedFile {
         service.push("RuntimeDirectory=psi".into());
     }
     if spec.state_dir_managed {
-        service.push("StateDirectory=psi".into());
+        // The mode as psi creates it (systemd's default would be 0755).
+        service.extend([
+            "StateDirectory=psi".into(),
+            "StateDirectoryMode=0700".into(),
+        ]);
     }
     service.extend(credential_lines(spec, Role::Serve));
     UnitText::new(spec, "psi's secret lookup service")
@@ -65,10 +72,7 @@ fn setup(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
     ];
     service.extend(credential_lines(spec, Role::Setup));
     UnitText::new(spec, &format!("psi's {provider} secrets setup"))
-        .section(
-            "Unit",
-            unit_lines(spec, setup_description(provider), Role::Setup),
-        )
+        .section("Unit", setup_unit_lines(spec, provider))
         .section("Service", service)
         .section("Install", install_lines(spec))
         .file(Target::Unit, format!("psi-{provider}-setup.service"))
@@ -88,4 +92,20 @@ fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
         vec!["Type=oneshot".into(), exec(spec, "infisical tls renew")],
     )
     .file(Target::Unit, "psi-tls-renew.service".into())
+}
+
+/// `psi-cache-key.service`: `psi cache init --backend tpm` at first boot.
+fn cache_key(spec: &ApplianceSpec, key: &std::path::Path) -> GeneratedFile {
+    UnitText::new(spec, "psi's cache key, provisioned at first boot")
+        .section("Unit", cache_key_unit_lines(spec, key))
+        .section(
+            "Service",
+            vec![
+                "Type=oneshot".into(),
+                "RemainAfterExit=yes".into(),
+                exec(spec, "cache init --backend tpm"),
+            ],
+        )
+        .section("Install", install_lines(spec))
+        .file(Target::Unit, "psi-cache-key.service".into())
 }
