@@ -259,28 +259,17 @@ fn start_psi_secrets(store: &Store, sandbox: &Sandbox) {
     store.wait_for_socket(&sandbox.path().join("run/psi.sock"));
 }
 
-#[test]
-#[ignore = "builds psi's image: minutes the first time; scripts/test runs it"]
-fn image_runs_psi_secrets_for_the_hosts_podman() {
-    for tool in [
-        "podman",
-        "runc",
-        "curl",
-        "systemd-creds",
-        "rustc",
-        "busybox",
-    ] {
+/// psi's image built from the top-level Containerfile on the local bases, in the store
+/// (locked while the returned value lives). `None` when a tool is missing outside CI.
+fn built(sandbox: &Sandbox) -> Option<Store> {
+    for tool in ["podman", "runc", "rustc", "busybox"] {
         if !require(tool) {
-            return;
+            return None;
         }
     }
-    let Some(base_tar) = bookworm::base_tar() else {
-        return;
-    };
-    let sandbox = Sandbox::new();
-    let store = Store::open(&sandbox);
+    let base_tar = bookworm::base_tar()?;
+    let store = Store::open(sandbox);
     store.bases(base_tar);
-
     let started = Instant::now();
     store.build(
         &[
@@ -297,6 +286,40 @@ fn image_runs_psi_secrets_for_the_hosts_podman() {
         &store.dir.join("build.log"),
     );
     eprintln!("psi image built in {:?}", started.elapsed());
+    Some(store)
+}
+
+/// psi's image (built as [`built`] does) saved as a docker archive, named `name` for the
+/// machines that load it (`podman load` keeps the tag), at `dir/psi-image.tar`.
+pub(crate) fn archive(dir: &Path, name: &str) -> Option<PathBuf> {
+    let sandbox = Sandbox::new();
+    let store = built(&sandbox)?;
+    let path = dir.join("psi-image.tar");
+    store.ok(&["tag", IMAGE, name]);
+    store.ok(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        path.to_str().unwrap(),
+        name,
+    ]);
+    store.ok(&["rmi", name]);
+    Some(path)
+}
+
+#[test]
+#[ignore = "builds psi's image: minutes the first time; scripts/test runs it"]
+fn image_runs_psi_secrets_for_the_hosts_podman() {
+    for tool in ["curl", "systemd-creds"] {
+        if !require(tool) {
+            return;
+        }
+    }
+    let sandbox = Sandbox::new();
+    let Some(store) = built(&sandbox) else {
+        return;
+    };
 
     // What the image declares: psi serve as the entry point, the health check (kept by the
     // docker format), the OCI labels, root.

@@ -7,6 +7,8 @@
 
 mod support;
 
+mod appliance;
+mod boot;
 mod butane;
 mod cache;
 mod cache_serve;

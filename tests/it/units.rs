@@ -267,11 +267,17 @@ fn quadlet_accepts_the_container_units() {
         if variant.config.contains("infisical") {
             let setup = section(&stdout, "psi-infisical-setup.service");
             // The socket's directory (a re-created socket stays reachable), the host's
-            // systemd through its private socket, and the Podman API socket unit required.
+            // systemd through its bus, and the Podman API socket unit required.
             let (podman_dir, private) = if variant.user {
-                (" -v %t/podman:/run/podman ", " -v %t/systemd/private:/run/systemd/private ")
+                (
+                    " -v %t/podman:/run/podman ",
+                    " -v %t/bus:/run/dbus/system_bus_socket ",
+                )
             } else {
-                (" -v /run/podman:/run/podman ", " -v /run/systemd/private:/run/systemd/private ")
+                (
+                    " -v /run/podman:/run/podman ",
+                    " -v /run/dbus/system_bus_socket:/run/dbus/system_bus_socket ",
+                )
             };
             assert!(setup.contains(podman_dir), "{name}:\n{setup}");
             assert!(setup.contains(private), "{name}:\n{setup}");

@@ -60,7 +60,7 @@ fn socket_dir(place: &Place) -> Place {
 /// The host's systemd as `systemctl` in the container reaches it (module doc of `units`).
 fn systemd_lines(spec: &ApplianceSpec) -> [String; 2] {
     [
-        volume(&spec.systemd_socket, ""),
+        volume(&spec.dbus_socket, ""),
         "Volume=/run/systemd/system:/run/systemd/system:ro".into(),
     ]
 }
@@ -213,6 +213,10 @@ fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
         container_lines(spec, "psi-tls-renew", "infisical tls renew", Role::TlsRenew),
     )
     .section("Service", vec!["Type=oneshot".into()])
+    // Also at every boot: the timer's first daily run can be a day away (and `Persistent=`
+    // catches up only runs it missed), so a fresh host would wait that long for its
+    // certificates.
+    .section("Install", install_lines(spec))
     .file(Target::Quadlet, "psi-tls-renew.container".into())
 }
 

@@ -26,12 +26,13 @@
 //! at every later boot (`dropin`).
 //!
 //! The host's systemd from a container: setup (daemon-reload after new drop-ins) and TLS
-//! renewal (hooks such as `systemctl reload nginx.service`) get systemd's private socket
-//! (`/run/systemd/private`, the user manager's for user scope, mounted at the system path
-//! where psi inside looks) and `/run/systemd/system`, whose presence is how systemctl knows
-//! it talks to a running systemd. `systemctl` in psi's image then acts on the host's manager
-//! directly, with no D-Bus broker in between and no privilege beyond the root the
-//! container already runs as.
+//! renewal (hooks such as `systemctl reload nginx.service`) get the host's D-Bus system bus
+//! (the user's session bus for user scope, mounted at the system path where psi inside
+//! looks) and `/run/systemd/system`, whose presence is how systemctl knows it talks to a
+//! running systemd. `systemctl` in psi's image then asks the host's manager over the bus,
+//! with no privilege beyond the root the container already runs as. Not systemd's private
+//! socket: systemctl checks its peer's credentials there, and from another PID namespace
+//! the kernel reports no PID ("Failed to connect to bus: No data available").
 //!
 //! Setup units exist for providers that *discover* secrets. Only Infisical does: a
 //! systemd-creds or Nitrokey value is sealed and registered once (`creds store --register`,
@@ -193,9 +194,9 @@ pub struct ApplianceSpec {
     pub unit_dir: PathBuf,
     /// The Podman API socket (setup talks to it; so does `--register` in psi-secrets).
     pub podman_socket: Place,
-    /// systemd's private socket, through which `systemctl` in psi's containers reaches the
-    /// host's manager (the user's own for user scope).
-    pub systemd_socket: Place,
+    /// The D-Bus socket through which `systemctl` in psi's containers reaches the host's
+    /// manager (the user's own for user scope).
+    pub dbus_socket: Place,
     /// Workloads of discovering providers as (provider, service): setup runs before them.
     /// Template workloads (`name@`) are left out: only their instances are units.
     pub workloads: Vec<(String, String)>,
@@ -270,10 +271,10 @@ impl ApplianceSpec {
             None if user => "%t/podman/podman.sock".into(),
             None => "/run/podman/podman.sock".into(),
         };
-        let systemd_host = if user {
-            "%t/systemd/private"
+        let dbus_host = if user {
+            "%t/bus"
         } else {
-            "/run/systemd/private"
+            "/run/dbus/system_bus_socket"
         };
         let infisical = settings.providers.infisical.as_ref();
         let cache = match (file.cache.enabled, file.cache.backend) {
@@ -357,7 +358,7 @@ impl ApplianceSpec {
                 file.podman_socket.is_some(),
                 "/run/podman/podman.sock",
             ),
-            systemd_socket: Place::new(systemd_host, false, "/run/systemd/private"),
+            dbus_socket: Place::new(dbus_host, false, "/run/dbus/system_bus_socket"),
             workloads,
             infisical: infisical.is_some(),
             nitrokeyhsm_volume: nitrokey.map(|n| n.pcscd_volume.clone()),

@@ -91,6 +91,8 @@ fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
         "Service",
         vec!["Type=oneshot".into(), exec(spec, "infisical tls renew")],
     )
+    // Also at every boot (see the container renderer).
+    .section("Install", install_lines(spec))
     .file(Target::Unit, "psi-tls-renew.service".into())
 }
 

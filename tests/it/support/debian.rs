@@ -56,3 +56,23 @@ pub fn built_once(name: &str, suite: &str, finish: impl FnOnce(&Path, &Path)) ->
     eprintln!("{name} built in {:?}", started.elapsed());
     done
 }
+
+/// Installs `packages` (without recommends) into the debootstrapped `root` with the root's
+/// own apt, then empties apt's package cache; output goes to `log`. apt needs /proc and
+/// /dev: they are mounted in a private mount namespace, so nothing outlives the step.
+pub fn apt_install(root: &Path, packages: &[&str], log: &Path) {
+    run_logged(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-euc"])
+            .arg(
+                "mount -t proc proc \"$1/proc\"; mount --rbind /dev \"$1/dev\"; r=$1; shift; \
+                 chroot \"$r\" apt-get install -y -q --no-install-recommends \"$@\"; \
+                 chroot \"$r\" apt-get clean",
+            )
+            .arg("sh")
+            .arg(root)
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        log,
+    );
+}

@@ -4,6 +4,7 @@ pub mod bookworm;
 pub mod debian;
 pub mod http;
 pub mod infisical;
+pub mod machine;
 pub mod podman;
 pub mod podman5;
 pub mod softhsm;

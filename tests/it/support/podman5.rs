@@ -24,7 +24,7 @@
 //! `nsenter --mount` and chroots the same way, so it shares the service's /run (runc's state)
 //! and storage.
 
-use super::debian::built_once;
+use super::debian::{apt_install, built_once};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -50,7 +50,7 @@ const PACKAGES: &[&str] = &[
 
 /// The environment inside the chroot: a clean one, so the host's PATH (cargo, rustup) does
 /// not leak into Podman or the shell driver commands it runs.
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Mounts what Podman needs inside the chroot, then execs `chroot ROOT CMD...`. Runs in a
 /// fresh private mount namespace, so every mount disappears with its last process.
@@ -101,22 +101,7 @@ pub fn chroot() -> Option<&'static Path> {
 
 fn build_or_reuse() -> PathBuf {
     built_once("podman5", "trixie", |root, build| {
-        // apt needs /proc and /dev; mounted in a private namespace so nothing outlives the
-        // step.
-        run_logged(
-            Command::new("unshare")
-                .args(["--mount", "--propagation", "private", "sh", "-euc"])
-                .arg(
-                    "mount -t proc proc \"$1/proc\"; mount --rbind /dev \"$1/dev\"; r=$1; shift; \
-                     chroot \"$r\" apt-get install -y -q --no-install-recommends \"$@\"; \
-                     chroot \"$r\" apt-get clean",
-                )
-                .arg("sh")
-                .arg(root)
-                .args(PACKAGES)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            &build.join("apt.log"),
-        );
+        apt_install(root, PACKAGES, &build.join("apt.log"));
         image_tar(root, build);
     })
     .join("root")

@@ -19,7 +19,7 @@ mod state;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,6 +80,9 @@ pub struct FakeInfisical {
     addr: SocketAddr,
     tls: Option<Tls>,
     server: Option<Server>,
+    /// The network namespace it listens in (a `/proc/PID/ns/net` file), `None` for the test
+    /// process's own; [`FakeInfisical::restart`] binds there again.
+    netns: Option<PathBuf>,
 }
 
 struct Tls {
@@ -97,7 +100,16 @@ struct Server {
 impl FakeInfisical {
     /// Starts a plain-HTTP fake on 127.0.0.1 and a random port.
     pub fn start(generation: Generation) -> FakeInfisical {
-        FakeInfisical::launch(generation, None)
+        FakeInfisical::launch(generation, None, None, 0)
+    }
+
+    /// Starts a plain-HTTP fake listening on 127.0.0.1:`port` inside the network namespace
+    /// `netns` (e.g. a booted test machine's, `support::machine::Machine::netns`), so that
+    /// programs in that namespace reach it at [`FakeInfisical::url`]. The test process itself
+    /// cannot: [`FakeInfisical::send`] would go to its own 127.0.0.1. The namespace must stay
+    /// the same across [`FakeInfisical::restart`] (a machine that reboots gets a new one).
+    pub fn start_in_netns(generation: Generation, netns: &Path, port: u16) -> FakeInfisical {
+        FakeInfisical::launch(generation, None, Some(netns.to_owned()), port)
     }
 
     /// Starts an HTTPS fake whose certificate (for IP 127.0.0.1 and `localhost`) is signed by
@@ -115,17 +127,25 @@ impl FakeInfisical {
                 ca_pem,
                 acceptor: Arc::new(acceptor),
             }),
+            None,
+            0,
         )
     }
 
-    fn launch(generation: Generation, tls: Option<Tls>) -> FakeInfisical {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fn launch(
+        generation: Generation,
+        tls: Option<Tls>,
+        netns: Option<PathBuf>,
+        port: u16,
+    ) -> FakeInfisical {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], port)), netns.as_deref());
         let addr = listener.local_addr().unwrap();
         let mut fake = FakeInfisical {
             state: Arc::new(Mutex::new(State::new(generation))),
             addr,
             tls,
             server: None,
+            netns,
         };
         fake.serve(listener);
         fake
@@ -164,7 +184,8 @@ impl FakeInfisical {
             .clone()
     }
 
-    /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`, without a trailing slash.
+    /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`, without a trailing slash; for a
+    /// fake from [`FakeInfisical::start_in_netns`], the URL inside that namespace.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
@@ -179,10 +200,11 @@ impl FakeInfisical {
         }
     }
 
-    /// Listens again on the same port with the same state, after [`FakeInfisical::stop`].
+    /// Listens again on the same port (in the same network namespace) with the same state,
+    /// after [`FakeInfisical::stop`].
     pub fn restart(&mut self) {
         assert!(self.server.is_none(), "restart() needs a stopped fake");
-        let listener = std::net::TcpListener::bind(self.addr).unwrap();
+        let listener = bind(self.addr, self.netns.as_deref());
         self.serve(listener);
     }
 
@@ -367,6 +389,35 @@ impl Drop for FakeInfisical {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Binds `addr` in the network namespace `netns` (a `/proc/PID/ns/net` file), or in the test
+/// process's own for `None`.
+fn bind(addr: SocketAddr, netns: Option<&Path>) -> std::net::TcpListener {
+    let Some(netns) = netns else {
+        return std::net::TcpListener::bind(addr).unwrap();
+    };
+    let netns = netns.to_owned();
+    // setns(CLONE_NEWNET) moves only the calling thread, and for the rest of its life: a
+    // short-lived thread of its own does it, so the test's threads stay in the host's
+    // namespace. A socket stays in the namespace it was made in, whichever thread serves it.
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file =
+            std::fs::File::open(&netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
+        // SAFETY: a plain system call on an open descriptor; it changes only this thread.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(format!("setns {}: {err}", netns.display()));
+        }
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("bind {addr} in {}: {e}", netns.display()))
+    })
+    .join()
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn accept_loop(
