@@ -255,7 +255,23 @@ fn container_appliance_from_ignition_comes_up_at_every_boot() {
         "{exec}"
     );
 
-    // Infisical down: the workload restarts with its values from psi's cache.
+    // Infisical down: the workload restarts with its values from psi's cache, once serve
+    // has loaded the file setup just rewrote (it polls the file; three entries now).
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let health = machine.exec_ok(&[
+            "curl",
+            "-s",
+            "--unix-socket",
+            "/run/psi/psi.sock",
+            "http://localhost/healthz/cache",
+        ]);
+        if health.contains("\"entries\": 3") || health.contains("\"entries\":3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cache not reloaded: {health}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     fake.stop();
     machine.exec_ok(&["systemctl", "restart", "myapp.service"]);
     let log = workload_log(&machine);

@@ -197,10 +197,6 @@ fn ignition_and_an_image_loaded_before_the_first_boot() {
     assert!(!root.join("etc/selinux/config").exists());
 
     machine.boot();
-    if std::env::var("PSI_DEBUG_HOLD").is_ok() {
-        eprintln!("HOLD {}", machine.netns().display());
-        std::thread::sleep(std::time::Duration::from_secs(900));
-    }
     assert_eq!(machine.state(), "running", "{}", machine.failed_report());
     assert!(machine.console_log().contains("Detected first boot"));
     assert_eq!(

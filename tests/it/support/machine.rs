@@ -14,10 +14,12 @@
 //! lays files into [`Machine::root`], applies Ignition configs ([`Machine::apply_ignition`])
 //! and loads images ([`Machine::load_image`]). [`Machine::boot`] starts `systemd-nspawn
 //! --boot` and returns once systemd says the boot is over. Commands run inside by entering
-//! PID 1's namespaces ([`Machine::exec`] and friends). The machine has a private network
-//! with only a loopback; [`Machine::netns`] lets the test serve things there (the fake
-//! Infisical: `FakeInfisical::start_in_netns`). Dropping a machine powers it off and removes
-//! its cgroups and its directory; nothing is mounted in the host's namespace at any point.
+//! PID 1's namespaces ([`Machine::exec`] and friends). The machine's network is a namespace
+//! of its own (`ip netns`, only a loopback) that lasts from [`Machine::new`] to the drop,
+//! across reboots; [`Machine::netns`] lets the test serve things there (the fake Infisical:
+//! `FakeInfisical::start_in_netns`). Dropping a machine powers it off and removes its
+//! cgroups, its network namespace (`/run/netns/NAME`, the only mount in the host's
+//! namespace) and its directory.
 //!
 //! **One machine at a time per host**: [`Machine::new`] takes an exclusive lock that the
 //! machine holds until it is dropped (2 cores boot one machine comfortably, not several).
@@ -95,7 +97,14 @@ const IMAGE_IN_MACHINE: &str = "/run/psi-test-image.tar";
 /// The cached root file system, built on first use; `None` (skip) when a tool is missing
 /// outside CI.
 fn rootfs() -> Option<&'static Path> {
-    for tool in ["systemd-nspawn", "debootstrap", "nsenter", "unshare", "cp"] {
+    for tool in [
+        "systemd-nspawn",
+        "debootstrap",
+        "nsenter",
+        "unshare",
+        "cp",
+        "ip",
+    ] {
         if !require(tool) {
             return None;
         }
@@ -389,6 +398,12 @@ impl Machine {
             // Only a loopback: nothing reaches the host's network, and tests serve what the
             // machine needs there (see `netns`).
             &format!("--network-namespace-path={}", self.netns().display()),
+            // Unlike --private-network, a namespace path does not keep CAP_NET_ADMIN in the
+            // machine's bounding set. Without it crun cannot bring up the loopback of a
+            // container's own network namespace when systemd starts it ("crun:
+            // ioctl(SIOCSIFFLAGS): Operation not permitted": every quadlet fails), while
+            // commands entered with nsenter, which keep the host's capabilities, still can.
+            "--capability=CAP_NET_ADMIN",
             // Without these nspawn's seccomp filter blocks crun's session keyring and its
             // device eBPF program.
             "--system-call-filter=@keyring",
