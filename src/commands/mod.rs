@@ -123,8 +123,16 @@ pub(crate) async fn register(
     } else {
         let socket = crate::podman::configured_socket(settings)?;
         let podman = crate::podman::Podman::new(socket.clone());
+        // The API takes no options from containers.conf: the driver commands go with the
+        // request, as `psi setup` sends them.
+        let driver = crate::driver::Driver::resolve(settings, None)?;
+        driver.write_token_file()?;
+        let opts = crate::unitgen::driver_conf::commands(&driver.conf())
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         podman
-            .create_secret(name.as_str(), "shell", &Default::default(), mapping)
+            .create_secret(name.as_str(), "shell", &opts, mapping)
             .await
             .map_err(|err| {
                 err.context(format!(
