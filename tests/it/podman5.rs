@@ -101,7 +101,7 @@ fn setup_on_podman5_registers_secrets_that_containers_resolve_and_keeps_them() {
     assert_eq!(
         std::fs::read_to_string(env.systemd_dir().join("myapp.container.d/50-secrets.conf"))
             .unwrap(),
-        "[Container]\nSecret=myapp--API_KEY,type=env,target=API_KEY\nSecret=myapp--DB_HOST,type=env,target=DB_HOST\nSecret=myapp--DB_PASS,type=env,target=DB_PASS\n"
+        "[Unit]\nAfter=psi-secrets.service psi-infisical-setup.service\nWants=psi-secrets.service psi-infisical-setup.service\n\n[Container]\nSecret=myapp--API_KEY,type=env,target=API_KEY\nSecret=myapp--DB_HOST,type=env,target=DB_HOST\nSecret=myapp--DB_PASS,type=env,target=DB_PASS\n"
     );
 
     // A Podman 5 container gets the Infisical values through lookup.
@@ -172,7 +172,7 @@ fn template_workload_registers_at_sign_names_on_podman5() {
     assert_eq!(
         std::fs::read_to_string(env.systemd_dir().join("worker@.container.d/50-secrets.conf"))
             .unwrap(),
-        "[Unit]\nAfter=redis.service\nWants=redis.service\n\n[Container]\nSecret=worker@--DB_HOST,type=env,target=HOST\nSecret=worker@--DB_PASS,type=env,target=PASSWORD\n"
+        "[Unit]\nAfter=psi-secrets.service psi-infisical-setup.service redis.service\nWants=psi-secrets.service psi-infisical-setup.service redis.service\n\n[Container]\nSecret=worker@--DB_HOST,type=env,target=HOST\nSecret=worker@--DB_PASS,type=env,target=PASSWORD\n"
     );
 
     // What a `worker@N.service` instance would get.
