@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::support::infisical::{FakeInfisical, Generation};
 use crate::support::machine::Machine;
-use crate::support::{psi_bin, require};
+use crate::support::{psi_bin, require_all};
 
 const PROJECT: &str = "8e6f31c4-0a45-4a8e-9a3e-0d2b1f3c4d5e";
 const CA: &str = "ca-boot";
@@ -116,10 +116,8 @@ fn fake(machine: &Machine) -> FakeInfisical {
 
 /// psi's image, built once per run, as an archive in `dir`.
 fn image(dir: &Path) -> Option<PathBuf> {
-    for tool in ["systemd-nspawn", "debootstrap", "podman"] {
-        if !require(tool) {
-            return None;
-        }
+    if !require_all(&["systemd-nspawn", "debootstrap", "podman"]) {
+        return None;
     }
     let started = Instant::now();
     let archive = crate::image::archive(dir, IMAGE)?;
@@ -257,21 +255,16 @@ fn container_appliance_from_ignition_comes_up_at_every_boot() {
 
     // Infisical down: the workload restarts with its values from psi's cache, once serve
     // has loaded the file setup just rewrote (it polls the file; three entries now).
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let health = machine.exec_ok(&[
-            "curl",
-            "-s",
-            "--unix-socket",
-            "/run/psi/psi.sock",
-            "http://localhost/healthz/cache",
-        ]);
-        if health.contains("\"entries\": 3") || health.contains("\"entries\":3") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cache not reloaded: {health}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let loaded = machine.wait_for_log(
+        "psi-secrets.service",
+        &[r#""event":"cache.load""#, r#""entries":3"#],
+        std::time::Duration::from_secs(30),
+    );
+    assert!(
+        loaded.is_some(),
+        "the refreshed cache was not loaded:\n{}",
+        machine.journal("psi-secrets.service")
+    );
     fake.stop();
     machine.exec_ok(&["systemctl", "restart", "myapp.service"]);
     let log = workload_log(&machine);
@@ -358,10 +351,8 @@ fn container_appliance_by_hand_and_register() {
 #[test]
 #[ignore = "builds psi's image and boots machines: minutes; scripts/test runs it"]
 fn native_appliance_survives_a_reboot() {
-    for tool in ["systemd-nspawn", "debootstrap"] {
-        if !require(tool) {
-            return;
-        }
+    if !require_all(&["systemd-nspawn", "debootstrap"]) {
+        return;
     }
     let Some(mut machine) = Machine::new("native") else {
         return;

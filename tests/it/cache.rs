@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use crate::support::podman::PodmanEnv;
 use crate::support::softhsm::{self, SoftHsm};
 use crate::support::swtpm::SoftTpm;
-use crate::support::{require, Sandbox};
+use crate::support::{require, require_all, Sandbox};
 
 const KEY: [u8; 32] = [0x42; 32];
 
@@ -561,15 +561,13 @@ fn tpm_init_with_the_host_key_then_status() {
 
 #[test]
 fn tpm_init_with_a_software_tpm_bound_to_pcr_7() {
-    for tool in [
+    if !require_all(&[
         "systemd-creds",
         "swtpm",
         "tpm2_flushcontext",
         "tpm2_pcrextend",
-    ] {
-        if !require(tool) {
-            return;
-        }
+    ]) {
+        return;
     }
     let sandbox = Sandbox::new();
     let tpm = SoftTpm::start();

@@ -5,7 +5,7 @@ use psi::provider::creds::DIRECT_LIMIT;
 use psi::secret::{Mapping, SecretId};
 
 use crate::support::swtpm::SoftTpm;
-use crate::support::{require, run_with_stdin, Sandbox};
+use crate::support::{require, require_all, run_with_stdin, Sandbox};
 
 fn id(s: &str) -> SecretId {
     SecretId::parse(s).unwrap()
@@ -174,15 +174,13 @@ fn creds_store_cli_writes_a_private_mapping_without_plaintext() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tpm2_sealing_with_pcr_binding() {
-    for tool in [
+    if !require_all(&[
         "systemd-creds",
         "swtpm",
         "tpm2_flushcontext",
         "tpm2_pcrextend",
-    ] {
-        if !require(tool) {
-            return;
-        }
+    ]) {
+        return;
     }
     let sandbox = Sandbox::new();
     let tpm = SoftTpm::start();

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::support::podman::{base_conf, image_tar};
-use crate::support::{bookworm, files_under, require, run_with_stdin, Sandbox};
+use crate::support::{bookworm, files_under, require_all, run_with_stdin, Sandbox};
 
 const BASE: &str = "localhost/psi-test-bookworm";
 const BUILDER: &str = "localhost/psi-test-builder";
@@ -262,10 +262,8 @@ fn start_psi_secrets(store: &Store, sandbox: &Sandbox) {
 /// psi's image built from the top-level Containerfile on the local bases, in the store
 /// (locked while the returned value lives). `None` when a tool is missing outside CI.
 fn built(sandbox: &Sandbox) -> Option<Store> {
-    for tool in ["podman", "runc", "rustc", "busybox"] {
-        if !require(tool) {
-            return None;
-        }
+    if !require_all(&["podman", "runc", "rustc", "busybox"]) {
+        return None;
     }
     let base_tar = bookworm::base_tar()?;
     let store = Store::open(sandbox);
@@ -311,10 +309,8 @@ pub(crate) fn archive(dir: &Path, name: &str) -> Option<PathBuf> {
 #[test]
 #[ignore = "builds psi's image: minutes the first time; scripts/test runs it"]
 fn image_runs_psi_secrets_for_the_hosts_podman() {
-    for tool in ["curl", "systemd-creds"] {
-        if !require(tool) {
-            return;
-        }
+    if !require_all(&["curl", "systemd-creds"]) {
+        return;
     }
     let sandbox = Sandbox::new();
     let Some(store) = built(&sandbox) else {

@@ -21,7 +21,7 @@ use psi::config::Scope;
 use psi::unitgen::pcscd::{self, Pcscd};
 
 use crate::support::podman::{base_conf, image_tar};
-use crate::support::{assert_golden, bookworm, podman5, require, Sandbox};
+use crate::support::{assert_golden, bookworm, podman5, require, require_all, Sandbox};
 
 const BASE: &str = "localhost/psi-test-bookworm";
 const VOLUME: &str = "psi-test-pcscd";
@@ -161,10 +161,8 @@ struct Env {
 
 impl Env {
     fn new() -> Option<Env> {
-        for tool in ["podman", "runc"] {
-            if !require(tool) {
-                return None;
-            }
+        if !require_all(&["podman", "runc"]) {
+            return None;
         }
         let sandbox = Sandbox::new();
         let dir = sandbox.path();

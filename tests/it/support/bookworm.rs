@@ -15,15 +15,13 @@ use std::sync::OnceLock;
 
 use super::debian::built_once;
 use super::podman5::run_logged;
-use super::require;
+use super::require_all;
 
 /// The root file system tarball, built on first use. `None` (skip) when a tool is missing
 /// outside CI.
 pub fn base_tar() -> Option<&'static Path> {
-    for tool in ["debootstrap", "tar"] {
-        if !require(tool) {
-            return None;
-        }
+    if !require_all(&["debootstrap", "tar"]) {
+        return None;
     }
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     Some(TAR.get_or_init(build_or_reuse))

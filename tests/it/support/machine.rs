@@ -43,7 +43,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::debian::{apt_install, built_once};
 use super::podman5::PATH;
-use super::{require, run_with_stdin};
+use super::{require_all, run_with_stdin};
 
 /// The cached root file system's name under `CARGO_TARGET_TMPDIR`.
 pub const ROOTFS: &str = "trixie-systemd-curl";
@@ -97,17 +97,15 @@ const IMAGE_IN_MACHINE: &str = "/run/psi-test-image.tar";
 /// The cached root file system, built on first use; `None` (skip) when a tool is missing
 /// outside CI.
 fn rootfs() -> Option<&'static Path> {
-    for tool in [
+    if !require_all(&[
         "systemd-nspawn",
         "debootstrap",
         "nsenter",
         "unshare",
         "cp",
         "ip",
-    ] {
-        if !require(tool) {
-            return None;
-        }
+    ]) {
+        return None;
     }
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     Some(ROOT.get_or_init(|| built_once(ROOTFS, "trixie", finish_rootfs).join("root")))
@@ -673,6 +671,54 @@ impl Machine {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
+    }
+
+    /// Waits up to `timeout` for a line of `unit`'s journal in this boot, old or new, that
+    /// contains every one of `needles`; returns the line. Follows the journal (`journalctl
+    /// --follow`) instead of asking again and again, so it returns as soon as the line is
+    /// written. `None` when no such line came in time.
+    pub fn wait_for_log(&self, unit: &str, needles: &[&str], timeout: Duration) -> Option<String> {
+        let secs = timeout.as_secs().max(1).to_string();
+        let mut child = self
+            .command(&[
+                "timeout",
+                &secs,
+                "journalctl",
+                "-b",
+                "-u",
+                unit,
+                "--follow",
+                "--lines=all",
+                "--no-pager",
+                "-o",
+                "cat",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let needles: Vec<String> = needles.iter().map(|n| (*n).to_owned()).collect();
+        // journalctl ends by itself at `timeout` (or on SIGPIPE once this end is gone), so
+        // the reader thread always finishes; the channel gives the wait its deadline.
+        let (found, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if needles.iter().all(|n| line.contains(n.as_str())) {
+                    let _ = found.send(line);
+                    return;
+                }
+            }
+        });
+        let line = wait.recv_timeout(timeout).ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        line
     }
 
     /// The failed units with their journals, for failure messages.

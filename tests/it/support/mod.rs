@@ -43,6 +43,12 @@ pub fn require(tool: &str) -> bool {
     found
 }
 
+/// Whether every one of `tools` is on PATH, as [`require`] says it (stops at the first
+/// missing one).
+pub fn require_all(tools: &[&str]) -> bool {
+    tools.iter().all(|tool| require(tool))
+}
+
 /// A per-test directory with a systemd-creds host key of its own, so tests never touch
 /// /var/lib/systemd/credential.secret and never share a key.
 pub struct Sandbox {

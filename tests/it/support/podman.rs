@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{require, run_with_stdin, Sandbox, ServeProcess};
+use super::{require_all, run_with_stdin, Sandbox, ServeProcess};
 
 pub const IMAGE: &str = "localhost/psi-test-bb";
 
@@ -58,10 +58,8 @@ impl PodmanEnv {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        for tool in ["podman", "runc", "curl", "systemd-creds", "busybox"] {
-            if !require(tool) {
-                return None;
-            }
+        if !require_all(&["podman", "runc", "curl", "systemd-creds", "busybox"]) {
+            return None;
         }
         let sandbox = Sandbox::new();
         let config = sandbox.config(config_extra);

@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::podman::pings;
-use super::{require, Sandbox, ServeProcess};
+use super::{require, require_all, Sandbox, ServeProcess};
 
 /// The busybox image every Podman 5 test imports.
 pub const IMAGE: &str = "localhost/psi-test-bb";
@@ -83,17 +83,15 @@ exec chroot "$root" "$@"
 /// The trixie root file system with Podman 5, built on first use (see the module doc).
 /// `None` (skip) when a tool is missing outside CI.
 pub fn chroot() -> Option<&'static Path> {
-    for tool in [
+    if !require_all(&[
         "debootstrap",
         "unshare",
         "nsenter",
         "chroot",
         "mount",
         "tar",
-    ] {
-        if !require(tool) {
-            return None;
-        }
+    ]) {
+        return None;
     }
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     Some(ROOT.get_or_init(build_or_reuse))
