@@ -52,6 +52,13 @@ pub enum Error {
         provider: &'static str,
         detail: String,
     },
+    /// The place a secret is looked up in does not exist: an Infisical folder or
+    /// environment (HTTP 404). Not an empty folder: setup must not drop what it holds.
+    #[error("{provider}: {detail}")]
+    FolderNotFound {
+        provider: &'static str,
+        detail: String,
+    },
     /// The provider is down, slow or rate-limiting; retrying later may work (HTTP 503).
     #[error("{provider}: unavailable: {detail}")]
     ProviderUnavailable {
@@ -130,6 +137,7 @@ impl Error {
             Error::NoRoute => (404, "not_found"),
             Error::NoMapping(_) => (404, "not_found"),
             Error::SecretNotFound { .. } => (404, "secret_not_found"),
+            Error::FolderNotFound { .. } => (404, "folder_not_found"),
             Error::MethodNotAllowed { .. } => (405, "method_not_allowed"),
             Error::Timeout(_) => (408, "request_timeout"),
             Error::BodyTooLarge { .. } => (413, "payload_too_large"),

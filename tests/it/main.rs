@@ -25,6 +25,7 @@ mod infisical_import;
 mod infisical_tls;
 mod nitrokeyhsm;
 mod nitrokeyhsm_cli;
+mod parity;
 mod pcscd;
 mod podman;
 mod podman5;

@@ -568,3 +568,85 @@ fn setup_and_lookups_work_against_a_2024_server() {
         ));
     assert_eq!(reply.status, 404, "{}", reply.text());
 }
+
+/// Infisical lists a folder or environment that does not exist as an empty folder (fixtures
+/// 43, 44). A typo in `path:` or `environment:` must fail that workload and keep what it
+/// had, even with `--prune`, on both API generations; a lookup of a mapping whose folder is
+/// gone answers 404 with the reason.
+#[test]
+fn a_missing_folder_or_environment_fails_the_workload_and_keeps_its_secrets() {
+    for generation in [Generation::Current, Generation::Legacy2024] {
+        let fake = infisical_of(generation);
+        let workloads = "workloads:\n  myapp:\n    secrets:\n      - project: web\n        path: /app\n  proxy:\n    secrets:\n      - project: web\n        path: /tls\n";
+        let Some((env, systemd)) = env_with(&fake, workloads) else {
+            return;
+        };
+        let (code, report, stderr) = setup(&env, &[]);
+        assert_eq!(code, 0, "{generation:?}: {report}\n{stderr}");
+        let before = secret_ids(env.podman());
+        let dropin = systemd.join("myapp.container.d/50-secrets.conf");
+        let dropin_before = std::fs::read(&dropin).unwrap();
+        let config = std::fs::read_to_string(&env.config).unwrap();
+
+        // A typo in the folder of one workload.
+        std::fs::write(
+            &env.config,
+            config.replace("path: /app\n", "path: /app/apii\n"),
+        )
+        .unwrap();
+        let (code, report, stderr) = setup(&env, &["--prune"]);
+        assert_eq!(code, 1, "{generation:?}: {report}\n{stderr}");
+        let myapp = &report["workloads"][0];
+        assert_eq!(myapp["status"], "failed", "{myapp}");
+        let error = myapp["error"].as_str().unwrap();
+        assert!(error.contains("web:/app/apii does not exist"), "{error}");
+        assert_eq!(report["workloads"][1]["status"], "ok");
+        assert_eq!(secret_ids(env.podman()), before, "{generation:?}");
+        assert_eq!(std::fs::read(&dropin).unwrap(), dropin_before);
+
+        let out = env.psi(&["check"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("FAIL  myapp"), "{text}");
+        assert!(text.contains("web:/app/apii does not exist"), "{text}");
+        assert!(text.contains("OK    proxy: 1 secret(s)"), "{text}");
+
+        // An environment that does not exist: every source of the project fails.
+        std::fs::write(
+            &env.config,
+            config.replace("environment: prod\n", "environment: prdo\n"),
+        )
+        .unwrap();
+        let out = env.psi(&["check", "proxy"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("web:/tls does not exist (no such folder in environment 'prdo'"),
+            "{text}"
+        );
+        std::fs::write(&env.config, &config).unwrap();
+
+        // A mapping whose folder is gone: 404 with the reason, not "secret not found".
+        let mapping =
+            br#"{"provider": "infisical", "project": "web", "path": "/gone", "key": "X"}"#;
+        let out = env.secret_create("gone", mapping, &["--driver", "shell"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = env.secret_id("gone");
+        let reply = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(crate::support::http::get(
+                &env.sandbox.socket(),
+                &format!("/lookup/{id}"),
+            ));
+        assert_eq!(reply.status, 404, "{}", reply.text());
+        assert!(
+            reply.text().contains("web:/gone does not exist"),
+            "{}",
+            reply.text()
+        );
+    }
+}

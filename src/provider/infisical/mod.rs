@@ -41,7 +41,7 @@ use std::future::Future;
 use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -150,7 +150,35 @@ pub(crate) struct Project {
     auth: Arc<Auth>,
 }
 
+/// The secret name [`Infisical::folder_exists`] asks for: any valid name works, since only
+/// "no such folder" against "no such secret" matters.
+const PROBE_KEY: &str = "PSI_FOLDER_PROBE";
+
+/// Whether a not-found reply says the folder or the environment is missing rather than the
+/// secret: "Folder not found for the given environment slug & secret path" on the 2024
+/// generation (fixture 69), "Folder with path ... not found" and "Environment ... not found"
+/// on newer ones.
+fn folder_missing(reply: &http::Reply) -> bool {
+    let message = reply.api_error().message.to_ascii_lowercase();
+    (message.starts_with("folder") || message.starts_with("environment"))
+        && message.contains("not found")
+}
+
 impl Project {
+    /// The error for a folder (or environment) that does not exist, naming the source as
+    /// the config does (`alias:path`).
+    fn folder_missing(&self, path: &str, reply: &http::Reply) -> Error {
+        Error::FolderNotFound {
+            provider: NAME,
+            detail: format!(
+                "{}:{path} does not exist (no such folder in environment '{}', or no such environment; check the source's path and the project's environment): {}",
+                self.alias,
+                self.environment,
+                reply.api_error()
+            ),
+        }
+    }
+
     /// "project 'web' (environment prod), path '/app', key 'DB'" for messages.
     fn describe(&self, path: &str, key: Option<&str>) -> String {
         let mut text = format!(
@@ -272,6 +300,9 @@ impl Infisical {
         let (reply, _) = self.call(project, &Call::Get { path, key }).await?;
         match reply.class() {
             Class::Success => {}
+            Class::NotFound if folder_missing(&reply) => {
+                return Err(project.folder_missing(path, &reply));
+            }
             Class::NotFound => {
                 return Err(Error::SecretNotFound {
                     provider: NAME,
@@ -299,9 +330,20 @@ impl Infisical {
         let body: Body = reply
             .json()
             .map_err(|why| failed(format!("get {}: {why}", project.describe(path, Some(key)))))?;
-        Ok(SecretValue::new(
-            body.secret.value.expose().as_bytes().to_vec(),
-        ))
+        let value = body.secret.value.expose();
+        // The 2024 generation's single-secret route expands only references to other
+        // folders and leaves `${KEY}` of the same folder literal (fixture 64), while its list
+        // route expands them all. A container must not see one value on a cache hit and
+        // another on a miss, so such a value is taken from the listing, which setup, the
+        // cache, `psi infisical env` and `psi run` use too. Costs a listing only for values
+        // that still hold a reference, and only on that generation.
+        if value.contains("${") && self.inner.generation.load(Ordering::Relaxed) == api::V3 {
+            let listed = self.list(alias, path, false, true).await?;
+            if let Some(found) = listed.into_iter().find(|l| l.key == key) {
+                return Ok(found.value);
+            }
+        }
+        Ok(SecretValue::new(value.as_bytes().to_vec()))
     }
 
     /// The secrets in folder `path` of project alias `project` (`psi setup`), sorted by
@@ -319,6 +361,9 @@ impl Infisical {
         let body = self
             .fetch_list(project, &root, recursive, include_imports)
             .await?;
+        if body.secrets.is_empty() && body.imports.is_empty() {
+            self.folder_exists(project, &root).await?;
+        }
         let mut out = listing::own(&body, &root);
         if include_imports && !body.imports.is_empty() {
             if recursive {
@@ -330,6 +375,31 @@ impl Infisical {
         }
         out.sort_by(|a, b| (&a.path, &a.key).cmp(&(&b.path, &b.key)));
         Ok(out)
+    }
+
+    /// Checks that folder `path` (and the project's environment) exists, after a listing
+    /// came back empty: Infisical lists a missing folder or environment as an empty one
+    /// (fixtures 43, 44), and taking a typo for an empty folder would make setup drop the
+    /// workload's secrets. The single-secret route does tell them apart (fixture 69), so
+    /// one request for a name nobody uses answers it.
+    async fn folder_exists(&self, project: &Project, path: &str) -> Result<()> {
+        let (reply, _) = self
+            .call(
+                project,
+                &Call::Get {
+                    path,
+                    key: PROBE_KEY,
+                },
+            )
+            .await?;
+        match reply.class() {
+            Class::NotFound if folder_missing(&reply) => Err(project.folder_missing(path, &reply)),
+            Class::Success | Class::NotFound => Ok(()),
+            _ => Err(self.failure(
+                &reply,
+                &format!("check that {} exists", project.describe(path, None)),
+            )),
+        }
     }
 
     /// Assigns the imports of a recursive listing to the folders that import them, by
