@@ -192,6 +192,10 @@ pub struct SetupArgs {
     /// Remove Podman secrets of a workload that its sources no longer have
     #[arg(long)]
     pub prune: bool,
+    /// Re-create secrets whose driver commands use the other client (curl or psi client)
+    /// for the same socket and token, moving them to the configured one
+    #[arg(long)]
+    pub fix_opts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -212,18 +216,9 @@ pub struct InstallArgs {
     /// Write to this path instead of the scope's containers.conf.d/psi.conf
     #[arg(long, value_name = "PATH", conflicts_with = "stdout")]
     pub output: Option<PathBuf>,
-    /// What the driver commands run [default: psi, unless inside a container or psi cannot find its own path]
+    /// What the driver commands run [default: the config's driver.client, else psi, unless inside a container or psi cannot find its own path]
     #[arg(long, value_enum, value_name = "CLIENT")]
-    pub client: Option<DriverClient>,
-}
-
-/// The program Podman's driver commands run to reach psi serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DriverClient {
-    /// `psi client ...` by the absolute path of this psi binary
-    Psi,
-    /// curl, as the original psi's psi.conf
-    Curl,
+    pub client: Option<crate::config::DriverClient>,
 }
 
 /// `psi client`'s words, parsed by [`crate::client`] itself: `main.rs` runs it before clap

@@ -46,6 +46,9 @@ pub struct ConfigFile {
     /// New: what `POST /store` does with a body that is not a mapping.
     #[serde(default)]
     pub store: StoreConfig,
+    /// New: the program Podman's driver commands run, for `psi install` and `psi setup`.
+    #[serde(default)]
+    pub driver: DriverConfig,
 }
 
 /// `providers:`; a block that is present but empty (`systemd-creds:`) enables the provider
@@ -606,6 +609,28 @@ fn default_refresh_delay() -> String {
 pub enum CacheBackend {
     Tpm,
     Hsm,
+}
+
+/// `driver:`: which client the shell driver's commands run. One setting for `psi install`
+/// (psi.conf) and `psi setup` (the options of the secrets it creates), so a setup inside a
+/// container creates secrets with the client the host's psi.conf uses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverConfig {
+    pub client: Option<DriverClient>,
+    /// The psi binary the host's Podman runs for the psi client (default: this psi's own
+    /// path, which inside a container means nothing to the host).
+    pub psi_path: Option<PathBuf>,
+}
+
+/// The program Podman's driver commands run to reach psi serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverClient {
+    /// `psi client ...` by the absolute path of the psi binary
+    Psi,
+    /// curl, as the original psi's psi.conf
+    Curl,
 }
 
 #[derive(Debug, Default, Deserialize)]

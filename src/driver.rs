@@ -14,12 +14,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::DriverClient;
-use crate::config::Settings;
+use crate::config::{DriverClient, Settings};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::state::StateDir;
-use crate::unitgen::driver_conf::{Client, DriverConf};
+use crate::unitgen::driver_conf::{commands, Client, DriverConf, DriverOpts};
 
 /// Files that mark a container: Podman's and Docker's.
 const CONTAINER_MARKERS: [&str; 2] = ["/run/.containerenv", "/.dockerenv"];
@@ -33,19 +32,39 @@ pub struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    /// Resolves `requested`, or the default when `None`: psi when its own path is known and
-    /// this is not a container, curl otherwise.
+    /// Resolves the client: `requested` (`psi install --client`), else the config's
+    /// `driver.client`, else psi when its path is known (`driver.psi_path`, or this binary's
+    /// own outside a container) and curl otherwise.
     pub fn resolve(settings: &'a Settings, requested: Option<DriverClient>) -> Result<Driver<'a>> {
-        let use_psi = match requested {
+        let config = &settings.file.driver;
+        if let Some(path) = config.psi_path.as_deref().filter(|p| !p.is_absolute()) {
+            return Err(Error::Usage(format!(
+                "driver.psi_path: '{}' is not an absolute path; name the psi binary the host's Podman runs, e.g. /usr/local/bin/psi",
+                path.display()
+            )));
+        }
+        let use_psi = match requested.or(config.client) {
             Some(DriverClient::Curl) => false,
             Some(DriverClient::Psi) => true,
-            None => !in_container() && std::env::current_exe().is_ok(),
+            None => {
+                config.psi_path.is_some() || (!in_container() && std::env::current_exe().is_ok())
+            }
         };
         let psi = if use_psi {
-            let binary = std::env::current_exe().map_err(|err| Error::Io {
-                context: "cannot tell the path of the psi binary for --client psi".into(),
-                source: err,
-            })?;
+            let binary = match &config.psi_path {
+                Some(path) => path.clone(),
+                // Inside a container this binary's path is the image's, which the host's
+                // Podman cannot run.
+                None if in_container() => {
+                    return Err(Error::Usage(
+                        "the psi client inside a container needs driver.psi_path: the path of the psi binary on the host, whose Podman runs the commands".into(),
+                    ))
+                }
+                None => std::env::current_exe().map_err(|err| Error::Io {
+                    context: "cannot tell the path of the psi binary for --client psi".into(),
+                    source: err,
+                })?,
+            };
             let token_file = settings
                 .socket_token
                 .as_ref()
@@ -55,6 +74,30 @@ impl<'a> Driver<'a> {
             None
         };
         Ok(Driver { settings, psi })
+    }
+
+    /// The driver options setup gives the secrets it creates, and which stored ones it
+    /// takes as current.
+    pub fn opts(&self, exact: bool) -> DriverOpts {
+        let token_file = self
+            .psi
+            .as_ref()
+            .and_then(|(_, file)| file.clone())
+            .or_else(|| {
+                self.settings
+                    .socket_token
+                    .as_ref()
+                    .map(|_| StateDir::new(&self.settings.state_dir).socket_token_path())
+            });
+        DriverOpts::new(
+            commands(&self.conf()),
+            self.settings
+                .socket_token
+                .as_ref()
+                .map(|(t, _)| t.expose().to_owned()),
+            token_file,
+            exact,
+        )
     }
 
     pub fn conf(&self) -> DriverConf<'_> {

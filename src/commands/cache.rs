@@ -32,6 +32,7 @@ pub async fn run(settings: &Settings, command: CacheCommand) -> Result<()> {
                 dry_run: false,
                 json: false,
                 prune: false,
+                fix_opts: false,
             };
             super::setup::setup(settings, &args).await
         }

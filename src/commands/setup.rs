@@ -11,6 +11,7 @@ pub async fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
         provider: args.provider.clone(),
         dry_run: args.dry_run,
         prune: args.prune,
+        fix_opts: args.fix_opts,
     };
     let report = setup::setup(settings, &options).await?;
     super::print_report(&report, args.json, setup::SetupReport::human)?;

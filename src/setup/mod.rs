@@ -28,7 +28,6 @@ use crate::provider::Registry;
 use crate::secret::SecretId;
 use crate::secret::SecretValue;
 use crate::state::StateDir;
-use crate::unitgen::driver_conf;
 use crate::unitgen::dropin::{self, DropIn};
 use crate::unitgen::units;
 
@@ -43,6 +42,9 @@ pub struct Options {
     pub provider: Option<String>,
     pub dry_run: bool,
     pub prune: bool,
+    /// Re-create secrets whose driver commands are psi's in the other client's form, so
+    /// that every secret carries the configured client's commands.
+    pub fix_opts: bool,
 }
 
 /// The workloads selected for this run, in config order.
@@ -266,10 +268,7 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     if !options.dry_run {
         driver.write_token_file()?;
     }
-    let current_opts: BTreeMap<String, String> = driver_conf::commands(&driver.conf())
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+    let current_opts = driver.opts(options.fix_opts);
 
     // One setup at a time (a timer and an operator may start one together): two runs would
     // both create the same secret names. Held until this function returns.
@@ -338,7 +337,7 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
             report.planned(name, &desired, &plan, &path);
             continue;
         }
-        match apply(&podman, &desired, &plan, &current_opts, &path).await {
+        match apply(&podman, &desired, &plan, &current_opts.commands, &path).await {
             Ok(()) => {
                 reload |= plan.dropin.is_some();
                 report.applied(name, &desired, &plan, &path);

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::desired::Desired;
+use crate::unitgen::driver_conf::DriverOpts;
 
 /// A Podman shell-driver secret as setup sees it.
 #[derive(Debug, Clone)]
@@ -118,7 +119,7 @@ pub fn owner<'a>(name: &str, workloads: impl IntoIterator<Item = &'a str>) -> Op
 pub fn plan(
     desired: &Desired,
     existing: &[Existing],
-    current_opts: &BTreeMap<String, String>,
+    current_opts: &DriverOpts,
     provider: &str,
     rendered_dropin: &str,
     current_dropin: Option<&str>,
@@ -136,9 +137,7 @@ pub fn plan(
                     Some(bytes) if bytes.trim_ascii() != mapping.as_slice() => {
                         Some(Reason::MappingChanged)
                     }
-                    Some(_) if !opts_current(&found.options, current_opts) => {
-                        Some(Reason::StaleOpts)
-                    }
+                    Some(_) if !current_opts.accepts(&found.options) => Some(Reason::StaleOpts),
                     Some(_) => None,
                 };
                 match reason {
@@ -181,20 +180,21 @@ pub fn plan(
     }
 }
 
-/// Compares the four driver commands the way the original's dry run did: a missing option
-/// counts as empty, and other options Podman may hold do not matter.
-pub fn opts_current(stored: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> bool {
-    current
-        .iter()
-        .all(|(key, value)| stored.get(key).map(String::as_str).unwrap_or("") == value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unitgen::driver_conf::{commands, Client, DriverConf};
 
     fn opts() -> BTreeMap<String, String> {
-        [("lookup".to_owned(), "curl lookup".to_owned())].into()
+        current().commands
+    }
+
+    fn current() -> DriverOpts {
+        let conf = DriverConf {
+            socket: std::path::Path::new("/run/psi/psi.sock"),
+            client: Client::Curl { token: None },
+        };
+        DriverOpts::new(commands(&conf), None, None, false)
     }
 
     fn desired(names: &[(&str, &str)]) -> Desired {
@@ -247,7 +247,7 @@ mod tests {
             ),
             existing("w--GONE", "7", None, opts()),
         ];
-        let plan = plan(&want, &have, &opts(), "infisical", "x", Some("x"), false);
+        let plan = plan(&want, &have, &current(), "infisical", "x", Some("x"), false);
         assert_eq!(plan.dropin, None);
         let got: Vec<String> = plan.actions.iter().map(|a| format!("{a:?}")).collect();
         assert_eq!(
@@ -262,7 +262,7 @@ mod tests {
                 r#"Drift { name: "w--OLD", id: "5" }"#,
             ]
         );
-        let pruned = super::plan(&want, &have, &opts(), "infisical", "y", Some("x"), true);
+        let pruned = super::plan(&want, &have, &current(), "infisical", "y", Some("x"), true);
         assert_eq!(pruned.dropin.as_deref(), Some("y"));
         assert!(pruned.actions.contains(&Action::Remove {
             name: "w--OLD".into(),

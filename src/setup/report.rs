@@ -324,7 +324,7 @@ pub struct WorkloadDrift {
 impl Classification {
     pub fn of(
         shell: &[Existing],
-        current_opts: &BTreeMap<String, String>,
+        current_opts: &crate::unitgen::driver_conf::DriverOpts,
         workloads: &[&str],
         read_dropin: impl Fn(&str) -> Option<String>,
     ) -> Classification {
@@ -335,7 +335,7 @@ impl Classification {
         for secret in shell {
             let list = if secret.mapping.is_none() {
                 &mut c.orphaned
-            } else if !plan::opts_current(&secret.options, current_opts) {
+            } else if !current_opts.accepts(&secret.options) {
                 &mut c.stale_opts
             } else {
                 &mut c.managed

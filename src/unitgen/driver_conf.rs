@@ -8,7 +8,10 @@
 //! value with newlines), and `--fail-with-body` instead of `-f` so that when psi refuses a
 //! store, its reason reaches the user through `podman secret create`.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
 
 use super::{shell_word, toml_basic};
 
@@ -47,17 +50,28 @@ impl DriverConf<'_> {
 /// current secret from one made under an older psi.conf.
 pub fn commands(spec: &DriverConf<'_>) -> [(&'static str, String); 4] {
     let socket = shell_word(&spec.socket.to_string_lossy());
-    let (binary, token_file) = match spec.client {
-        Client::Curl { token } => return curl_commands(&socket, token),
-        Client::Psi { binary, token_file } => (binary, token_file),
-    };
+    match spec.client {
+        Client::Curl { token } => curl_commands(&socket, token),
+        Client::Psi { binary, token_file } => psi_commands(
+            &binary.to_string_lossy(),
+            &socket,
+            token_file.map(|f| f.to_string_lossy()).as_deref(),
+        ),
+    }
+}
+
+fn psi_commands(
+    binary: &str,
+    socket: &str,
+    token_file: Option<&str>,
+) -> [(&'static str, String); 4] {
     let token_file = token_file
-        .map(|f| format!(" --token-file {}", shell_word(&f.to_string_lossy())))
+        .map(|f| format!(" --token-file {}", shell_word(f)))
         .unwrap_or_default();
     let psi = |op: &str| {
         format!(
             "{} client {op} --socket {socket}{token_file}",
-            shell_word(&binary.to_string_lossy())
+            shell_word(binary)
         )
     };
     [
@@ -102,4 +116,192 @@ pub fn render(spec: &DriverConf<'_>) -> String {
         out.push_str(&format!("{key} = \"{}\"\n", toml_basic(&command)));
     }
     out
+}
+
+/// What a set of driver commands reaches psi serve with: the part psi serve can tell apart.
+/// Two sets that agree on it work the same, whichever client runs them.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    socket: String,
+    auth: Auth,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Auth {
+    None,
+    Token(Zeroizing<String>),
+    TokenFile(PathBuf),
+}
+
+/// Reads back commands that are exactly psi's own, in either client's form (the store line
+/// included, so the original's `-d @-` store line never passes); `None` for anything else.
+fn parse(opts: &BTreeMap<String, String>) -> Option<Target> {
+    let words = shlex::split(opts.get("lookup")?)?;
+    let after = |flag: &str| {
+        let at = words.iter().position(|w| w == flag)?;
+        words.get(at + 1).cloned()
+    };
+    let socket = after("--unix-socket").or_else(|| after("--socket"))?;
+    let quoted = shell_word(&socket);
+    let (regenerated, auth) = if words.first().map(String::as_str) == Some("curl") {
+        let token =
+            after("-H").and_then(|h| h.strip_prefix("Authorization: Bearer ").map(str::to_owned));
+        let regenerated = curl_commands(&quoted, token.as_deref());
+        let auth = token.map_or(Auth::None, |t| Auth::Token(Zeroizing::new(t)));
+        (regenerated, auth)
+    } else if words.get(1..4) == Some(&["client".into(), "lookup".into(), "--socket".into()][..]) {
+        let token_file = after("--token-file");
+        let regenerated = psi_commands(&words[0], &quoted, token_file.as_deref());
+        let auth = token_file.map_or(Auth::None, |f| Auth::TokenFile(PathBuf::from(f)));
+        (regenerated, auth)
+    } else {
+        return None;
+    };
+    let regenerated: BTreeMap<String, String> = regenerated
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    same(opts, &regenerated).then_some(Target { socket, auth })
+}
+
+/// Compares the four driver commands the way the original's dry run did: a missing option
+/// counts as empty, and other options Podman may hold do not matter.
+fn same(stored: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> bool {
+    current
+        .iter()
+        .all(|(key, value)| stored.get(key).map(String::as_str).unwrap_or("") == value)
+}
+
+/// The driver options `psi setup` gives the secrets it creates, and its test for the options
+/// of existing ones: the same commands, or (unless `exact`, `psi setup --fix-opts`) psi's
+/// own commands in the other client's form for the same socket and token. psi serve cannot
+/// tell such a secret from a current one, so re-creating it would only churn Podman.
+#[derive(Debug)]
+pub struct DriverOpts {
+    pub commands: BTreeMap<String, String>,
+    /// The socket token, to match curl's inline token against the psi client's token file.
+    token: Option<Zeroizing<String>>,
+    /// The token file the psi client's commands name.
+    token_file: Option<PathBuf>,
+    exact: bool,
+}
+
+impl DriverOpts {
+    pub fn new(
+        commands: [(&'static str, String); 4],
+        token: Option<String>,
+        token_file: Option<PathBuf>,
+        exact: bool,
+    ) -> DriverOpts {
+        DriverOpts {
+            commands: commands
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            token: token.map(Zeroizing::new),
+            token_file,
+            exact,
+        }
+    }
+
+    /// Whether a secret with driver options `stored` is current.
+    pub fn accepts(&self, stored: &BTreeMap<String, String>) -> bool {
+        if same(stored, &self.commands) {
+            return true;
+        }
+        if self.exact {
+            return false;
+        }
+        match (parse(stored), parse(&self.commands)) {
+            (Some(stored), Some(current)) => self.resolved(stored) == self.resolved(current),
+            _ => false,
+        }
+    }
+
+    /// `target` with the token file psi writes replaced by the token it holds.
+    fn resolved(&self, target: Target) -> Target {
+        match (&target.auth, &self.token_file, &self.token) {
+            (Auth::TokenFile(file), Some(ours), Some(token)) if file == ours => Target {
+                socket: target.socket,
+                auth: Auth::Token(token.clone()),
+            },
+            _ => target,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOCKET: &str = "/run/psi/psi.sock";
+    const TOKEN_FILE: &str = "/var/lib/psi/socket-token";
+
+    fn curl(socket: &str, token: Option<&str>) -> BTreeMap<String, String> {
+        let conf = DriverConf {
+            socket: Path::new(socket),
+            client: Client::Curl { token },
+        };
+        DriverOpts::new(commands(&conf), None, None, false).commands
+    }
+
+    fn psi(binary: &str, token_file: Option<&str>) -> BTreeMap<String, String> {
+        let conf = DriverConf {
+            socket: Path::new(SOCKET),
+            client: Client::Psi {
+                binary: Path::new(binary),
+                token_file: token_file.map(Path::new),
+            },
+        };
+        DriverOpts::new(commands(&conf), None, None, false).commands
+    }
+
+    /// What setup holds when its configured client is curl with `token`.
+    fn current(token: Option<&str>, exact: bool) -> DriverOpts {
+        let conf = DriverConf {
+            socket: Path::new(SOCKET),
+            client: Client::Curl { token },
+        };
+        DriverOpts::new(
+            commands(&conf),
+            token.map(str::to_owned),
+            token.map(|_| PathBuf::from(TOKEN_FILE)),
+            exact,
+        )
+    }
+
+    #[test]
+    fn the_other_clients_form_for_the_same_socket_and_token_is_current() {
+        let opts = current(Some("tok"), false);
+        assert!(opts.accepts(&curl(SOCKET, Some("tok"))));
+        assert!(opts.accepts(&psi("/usr/local/bin/psi", Some(TOKEN_FILE))));
+        assert!(opts.accepts(&psi("/opt/my psi/psi", Some(TOKEN_FILE))));
+        let none = current(None, false);
+        assert!(none.accepts(&psi("/usr/bin/psi", None)));
+    }
+
+    #[test]
+    fn another_socket_token_or_command_is_stale() {
+        let opts = current(Some("tok"), false);
+        assert!(!opts.accepts(&curl("/run/other.sock", Some("tok"))));
+        assert!(!opts.accepts(&curl(SOCKET, Some("old"))));
+        assert!(!opts.accepts(&curl(SOCKET, None)));
+        assert!(!opts.accepts(&psi("/usr/bin/psi", Some("/elsewhere/token"))));
+        assert!(!opts.accepts(&psi("/usr/bin/psi", None)));
+        // The original's store line strips newlines from raw values: always re-created.
+        let mut original = curl(SOCKET, Some("tok"));
+        original.insert(
+            "store".into(),
+            format!("curl -sf -H 'Authorization: Bearer tok' --unix-socket {SOCKET} -X POST -d @- http://localhost/store/$SECRET_ID"),
+        );
+        assert!(!opts.accepts(&original));
+        assert!(!opts.accepts(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn fix_opts_accepts_only_the_configured_form() {
+        let opts = current(Some("tok"), true);
+        assert!(opts.accepts(&curl(SOCKET, Some("tok"))));
+        assert!(!opts.accepts(&psi("/usr/local/bin/psi", Some(TOKEN_FILE))));
+    }
 }

@@ -650,3 +650,91 @@ fn a_missing_folder_or_environment_fails_the_workload_and_keeps_its_secrets() {
         );
     }
 }
+
+/// Setup and install agree through one setting (`driver.client`), and a secret whose driver
+/// commands are psi's in the other client's form, for the same socket and token, is never
+/// stale: a setup in a container (curl by default) keeps the host's psi-client secrets.
+/// `--fix-opts` moves them to the configured client on purpose.
+#[test]
+fn driver_client_forms_are_equivalent_until_fix_opts() {
+    let fake = infisical();
+    let workloads = "workloads:\n  myapp:\n    secrets:\n      - project: web\n        path: /app\n        env: {H: DB_HOST}\n";
+    // psi_path names the binary, as a containerised setup must (this host may count as a
+    // container itself).
+    let driver = format!(
+        "driver:\n  client: psi\n  psi_path: {}\n",
+        crate::support::psi_bin()
+    );
+    let Some((env, _systemd)) = env_with(&fake, &format!("{driver}{workloads}")) else {
+        return;
+    };
+    let lookup_opt = || {
+        let out = env
+            .podman()
+            .args([
+                "secret",
+                "inspect",
+                "--format",
+                "{{.Spec.Driver.Options.lookup}}",
+                "myapp--DB_HOST",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert!(
+        lookup_opt().contains(" client lookup --socket "),
+        "{}",
+        lookup_opt()
+    );
+
+    // The config now says curl (as a containerised setup defaults to): nothing is stale.
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, config.replace("client: psi", "client: curl")).unwrap();
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(setup_actions(&report, "myapp"), ["keep myapp--DB_HOST"]);
+    assert_eq!(
+        report["classification"]["stale_opts"],
+        serde_json::json!([])
+    );
+    let out = env.run(&["myapp--DB_HOST,type=env,target=H"], "printf %s \"$H\"");
+    assert_eq!(
+        out.stdout,
+        b"db.internal",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // --fix-opts moves the secret to curl's commands, once.
+    let (code, report, stderr) = setup(&env, &["--fix-opts"]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(setup_actions(&report, "myapp"), ["replace myapp--DB_HOST"]);
+    assert!(lookup_opt().starts_with("curl -sf "), "{}", lookup_opt());
+    let (_, report, _) = setup(&env, &["--fix-opts"]);
+    assert_eq!(setup_actions(&report, "myapp"), ["keep myapp--DB_HOST"]);
+    let out = env.run(&["myapp--DB_HOST,type=env,target=H"], "printf %s \"$H\"");
+    assert_eq!(
+        out.stdout,
+        b"db.internal",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A relative psi_path is a usage error, before anything changes.
+    std::fs::write(
+        &env.config,
+        config.replace(crate::support::psi_bin(), "bin/psi"),
+    )
+    .unwrap();
+    let out = env.psi(&["setup"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("driver.psi_path: 'bin/psi' is not an absolute path"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
