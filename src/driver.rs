@@ -51,15 +51,11 @@ impl<'a> Driver<'a> {
             }
         };
         let psi = if use_psi {
+            // Without psi_path, this binary's own path: inside a container that is the
+            // image's, which is why the default there is curl, but an explicit choice is
+            // the operator's (a psi at the same path on the host).
             let binary = match &config.psi_path {
                 Some(path) => path.clone(),
-                // Inside a container this binary's path is the image's, which the host's
-                // Podman cannot run.
-                None if in_container() => {
-                    return Err(Error::Usage(
-                        "the psi client inside a container needs driver.psi_path: the path of the psi binary on the host, whose Podman runs the commands".into(),
-                    ))
-                }
                 None => std::env::current_exe().map_err(|err| Error::Io {
                     context: "cannot tell the path of the psi binary for --client psi".into(),
                     source: err,
