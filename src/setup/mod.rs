@@ -292,6 +292,10 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         read_dropin(settings, w)
     }));
     let mut reload = false;
+    // For a dry run's projection of the state after it: the shell secrets and drop-ins as
+    // each workload's plan would leave them.
+    let mut projected = shell.clone();
+    let mut planned_dropins: HashMap<&str, String> = HashMap::new();
     // For the cache: the mappings whose fresh values go in, and those of failed workloads,
     // whose previous entries stay.
     let mut fresh: Vec<Vec<u8>> = Vec::new();
@@ -335,6 +339,10 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         let path = dropin_path(settings, name);
         if options.dry_run {
             report.planned(name, &desired, &plan, &path);
+            plan.project(&mut projected, &desired, &current_opts.commands);
+            if let Some(text) = plan.dropin {
+                planned_dropins.insert(name, text);
+            }
             continue;
         }
         match apply(&podman, &desired, &plan, &current_opts.commands, &path).await {
@@ -349,6 +357,24 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
             }
         }
     }
+    // A real run reports what Podman holds now, not what it meant to do.
+    let after = if options.dry_run {
+        Ok(projected)
+    } else {
+        shell_secrets(&podman, &state).await
+    };
+    report.after = match after {
+        Ok(secrets) => Some(Classification::of(&secrets, &current_opts, &names, |w| {
+            planned_dropins
+                .get(w)
+                .cloned()
+                .or_else(|| read_dropin(settings, w))
+        })),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list Podman's secrets after the run; the report leaves out the state after it");
+            None
+        }
+    };
     if !options.dry_run {
         report.cache = cached::write(settings, &registry, &discoverer.values, &fresh, &keep).await;
     }

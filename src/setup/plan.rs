@@ -101,6 +101,38 @@ pub struct WorkloadPlan {
     pub dropin: Option<String>,
 }
 
+impl WorkloadPlan {
+    /// What Podman's shell secrets (`secrets`, all of them) would be once this plan is carried
+    /// out: for `--dry-run`'s projection of the state after the run. Created and re-created
+    /// secrets get the desired mapping and the current driver options, as `apply` gives
+    /// them, and no ID yet (Podman assigns one).
+    pub fn project(
+        &self,
+        secrets: &mut Vec<Existing>,
+        desired: &Desired,
+        opts: &BTreeMap<String, String>,
+    ) {
+        let created = |name: &str| Existing {
+            id: String::new(),
+            name: name.to_owned(),
+            options: opts.clone(),
+            mapping: desired.secrets.get(name).cloned(),
+        };
+        for action in &self.actions {
+            match action {
+                Action::Create { name } => secrets.push(created(name)),
+                Action::Replace { name, id, .. } => {
+                    if let Some(secret) = secrets.iter_mut().find(|s| s.id == *id) {
+                        *secret = created(name);
+                    }
+                }
+                Action::Remove { id, .. } => secrets.retain(|s| s.id != *id),
+                Action::Keep { .. } | Action::Drift { .. } => {}
+            }
+        }
+    }
+}
+
 /// The workload that owns Podman secret `name`: the longest configured workload `w` with
 /// `name` starting `w--`, so workload `a` never claims `a--b--KEY` of workload `a--b`.
 pub fn owner<'a>(name: &str, workloads: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -268,6 +300,40 @@ mod tests {
             name: "w--OLD".into(),
             id: "5".into()
         }));
+    }
+
+    #[test]
+    fn projects_the_secrets_after_the_plan() {
+        let want = desired(&[("w--A", A), ("w--B", B), ("w--C", A)]);
+        let have = vec![
+            existing("w--A", "1", Some(A), opts()),
+            existing("w--B", "2", None, opts()),
+            existing("w--OLD", "3", Some(B), opts()),
+            existing("v--X", "4", Some(B), BTreeMap::new()),
+        ];
+        let plan = plan(&want, &have[..3], &opts(), "infisical", "x", None, true);
+        let mut after = have.clone();
+        plan.project(&mut after, &want, &opts());
+        let got: Vec<(&str, &str, Option<&[u8]>, bool)> = after
+            .iter()
+            .map(|e| {
+                (
+                    e.name.as_str(),
+                    e.id.as_str(),
+                    e.mapping.as_deref(),
+                    e.options == opts(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("w--A", "1", Some(A.as_bytes()), true),
+                ("w--B", "", Some(B.as_bytes()), true),
+                ("v--X", "4", Some(B.as_bytes()), false),
+                ("w--C", "", Some(A.as_bytes()), true),
+            ]
+        );
     }
 
     #[test]

@@ -16,13 +16,40 @@ use crate::unitgen::dropin;
 pub struct SetupReport {
     pub dry_run: bool,
     pub workloads: Vec<WorkloadReport>,
-    /// Every shell-driver secret in Podman, classified as the original's dry run did.
+    /// Every shell-driver secret in Podman as the run found it, before any change,
+    /// classified as the original's dry run did.
     pub classification: Option<Classification>,
+    /// The same once the run is over (for a dry run: what it would leave); `None` when
+    /// Podman could not be listed again.
+    pub after: Option<Classification>,
+    /// What the run changed (for a dry run: would change), over all workloads.
+    pub changes: Changes,
     /// Whether systemd was reloaded (drop-ins changed).
     pub reloaded: bool,
     /// The encrypted cache, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheReport>,
+}
+
+/// Podman secrets and drop-ins a run changed, by kind.
+#[derive(Debug, Default, Serialize)]
+pub struct Changes {
+    pub created: usize,
+    pub replaced: usize,
+    pub removed: usize,
+    pub dropins_written: usize,
+}
+
+impl Changes {
+    fn human(&self) -> String {
+        if self.created + self.replaced + self.removed + self.dropins_written == 0 {
+            return "nothing".into();
+        }
+        format!(
+            "{} created, {} replaced, {} removed, {} drop-in(s) written",
+            self.created, self.replaced, self.removed, self.dropins_written
+        )
+    }
 }
 
 /// What happened to the cache, for the setup report.
@@ -72,6 +99,8 @@ impl SetupReport {
             dry_run,
             workloads: Vec::new(),
             classification: None,
+            after: None,
+            changes: Changes::default(),
             reloaded: false,
             cache: None,
         }
@@ -171,7 +200,8 @@ impl SetupReport {
         path: &Path,
         written: bool,
     ) {
-        let actions = plan
+        let planned = status == "planned";
+        let actions: Vec<ActionReport> = plan
             .actions
             .iter()
             .enumerate()
@@ -180,6 +210,21 @@ impl SetupReport {
                 done: i < done && action.changes_podman(),
             })
             .collect();
+        // A dry run counts what it would do; a real run what it did.
+        for a in actions.iter().filter(|a| a.done || planned) {
+            match a.action {
+                Action::Create { .. } => self.changes.created += 1,
+                Action::Replace { .. } => self.changes.replaced += 1,
+                Action::Remove { .. } => self.changes.removed += 1,
+                Action::Keep { .. } | Action::Drift { .. } => {}
+            }
+        }
+        let changed = if planned {
+            plan.dropin.is_some()
+        } else {
+            written
+        };
+        self.changes.dropins_written += usize::from(changed);
         self.workloads.push(WorkloadReport {
             workload: workload.to_owned(),
             status,
@@ -187,11 +232,7 @@ impl SetupReport {
             actions,
             dropin: Some(DropinReport {
                 path: path.display().to_string(),
-                changed: if status == "planned" {
-                    plan.dropin.is_some()
-                } else {
-                    written
-                },
+                changed,
             }),
             collisions: desired.collisions.clone(),
         });
@@ -235,8 +276,24 @@ impl SetupReport {
                 );
             }
         }
-        if let Some(c) = &self.classification {
-            c.human(&mut out);
+        // A dry run shows Podman as it is, with the details (the original's dry run), then
+        // the projection; a real run what changed and the state it left, with the details
+        // of what is still wrong.
+        if self.dry_run {
+            if let Some(before) = &self.classification {
+                before.counts(&mut out, "now");
+                before.details(&mut out);
+            }
+            let _ = writeln!(out, "Would be changed: {}", self.changes.human());
+            if let Some(after) = &self.after {
+                after.counts(&mut out, "after the run would be");
+            }
+        } else {
+            let _ = writeln!(out, "Changed: {}", self.changes.human());
+            if let Some(after) = &self.after {
+                after.counts(&mut out, "after the run");
+                after.details(&mut out);
+            }
         }
         if self.reloaded {
             out.push_str("systemd reloaded\n");
@@ -367,16 +424,21 @@ impl Classification {
         c
     }
 
-    fn human(&self, out: &mut String) {
+    /// One line of counts; `when` says which state ("now", "after the run").
+    fn counts(&self, out: &mut String, when: &str) {
         let _ = writeln!(
             out,
-            "Podman shell-driver secrets: {} ({} managed, {} stale-opts, {} orphaned; {} workload(s) with drift)",
+            "Podman shell-driver secrets {when}: {} ({} managed, {} stale-opts, {} orphaned; {} workload(s) with drift)",
             self.total,
             self.managed.len(),
             self.stale_opts.len(),
             self.orphaned.len(),
             self.workload_drift.len()
         );
+    }
+
+    /// The stale-opts and orphaned secrets and the workloads with drift, by name.
+    fn details(&self, out: &mut String) {
         if !self.stale_opts.is_empty() {
             out.push_str("Stale-opts: driver options differ from the current psi.conf; 'psi setup' re-creates the ones it manages:\n");
             for name in &self.stale_opts {

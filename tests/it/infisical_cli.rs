@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use crate::support::infisical::{FakeInfisical, Generation};
+use crate::support::infisical::{FakeInfisical, Fault, Generation};
 use crate::support::Sandbox;
 
 const PROJECT: &str = "0b6f6d0e-6a55-4d5e-8f5e-1f2a3b4c5d6e";
@@ -222,6 +222,108 @@ fn env_formats_and_environment_override() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "DB_HOST=db.staging\n");
+}
+
+/// Infisical answers the listing with a 429 once; `Retry-After: 0`, so nothing waits.
+fn rate_limited_once(fake: &FakeInfisical) {
+    fake.inject(
+        "GET",
+        "/api/v4/secrets",
+        Fault::Status {
+            status: 429,
+            body: serde_json::json!({"statusCode": 429, "error": "Too Many Requests", "message": "Rate limit exceeded, retry in 1 minute"}),
+            retry_after: Some("0".into()),
+        },
+        1,
+    );
+}
+
+const ENV_APP: &[&str] = &["infisical", "env", "--project", "web", "--path", "/app"];
+
+#[test]
+fn a_retry_is_a_warning_at_the_default_level() {
+    let fake = fake();
+    let sandbox = sandbox(&fake, "secret-2");
+    rate_limited_once(&fake);
+    let out = psi(&sandbox, ENV_APP);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let warnings: Vec<serde_json::Value> = stderr
+        .lines()
+        // Log events are JSON lines; `env`'s own notes ("skipping 'bad-name'") are not.
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["level"] == "WARN" && event.get("route").is_some())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let warning = &warnings[0];
+    assert_eq!(warning["route"], "GET /api/v4/secrets");
+    assert_eq!(warning["wait_ms"], 0);
+    assert_eq!(
+        warning["reason"],
+        "HTTP 429 Too Many Requests: Rate limit exceeded, retry in 1 minute"
+    );
+    assert_eq!(
+        warning["message"],
+        "GET /api/v4/secrets was rate-limited (HTTP 429); waiting 0 s (Retry-After) before retry 1 of 3"
+    );
+    // The route is the path: the query (project, environment, folder) stays out of the log.
+    assert!(!stderr.contains("secretPath"), "{stderr}");
+}
+
+/// `command` run with a terminal as its stdin, stdout and stderr (util-linux `script`);
+/// what the terminal showed, `\r\n` line ends and all.
+fn on_terminal(command: &Command) -> Output {
+    assert!(crate::support::require("script"));
+    let line: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|arg| {
+            shlex::try_quote(arg.to_str().unwrap())
+                .unwrap()
+                .into_owned()
+        })
+        .collect();
+    let mut script = Command::new("script");
+    script
+        .args(["--quiet", "--return", "--flush", "--command"])
+        .arg(line.join(" "))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => script.env(name, value),
+            None => script.env_remove(name),
+        };
+    }
+    script.output().unwrap()
+}
+
+#[test]
+fn on_a_terminal_a_retry_is_one_plain_line() {
+    let fake = fake();
+    let sandbox = sandbox(&fake, "secret-2");
+    rate_limited_once(&fake);
+    let mut command = sandbox.psi();
+    command
+        .arg("--config")
+        .arg(sandbox.path().join("config.yaml"))
+        .args(ENV_APP);
+    let out = on_terminal(&command);
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let lines: Vec<&str> = shown
+        .lines()
+        .filter(|line| line.contains("rate-limited"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{shown}");
+    assert!(lines[0].contains("WARN"), "{shown}");
+    assert!(
+        lines[0].contains(
+            "GET /api/v4/secrets was rate-limited (HTTP 429); waiting 0 s (Retry-After) before retry 1 of 3"
+        ),
+        "{shown}"
+    );
+    assert!(!lines[0].contains('{'), "not JSON on a terminal: {shown}");
+    assert!(shown.contains("export DB_HOST='db.internal'"), "{shown}");
 }
 
 #[test]

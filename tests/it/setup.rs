@@ -347,6 +347,94 @@ fn dry_run_plans_and_classifies_without_changing_anything() {
     assert_eq!(report["classification"]["orphaned"], serde_json::json!([]));
 }
 
+/// The summary says what Podman holds after the run (for a dry run: would hold), and
+/// separately what the run changed; `classification` stays the state the run found.
+#[test]
+fn setup_reports_the_state_after_the_run_and_the_changes() {
+    let fake = infisical();
+    let Some((env, systemd)) = env_with(&fake, WORKLOADS) else {
+        return;
+    };
+    let counts = |c: &Value| {
+        ["managed", "stale_opts", "orphaned"].map(|list| c[list].as_array().unwrap().len())
+    };
+
+    // The first run creates five secrets: five managed after it, none before.
+    let out = env.psi(&["setup"]).output().unwrap();
+    let human = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{human}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropin = |w: &str| systemd.join(format!("{w}.container.d/50-secrets.conf"));
+    assert_eq!(
+        human,
+        format!(
+            "myapp: 3 created, drop-in {} written\n  create   myapp--API_KEY\n  create   myapp--DB_HOST\n  create   myapp--DB_PASS\nproxy: 2 created, drop-in {} written\n  create   proxy--DB_HOST\n  create   proxy--TLS_KEY\nChanged: 5 created, 0 replaced, 0 removed, 2 drop-in(s) written\nPodman shell-driver secrets after the run: 5 (5 managed, 0 stale-opts, 0 orphaned; 0 workload(s) with drift)\n",
+            dropin("myapp").display(),
+            dropin("proxy").display()
+        )
+    );
+
+    // A second run changes nothing.
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(
+        report["changes"],
+        serde_json::json!({"created": 0, "replaced": 0, "removed": 0, "dropins_written": 0})
+    );
+    assert_eq!(counts(&report["classification"]), [5, 0, 0]);
+    assert_eq!(counts(&report["after"]), [5, 0, 0]);
+    assert_eq!(report["after"]["total"], 5);
+    let out = env.psi(&["setup"]).output().unwrap();
+    let human = String::from_utf8(out.stdout).unwrap();
+    assert!(human.contains("\nChanged: nothing\n"), "{human}");
+
+    // A mapping file lost and a key gone upstream: the dry run projects the repair.
+    let ids = secret_ids(env.podman());
+    std::fs::remove_file(env.state_dir().join(&ids["myapp--DB_PASS"])).unwrap();
+    fake.delete_secret(PROJECT, "prod", "/app", "API_KEY");
+    let (code, report, stderr) = setup(&env, &["--dry-run", "--prune"]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(counts(&report["classification"]), [4, 0, 1]);
+    assert_eq!(report["classification"]["total"], 5);
+    assert_eq!(
+        report["changes"],
+        serde_json::json!({"created": 0, "replaced": 1, "removed": 1, "dropins_written": 1})
+    );
+    assert_eq!(
+        report["after"]["managed"],
+        serde_json::json!([
+            "myapp--DB_HOST",
+            "myapp--DB_PASS",
+            "proxy--DB_HOST",
+            "proxy--TLS_KEY"
+        ])
+    );
+    assert_eq!(counts(&report["after"]), [4, 0, 0]);
+    assert_eq!(report["after"]["workload_drift"], serde_json::json!({}));
+    let out = env
+        .psi(&["setup", "--dry-run", "--prune"])
+        .output()
+        .unwrap();
+    let human = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "Podman shell-driver secrets now: 5 (4 managed, 0 stale-opts, 1 orphaned; 0 workload(s) with drift)\n",
+        "Would be changed: 0 created, 1 replaced, 1 removed, 1 drop-in(s) written\n",
+        "Podman shell-driver secrets after the run would be: 4 (4 managed, 0 stale-opts, 0 orphaned; 0 workload(s) with drift)\n",
+    ] {
+        assert!(human.contains(line), "missing {line:?} in:\n{human}");
+    }
+
+    // The real run leaves what the dry run projected.
+    let (code, applied, stderr) = setup(&env, &["--prune"]);
+    assert_eq!(code, 0, "{applied}\n{stderr}");
+    assert_eq!(applied["changes"], report["changes"]);
+    assert_eq!(applied["after"]["managed"], report["after"]["managed"]);
+    assert_eq!(counts(&applied["after"]), [4, 0, 0]);
+}
+
 #[test]
 fn one_failing_workload_does_not_stop_the_others() {
     let fake = infisical();

@@ -6,6 +6,11 @@
 //! again"), 502, 503, 504, with exponential backoff (1 s, x2, at most 30 s, ±20 % jitter so a
 //! fleet does not retry in step) or the server's `Retry-After` (at most 120 s). Never retried:
 //! 400, 401, 403, 404, 422: asking again cannot change those answers.
+//!
+//! Every retry is a warning (route, reason, wait), so a long `Retry-After` is never a silent
+//! pause at the default log level: on a terminal the warning is one plain line, in a journal
+//! or a pipe a JSON event. The route is the method and the path, never the query (it names
+//! the project, environment and folder) and never a header (the token).
 
 use std::fmt;
 use std::sync::Arc;
@@ -186,6 +191,15 @@ pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(wait.min(RETRY_AFTER_CAP))
 }
 
+/// A wait as people read it: whole seconds as such ("51 s"), a backoff's to a tenth ("1.9 s").
+fn seconds(wait: Duration) -> String {
+    if wait.subsec_nanos() == 0 {
+        format!("{} s", wait.as_secs())
+    } else {
+        format!("{:.1} s", wait.as_secs_f64())
+    }
+}
+
 /// A uniform number in [0, 1) from the OpenSSL RNG (jitter needs no more than that).
 fn jitter_unit() -> f64 {
     let mut bytes = [0u8; 4];
@@ -212,6 +226,8 @@ impl Http {
     }
 
     /// Sends the request `build` makes (once per attempt), retrying transient failures.
+    /// `target` is what the log calls the request after its method: the URL's path (or, for
+    /// a metadata server, the URL), without the query.
     /// `Err` says why the last attempt failed when all were transient, or why the request
     /// cannot succeed (it could not be built, or the server's certificate is not trusted);
     /// every other answer is a `Reply` for the caller to classify.
@@ -222,17 +238,27 @@ impl Http {
     ) -> Result<Reply, Attempt> {
         let mut attempt = 0;
         loop {
-            let (why, wait) = match self.attempt(build()).await {
+            let (client, request) = build().build_split();
+            let request = request.map_err(describe)?;
+            let route = format!("{} {target}", request.method());
+            // `cause` finishes the sentence "<route> ..." for people; `why` is the detail.
+            let (cause, why, server_wait) = match self.attempt(&client, request).await {
                 Ok(reply) if reply.class() != Class::Transient => return Ok(reply),
                 Ok(reply) => {
                     let wait = reply
                         .retry_after
                         .as_deref()
                         .and_then(|v| retry_after(v, self.clock.now()));
-                    (reply.api_error().to_string(), wait)
+                    let err = reply.api_error();
+                    let cause = match (err.status, err.error.as_str()) {
+                        (429, _) => "was rate-limited (HTTP 429)".to_owned(),
+                        (status, "") => format!("failed (HTTP {status})"),
+                        (status, error) => format!("failed (HTTP {status} {error})"),
+                    };
+                    (cause, err.to_string(), wait)
                 }
                 Err(fatal @ Attempt::Fatal(_)) => return Err(fatal),
-                Err(Attempt::Transient(why)) => (why, None),
+                Err(Attempt::Transient(why)) => (format!("failed ({why})"), why, None),
             };
             if attempt >= self.retries {
                 return Err(Attempt::Transient(match attempt {
@@ -240,21 +266,31 @@ impl Http {
                     n => format!("{why} (gave up after {} attempts)", n + 1),
                 }));
             }
-            let wait = wait.unwrap_or_else(|| backoff(attempt, jitter_unit()));
-            tracing::debug!(
-                target,
-                attempt = attempt + 1,
-                wait_ms = wait.as_millis() as u64,
+            let (wait, source) = match server_wait {
+                Some(wait) => (wait, "Retry-After"),
+                None => (backoff(attempt, jitter_unit()), "backoff"),
+            };
+            tracing::warn!(
+                route = %route,
                 reason = %why,
-                "retrying"
+                wait_ms = wait.as_millis() as u64,
+                attempt = attempt + 1,
+                "{route} {cause}; waiting {} ({source}) before retry {} of {}",
+                seconds(wait),
+                attempt + 1,
+                self.retries
             );
             self.clock.sleep(wait).await;
             attempt += 1;
         }
     }
 
-    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<Reply, Attempt> {
-        let mut response = request.send().await.map_err(describe)?;
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        request: reqwest::Request,
+    ) -> Result<Reply, Attempt> {
+        let mut response = client.execute(request).await.map_err(describe)?;
         let header = |name: reqwest::header::HeaderName| {
             response
                 .headers()
@@ -302,8 +338,10 @@ impl Attempt {
 }
 
 /// reqwest's `Display` stops at "error sending request"; the cause (connection refused,
-/// certificate verify failed) is further down the source chain.
+/// certificate verify failed) is further down the source chain. The URL is left out: its
+/// query names the folder, and every caller says which request failed.
 fn describe(err: reqwest::Error) -> Attempt {
+    let err = err.without_url();
     let mut text = if err.is_timeout() {
         "timed out".to_owned()
     } else {
@@ -436,5 +474,13 @@ mod tests {
         assert_eq!(retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn waits_in_seconds() {
+        assert_eq!(seconds(Duration::from_secs(51)), "51 s");
+        assert_eq!(seconds(Duration::ZERO), "0 s");
+        assert_eq!(seconds(Duration::from_millis(1_940)), "1.9 s");
+        assert_eq!(seconds(Duration::from_millis(960)), "1.0 s");
     }
 }
