@@ -311,7 +311,7 @@ mod tests {
             existing("w--OLD", "3", Some(B), opts()),
             existing("v--X", "4", Some(B), BTreeMap::new()),
         ];
-        let plan = plan(&want, &have[..3], &opts(), "infisical", "x", None, true);
+        let plan = plan(&want, &have[..3], &current(), "infisical", "x", None, true);
         let mut after = have.clone();
         plan.project(&mut after, &want, &opts());
         let got: Vec<(&str, &str, Option<&[u8]>, bool)> = after
