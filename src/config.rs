@@ -428,15 +428,32 @@ pub struct AltName {
     pub value: String,
 }
 
+/// Where a certificate's PEM files go. The key is written 0600, the others with `mode`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertOutput {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub chain: PathBuf,
+    /// New: the certificate followed by the chain, the one file most servers take.
+    pub fullchain: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     #[serde(default = "default_cert_mode")]
     pub mode: String,
+}
+
+impl CertOutput {
+    /// Every configured output file, with its key under `output`.
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = vec![
+            ("key", self.key.as_path()),
+            ("cert", self.cert.as_path()),
+            ("chain", self.chain.as_path()),
+        ];
+        files.extend(self.fullchain.as_deref().map(|p| ("fullchain", p)));
+        files.extend(self.ca.as_deref().map(|p| ("ca", p)));
+        files
+    }
 }
 
 fn default_cert_mode() -> String {

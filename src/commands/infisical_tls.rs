@@ -12,7 +12,8 @@
 //! that carry psi's secrets (socket token, HSM PIN, credentials directory, AWS keys). Every certificate is processed;
 //! any failure (issuing, writing, a hook) makes the command fail at the end.
 //!
-//! Files: key always 0600; cert, chain and CA `output.mode` (default 0640). State:
+//! Files: key always 0600; cert, chain, fullchain (the certificate, then the chain) and CA
+//! `output.mode` (default 0640); each PEM file ends with one newline. State:
 //! `state_dir/tls/<name>.json` (the original's fields; `expires_at` is the certificate's
 //! notAfter). Progress goes to stderr; only `status` writes to stdout. Private keys are never
 //! logged.
@@ -26,6 +27,7 @@ use clap::{Args, Subcommand};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::config::{CertConfig, Settings};
 use crate::error::{Error, Result};
@@ -278,7 +280,7 @@ fn check_key_match(cert: &CertConfig, issued: &Issued) -> Result<()> {
     let key_pem: &[u8] = match &issued.private_key {
         Some(key) => key.expose().as_bytes(),
         None => {
-            existing = zeroize::Zeroizing::new(std::fs::read(&cert.output.key).map_err(|err| {
+            existing = Zeroizing::new(std::fs::read(&cert.output.key).map_err(|err| {
                 Error::Failed(format!(
                     "Infisical sent no private key and {} cannot be read: {err}",
                     cert.output.key.display()
@@ -314,16 +316,52 @@ fn write_outputs(cert: &CertConfig, issued: &Issued) -> Result<()> {
     };
     // The key first: a certificate never lands next to a key it does not match for long.
     if let Some(key) = &issued.private_key {
-        write(&out.key, key.expose(), fsutil::PRIVATE)?;
+        write(&out.key, &pem_file(key.expose()), fsutil::PRIVATE)?;
     }
-    write(&out.cert, &issued.certificate, mode)?;
-    if let Some(chain) = &issued.certificate_chain {
+    let certificate = pem_file(&issued.certificate);
+    write(&out.cert, &certificate, mode)?;
+    let chain = issued.certificate_chain.as_deref().map(pem_file);
+    if let Some(chain) = &chain {
         write(&out.chain, chain, mode)?;
     }
+    if let Some(path) = &out.fullchain {
+        // A renewal answer without a chain leaves the chain file as it was, and fullchain
+        // goes on with that chain.
+        let chain = match chain {
+            Some(chain) => chain,
+            None => pem_file(&read_if_present(&out.chain)?),
+        };
+        write(path, &format!("{}{}", *certificate, *chain), mode)?;
+    }
     if let (Some(path), Some(ca)) = (&out.ca, &issued.issuing_ca_certificate) {
-        write(path, ca, mode)?;
+        write(path, &pem_file(ca), mode)?;
     }
     Ok(())
+}
+
+/// PEM text as written to a file: with exactly one final newline, which Infisical leaves
+/// out (`cat cert.pem chain.pem` would then run two certificates together, and OpenSSL reads
+/// none). Empty text, a root CA's empty chain, stays empty. Zeroized: it may be the key.
+fn pem_file(text: &str) -> Zeroizing<String> {
+    let text = text.trim_end();
+    let mut pem = Zeroizing::new(String::with_capacity(text.len() + 1));
+    if !text.is_empty() {
+        pem.push_str(text);
+        pem.push('\n');
+    }
+    pem
+}
+
+/// The text of `path`, or nothing when it does not exist.
+fn read_if_present(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(err) => Err(Error::Io {
+            context: format!("cannot read {}", path.display()),
+            source: err,
+        }),
+    }
 }
 
 /// Runs `hooks` in order; returns how many failed (parse error, missing program, non-zero
@@ -618,6 +656,16 @@ mod tests {
         ));
         assert_eq!(failed, 1);
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn pem_files_end_with_one_newline() {
+        let end = "-----END CERTIFICATE-----";
+        for sent in [end.to_owned(), format!("{end}\n"), format!("{end}\r\n\n")] {
+            assert_eq!(*pem_file(&sent), format!("{end}\n"), "{sent:?}");
+        }
+        assert_eq!(*pem_file(""), "");
+        assert_eq!(*pem_file("\n"), "");
     }
 
     #[test]

@@ -313,13 +313,7 @@ impl ApplianceSpec {
                         out.mode
                     ),
                 })?;
-            let files = [
-                Some(&out.cert),
-                Some(&out.key),
-                Some(&out.chain),
-                out.ca.as_ref(),
-            ];
-            for dir in files.into_iter().flatten().filter_map(|p| p.parent()) {
+            for dir in out.files().into_iter().filter_map(|(_, p)| p.parent()) {
                 *tls_dirs.entry(dir.to_path_buf()).or_insert(0o700) |= dir_mode(mode);
             }
         }
