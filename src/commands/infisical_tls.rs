@@ -29,7 +29,7 @@ use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::config::{CertConfig, Settings};
+use crate::config::{CertConfig, Hook, Settings};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::provider::infisical::{Infisical, IssueRequest, Issued};
@@ -157,20 +157,6 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn renew_before(cert: &CertConfig) -> Result<Duration> {
-    crate::duration::parse(&cert.renew_before)
-        .map_err(|why| Error::Usage(format!("renew_before '{}': {why}", cert.renew_before)))
-}
-
-fn file_mode(cert: &CertConfig) -> Result<u32> {
-    let text = cert.output.mode.trim();
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    u32::from_str_radix(digits, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| Error::Usage(format!("output.mode '{text}' is not an octal file mode")))
-}
-
 /// Issues or renews one certificate, writes it, runs its hooks. `Ok(false)`: not due.
 async fn process(
     settings: &Settings,
@@ -181,11 +167,10 @@ async fn process(
 ) -> Result<bool> {
     let state = load_state(settings, name);
     let issued = if renew {
-        let margin = renew_before(cert)?;
         match read_cert(&cert.output.cert) {
             Ok(info) => {
                 let left = info.not_after as f64 - now_secs();
-                if left > margin.as_secs_f64() {
+                if left > cert.renew_before.as_secs_f64() {
                     eprintln!(
                         "  {name}: valid, {} days remaining",
                         (left / 86_400.0).floor() as i64
@@ -239,13 +224,7 @@ async fn process(
         .map_err(|err| Error::Failed(format!("cannot encode the TLS state of {name}: {err}")))?;
     fsutil::write_atomic(&path, &json, fsutil::PRIVATE)?;
     eprintln!("  {}: {name}", if renew { "Renewed" } else { "Issued" });
-    // Checked at load (config validation), so a bad value cannot reach here.
-    let timeout = cert
-        .hook_timeout
-        .as_deref()
-        .and_then(|t| crate::duration::parse(t).ok())
-        .unwrap_or(HOOK_TIMEOUT);
-    let failed = run_hooks(&cert.hooks, timeout).await;
+    let failed = run_hooks(&cert.hooks, cert.hook_timeout.unwrap_or(HOOK_TIMEOUT)).await;
     if failed > 0 {
         return Err(Error::Failed(format!("{failed} hook(s) failed")));
     }
@@ -303,9 +282,9 @@ fn check_key_match(cert: &CertConfig, issued: &Issued) -> Result<()> {
 }
 
 fn write_outputs(cert: &CertConfig, issued: &Issued) -> Result<()> {
-    let mode = file_mode(cert)?;
     check_key_match(cert, issued)?;
     let out = &cert.output;
+    let mode = out.mode.bits();
     let write = |path: &Path, text: &str, mode: u32| -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fsutil::ensure_dir(dir, 0o755)?;
@@ -364,15 +343,15 @@ fn read_if_present(path: &Path) -> Result<String> {
     }
 }
 
-/// Runs `hooks` in order; returns how many failed (parse error, missing program, non-zero
-/// exit, timeout).
-pub async fn run_hooks(hooks: &[String], timeout: Duration) -> usize {
+/// Runs `hooks` in order; returns how many failed (missing program, non-zero exit,
+/// timeout). Their command lines were split when the config was loaded.
+pub async fn run_hooks(hooks: &[Hook], timeout: Duration) -> usize {
     let mut failed = 0;
     for hook in hooks {
         match run_hook(hook, timeout).await {
-            Ok(()) => eprintln!("  Hook OK: {hook}"),
+            Ok(()) => eprintln!("  Hook OK: {}", hook.line()),
             Err(why) => {
-                eprintln!("  Hook FAILED: {hook}\n    {why}");
+                eprintln!("  Hook FAILED: {}\n    {why}", hook.line());
                 failed += 1;
             }
         }
@@ -406,12 +385,9 @@ fn hook_command(program: &str, args: &[String]) -> tokio::process::Command {
     command
 }
 
-async fn run_hook(hook: &str, timeout: Duration) -> std::result::Result<(), String> {
-    let argv = shlex::split(hook).ok_or_else(|| "parse error: unbalanced quotes".to_owned())?;
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| "parse error: empty command".to_owned())?;
-    let child = hook_command(program, args)
+async fn run_hook(hook: &Hook, timeout: Duration) -> std::result::Result<(), String> {
+    let program = hook.program();
+    let child = hook_command(program, hook.args())
         .spawn()
         .map_err(|err| format!("cannot run {program}: {err}"))?;
     let output = tokio::time::timeout(timeout, child.wait_with_output())
@@ -420,7 +396,7 @@ async fn run_hook(hook: &str, timeout: Duration) -> std::result::Result<(), Stri
         .map_err(|err| format!("waiting for {program}: {err}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    tracing::info!(hook, status = %output.status, stdout = %stdout.trim_end(), stderr = %stderr.trim_end(), "TLS hook finished");
+    tracing::info!(hook = hook.line(), status = %output.status, stdout = %stdout.trim_end(), stderr = %stderr.trim_end(), "TLS hook finished");
     if output.status.success() {
         Ok(())
     } else {
@@ -450,13 +426,12 @@ fn status(settings: &Settings, certs: &[(&String, &CertConfig)], args: &StatusAr
     let now = now_secs();
     let mut rows = Vec::new();
     for (name, cert) in certs {
-        let margin = renew_before(cert)?;
         let row = match read_cert(&cert.output.cert) {
             Ok(info) => {
                 let left = info.not_after as f64 - now;
                 let status = if left <= 0.0 {
                     "expired"
-                } else if left <= margin.as_secs_f64() {
+                } else if left <= cert.renew_before.as_secs_f64() {
                     "needs_renewal"
                 } else {
                     "valid"
@@ -612,26 +587,20 @@ mod tests {
     fn hooks_are_argv_not_shell() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a b");
-        let hook = format!("touch '{}'", file.display());
+        let hook = Hook::parse(&format!("touch '{}'", file.display())).unwrap();
         assert_eq!(block(run_hooks(&[hook], HOOK_TIMEOUT)), 0);
         assert!(file.exists(), "quoted argument kept whole");
         // No shell: `;` and `>` are plain arguments to echo.
         let redirect = dir.path().join("redirected");
-        let hook = format!("echo hi > {}", redirect.display());
+        let hook = Hook::parse(&format!("echo hi > {}", redirect.display())).unwrap();
         assert_eq!(block(run_hooks(&[hook], HOOK_TIMEOUT)), 0);
         assert!(!redirect.exists());
     }
 
     #[test]
     fn hook_failures_are_counted() {
-        let hooks = [
-            "false".to_owned(),
-            "".to_owned(),
-            "touch 'unbalanced".to_owned(),
-            "/nonexistent/hook".to_owned(),
-            "true".to_owned(),
-        ];
-        assert_eq!(block(run_hooks(&hooks, HOOK_TIMEOUT)), 4);
+        let hooks = ["false", "/nonexistent/hook", "true"].map(|h| Hook::parse(h).unwrap());
+        assert_eq!(block(run_hooks(&hooks, HOOK_TIMEOUT)), 2);
     }
 
     #[test]
@@ -651,7 +620,7 @@ mod tests {
     fn hook_timeout() {
         let start = std::time::Instant::now();
         let failed = block(run_hooks(
-            &["sleep 30".to_owned()],
+            &[Hook::parse("sleep 30").unwrap()],
             Duration::from_millis(200),
         ));
         assert_eq!(failed, 1);
@@ -666,16 +635,5 @@ mod tests {
         }
         assert_eq!(*pem_file(""), "");
         assert_eq!(*pem_file("\n"), "");
-    }
-
-    #[test]
-    fn modes() {
-        let yaml = "project: p\nprofile_id: x\ncommon_name: c\noutput: {cert: a, key: b, chain: c, mode: '0644'}\n";
-        let mut cert: CertConfig = serde_yaml::from_str(yaml).unwrap();
-        assert_eq!(file_mode(&cert).unwrap(), 0o644);
-        cert.output.mode = "0o600".into();
-        assert_eq!(file_mode(&cert).unwrap(), 0o600);
-        cert.output.mode = "rw-r--r--".into();
-        assert!(file_mode(&cert).is_err());
     }
 }

@@ -30,6 +30,8 @@ struct Cert<'a> {
     ttl: &'a str,
     renew_before: &'a str,
     hooks: Vec<String>,
+    /// `output.mode`, written as given (quoted); absent: the default.
+    mode: Option<&'a str>,
     /// Whether `output.fullchain` is configured.
     fullchain: bool,
 }
@@ -41,6 +43,7 @@ impl Cert<'_> {
             ttl: "90d",
             renew_before: "30d",
             hooks: Vec::new(),
+            mode: None,
             fullchain: false,
         }
     }
@@ -74,6 +77,12 @@ fn config(sb: &Sandbox, fake: &FakeInfisical, generation: Generation, certs: &[C
             yaml.push_str(&format!(
                 "            fullchain: {}\n",
                 out(sb, c.name, "fullchain.pem").display()
+            ));
+        }
+        if let Some(mode) = c.mode {
+            yaml.push_str(&format!(
+                "            mode: {}\n",
+                serde_json::to_string(mode).unwrap()
             ));
         }
         if !c.hooks.is_empty() {
@@ -559,4 +568,48 @@ fn pem_outputs_end_with_a_newline_and_fullchain_is_cert_then_chain() {
         std::fs::read(out(&sb, "web", "fullchain.pem")).unwrap(),
         first
     );
+}
+
+#[test]
+fn a_bad_output_mode_fails_before_any_request() {
+    let generation = Generation::Current;
+    let fake = fake(generation);
+    let sb = Sandbox::new();
+    let mut c = Cert::new("web");
+    c.mode = Some("rw-r--r--");
+    let config = config(&sb, &fake, generation, &[c]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    // The position of the value.
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find("mode: ").map(|c| (i + 1, c + "mode: ".len() + 1)))
+        .unwrap();
+    let expected = format!(
+        "psi: error: {}: providers.infisical.tls.certificates.web.output.mode: 'rw-r--r--' is not a file mode; use octal digits, e.g. 0640 (line {line}, column {column})\n",
+        config.display()
+    );
+    for args in [
+        &["infisical", "tls", "renew"][..],
+        &["infisical", "tls", "issue"],
+        &["check"],
+    ] {
+        let o = sb
+            .psi()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), expected, "{args:?}");
+        assert!(o.stdout.is_empty());
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "no request, so no certificate issued and thrown away: {:?}",
+        fake.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    assert_eq!(fake.pki_counts(), (0, 0));
+    assert!(!out(&sb, "web", "cert.pem").exists());
 }
