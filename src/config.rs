@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -233,7 +235,8 @@ impl Default for InfisicalConfig {
 
 impl InfisicalConfig {
     /// Checks what serde cannot: each auth block has what its method needs, every project is
-    /// covered by its own or the global auth, and `timeout` parses. Messages name the key path.
+    /// covered by its own or the global auth, `timeout` parses, and every TLS output path is
+    /// absolute and written by one key only. Messages name the key path.
     pub fn validate(&self) -> Result<(), String> {
         const AT: &str = "providers.infisical";
         if let Some(auth) = &self.auth {
@@ -256,6 +259,8 @@ impl InfisicalConfig {
         if let Some(timeout) = &self.timeout {
             crate::duration::parse(timeout).map_err(|err| format!("{AT}.timeout: {err}"))?;
         }
+        // Which key writes each output file, so two never write the same one.
+        let mut written: BTreeMap<&Path, String> = BTreeMap::new();
         for (name, cert) in &self.tls.certificates {
             let at = format!("{AT}.tls.certificates.{name}");
             if cert.profile_id.is_empty() && cert.ca_id.is_none() {
@@ -269,18 +274,34 @@ impl InfisicalConfig {
                     cert.project
                 ));
             }
-            // `ttl` is Infisical's to judge (it takes forms psi never reads).
-            for (key, value) in [
-                ("renew_before", Some(&cert.renew_before)),
-                ("hook_timeout", cert.hook_timeout.as_ref()),
-            ] {
-                if let Some(value) = value {
-                    crate::duration::parse(value).map_err(|err| format!("{at}.{key}: {err}"))?;
+            // `ttl` is Infisical's to judge (it takes forms psi never reads); modes, hooks and
+            // durations were checked while parsing.
+            for (key, path) in cert.output.files() {
+                let key = format!("{at}.output.{key}");
+                check_output_path(path).map_err(|err| format!("{key}: {err}"))?;
+                if let Some(other) = written.get(path) {
+                    return Err(format!("{key}: '{}' is also {other}", path.display()));
                 }
+                written.insert(path, key);
             }
         }
         Ok(())
     }
+}
+
+/// An output path: absolute, because the renewal timer does not run where `psi` was typed
+/// and the generated units mount and create its directory; and a file, not a directory.
+fn check_output_path(path: &Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!("'{}' is not an absolute path", path.display()));
+    }
+    if path.as_os_str().as_bytes().ends_with(b"/") || path.file_name().is_none() {
+        return Err(format!(
+            "'{}' names a directory, not a file",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn default_api_url() -> String {
@@ -405,22 +426,107 @@ pub struct CertConfig {
     pub ttl: String,
     pub key_algorithm: Option<String>,
     pub output: CertOutput,
-    #[serde(default = "default_renew_before")]
-    pub renew_before: String,
+    #[serde(default = "default_renew_before", deserialize_with = "duration")]
+    pub renew_before: Duration,
     #[serde(default)]
-    pub hooks: Vec<String>,
+    pub hooks: Vec<Hook>,
     /// New: the CA to issue from, for Infisical versions without certificate profiles.
     pub ca_id: Option<String>,
     /// New: how long each hook may run [default: 60s].
-    pub hook_timeout: Option<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub hook_timeout: Option<Duration>,
 }
 
 fn default_cert_ttl() -> String {
     "90d".into()
 }
 
-fn default_renew_before() -> String {
-    "30d".into()
+fn default_renew_before() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+/// A duration key (`30s`, `90d`), parsed when the file is loaded.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    parse_scalar(d, crate::duration::parse)
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    struct Value(Duration);
+    impl<'de> Deserialize<'de> for Value {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            duration(d).map(Value)
+        }
+    }
+    Ok(Option::<Value>::deserialize(d)?.map(|Value(duration)| duration))
+}
+
+/// Reads a scalar with psi's own `parse`, inside serde's visitor: serde_yaml gives an error
+/// raised there the value's line and column (raised afterwards, it gets the enclosing
+/// block's).
+fn parse_scalar<'de, D, T>(
+    d: D,
+    parse: fn(&str) -> Result<T, String>,
+) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Scalar<T>(fn(&str) -> Result<T, String>);
+    impl<T> serde::de::Visitor<'_> for Scalar<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<T, E> {
+            (self.0)(text).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Scalar(parse))
+}
+
+/// A TLS hook: a command line, split into words like a shell would split it when the file
+/// is loaded (so a hook that cannot run is a config error, not a failed renewal). No shell
+/// ever runs it; the first word is the program, found on `PATH` unless it is a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    line: String,
+    /// Never empty.
+    argv: Vec<String>,
+}
+
+impl Hook {
+    /// The command line as written, for the log.
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    pub fn program(&self) -> &str {
+        &self.argv[0]
+    }
+
+    pub fn args(&self) -> &[String] {
+        &self.argv[1..]
+    }
+
+    pub fn parse(line: &str) -> Result<Hook, String> {
+        let argv = shlex::split(line).ok_or_else(|| {
+            "the hook is not a command line: unbalanced quotes or a trailing backslash".to_owned()
+        })?;
+        if argv.is_empty() {
+            return Err("the hook is empty; write a command line".into());
+        }
+        Ok(Hook {
+            line: line.to_owned(),
+            argv,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Hook {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        parse_scalar(d, Hook::parse)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,19 +537,66 @@ pub struct AltName {
     pub value: String,
 }
 
+/// Where a certificate's PEM files go. The key is written 0600, the others with `mode`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertOutput {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub chain: PathBuf,
+    /// New: the certificate followed by the chain, the one file most servers take.
+    pub fullchain: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     #[serde(default = "default_cert_mode")]
-    pub mode: String,
+    pub mode: FileMode,
 }
 
-fn default_cert_mode() -> String {
-    "0640".into()
+impl CertOutput {
+    /// Every configured output file, with its key under `output`.
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = vec![
+            ("cert", self.cert.as_path()),
+            ("key", self.key.as_path()),
+            ("chain", self.chain.as_path()),
+        ];
+        files.extend(self.fullchain.as_deref().map(|p| ("fullchain", p)));
+        files.extend(self.ca.as_deref().map(|p| ("ca", p)));
+        files
+    }
+}
+
+fn default_cert_mode() -> FileMode {
+    FileMode(0o640)
+}
+
+/// An output file's mode: octal digits (`"0640"`, `0640`, `"640"`), `0o` allowed as in the
+/// original, at most 0777. Parsed when the file is loaded, so a bad mode fails before a
+/// certificate is issued instead of after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(u32);
+
+impl FileMode {
+    pub fn parse(text: &str) -> Result<FileMode, String> {
+        let trimmed = text.trim();
+        let digits = trimmed.strip_prefix("0o").unwrap_or(trimmed);
+        let octal = !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        match u32::from_str_radix(digits, 8) {
+            Ok(bits) if octal && bits <= 0o777 => Ok(FileMode(bits)),
+            _ => Err(format!(
+                "'{text}' is not a file mode; use octal digits, e.g. 0640"
+            )),
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        parse_scalar(d, FileMode::parse)
+    }
 }
 
 /// `providers.nitrokeyhsm` (the original's schema plus `token_label`, `token_serial`).
@@ -1147,7 +1300,8 @@ pub fn resolve_credential(
 
 /// Parses the YAML text. The message names the key path, says what is wrong, suggests the
 /// nearest known key for a typo, and ends with the position when the parser knows it.
-/// It never quotes a value (the file holds tokens and client secrets).
+/// It never quotes a value (the file holds tokens and client secrets), except where psi's
+/// own parser of a key that holds no secret (a file mode, a duration) quotes what it read.
 fn parse_file(text: &str) -> Result<ConfigFile, String> {
     if text.trim().is_empty() {
         return Ok(ConfigFile::default());
@@ -1270,6 +1424,33 @@ mod tests {
         );
         assert_eq!(suggest("zzz", &["project", "path"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn file_modes() {
+        for (text, bits) in [
+            ("0640", 0o640),
+            ("644", 0o644),
+            ("0o600", 0o600),
+            (" 0400 ", 0o400),
+        ] {
+            assert_eq!(FileMode::parse(text), Ok(FileMode(bits)), "{text}");
+        }
+        for bad in ["", "0o", "rw-r--r--", "0800", "+640", "01777", "-0"] {
+            let err = FileMode::parse(bad).unwrap_err();
+            assert!(err.contains("is not a file mode"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn hooks_are_split_at_load() {
+        let hook = Hook::parse("touch '/tmp/a b' c").unwrap();
+        assert_eq!(hook.program(), "touch");
+        assert_eq!(hook.args(), ["/tmp/a b", "c"]);
+        assert_eq!(hook.line(), "touch '/tmp/a b' c");
+        for bad in ["", "   ", "touch 'unbalanced", "touch a\\"] {
+            assert!(Hook::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! that carry psi's secrets (socket token, HSM PIN, credentials directory, AWS keys). Every certificate is processed;
 //! any failure (issuing, writing, a hook) makes the command fail at the end.
 //!
-//! Files: key always 0600; cert, chain and CA `output.mode` (default 0640). State:
+//! Files: key always 0600; cert, chain, fullchain (the certificate, then the chain) and CA
+//! `output.mode` (default 0640); each PEM file ends with one newline. State:
 //! `state_dir/tls/<name>.json` (the original's fields; `expires_at` is the certificate's
 //! notAfter). Progress goes to stderr; only `status` writes to stdout. Private keys are never
 //! logged.
@@ -26,8 +27,9 @@ use clap::{Args, Subcommand};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-use crate::config::{CertConfig, Settings};
+use crate::config::{CertConfig, Hook, Settings};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::provider::infisical::{Infisical, IssueRequest, Issued};
@@ -155,20 +157,6 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn renew_before(cert: &CertConfig) -> Result<Duration> {
-    crate::duration::parse(&cert.renew_before)
-        .map_err(|why| Error::Usage(format!("renew_before '{}': {why}", cert.renew_before)))
-}
-
-fn file_mode(cert: &CertConfig) -> Result<u32> {
-    let text = cert.output.mode.trim();
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    u32::from_str_radix(digits, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| Error::Usage(format!("output.mode '{text}' is not an octal file mode")))
-}
-
 /// Issues or renews one certificate, writes it, runs its hooks. `Ok(false)`: not due.
 async fn process(
     settings: &Settings,
@@ -179,11 +167,10 @@ async fn process(
 ) -> Result<bool> {
     let state = load_state(settings, name);
     let issued = if renew {
-        let margin = renew_before(cert)?;
         match read_cert(&cert.output.cert) {
             Ok(info) => {
                 let left = info.not_after as f64 - now_secs();
-                if left > margin.as_secs_f64() {
+                if left > cert.renew_before.as_secs_f64() {
                     eprintln!(
                         "  {name}: valid, {} days remaining",
                         (left / 86_400.0).floor() as i64
@@ -237,13 +224,7 @@ async fn process(
         .map_err(|err| Error::Failed(format!("cannot encode the TLS state of {name}: {err}")))?;
     fsutil::write_atomic(&path, &json, fsutil::PRIVATE)?;
     eprintln!("  {}: {name}", if renew { "Renewed" } else { "Issued" });
-    // Checked at load (config validation), so a bad value cannot reach here.
-    let timeout = cert
-        .hook_timeout
-        .as_deref()
-        .and_then(|t| crate::duration::parse(t).ok())
-        .unwrap_or(HOOK_TIMEOUT);
-    let failed = run_hooks(&cert.hooks, timeout).await;
+    let failed = run_hooks(&cert.hooks, cert.hook_timeout.unwrap_or(HOOK_TIMEOUT)).await;
     if failed > 0 {
         return Err(Error::Failed(format!("{failed} hook(s) failed")));
     }
@@ -278,7 +259,7 @@ fn check_key_match(cert: &CertConfig, issued: &Issued) -> Result<()> {
     let key_pem: &[u8] = match &issued.private_key {
         Some(key) => key.expose().as_bytes(),
         None => {
-            existing = zeroize::Zeroizing::new(std::fs::read(&cert.output.key).map_err(|err| {
+            existing = Zeroizing::new(std::fs::read(&cert.output.key).map_err(|err| {
                 Error::Failed(format!(
                     "Infisical sent no private key and {} cannot be read: {err}",
                     cert.output.key.display()
@@ -301,9 +282,9 @@ fn check_key_match(cert: &CertConfig, issued: &Issued) -> Result<()> {
 }
 
 fn write_outputs(cert: &CertConfig, issued: &Issued) -> Result<()> {
-    let mode = file_mode(cert)?;
     check_key_match(cert, issued)?;
     let out = &cert.output;
+    let mode = out.mode.bits();
     let write = |path: &Path, text: &str, mode: u32| -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fsutil::ensure_dir(dir, 0o755)?;
@@ -314,27 +295,63 @@ fn write_outputs(cert: &CertConfig, issued: &Issued) -> Result<()> {
     };
     // The key first: a certificate never lands next to a key it does not match for long.
     if let Some(key) = &issued.private_key {
-        write(&out.key, key.expose(), fsutil::PRIVATE)?;
+        write(&out.key, &pem_file(key.expose()), fsutil::PRIVATE)?;
     }
-    write(&out.cert, &issued.certificate, mode)?;
-    if let Some(chain) = &issued.certificate_chain {
+    let certificate = pem_file(&issued.certificate);
+    write(&out.cert, &certificate, mode)?;
+    let chain = issued.certificate_chain.as_deref().map(pem_file);
+    if let Some(chain) = &chain {
         write(&out.chain, chain, mode)?;
     }
+    if let Some(path) = &out.fullchain {
+        // A renewal answer without a chain leaves the chain file as it was, and fullchain
+        // goes on with that chain.
+        let chain = match chain {
+            Some(chain) => chain,
+            None => pem_file(&read_if_present(&out.chain)?),
+        };
+        write(path, &format!("{}{}", *certificate, *chain), mode)?;
+    }
     if let (Some(path), Some(ca)) = (&out.ca, &issued.issuing_ca_certificate) {
-        write(path, ca, mode)?;
+        write(path, &pem_file(ca), mode)?;
     }
     Ok(())
 }
 
-/// Runs `hooks` in order; returns how many failed (parse error, missing program, non-zero
-/// exit, timeout).
-pub async fn run_hooks(hooks: &[String], timeout: Duration) -> usize {
+/// PEM text as written to a file: with exactly one final newline, which Infisical leaves
+/// out (`cat cert.pem chain.pem` would then run two certificates together, and OpenSSL reads
+/// none). Empty text, a root CA's empty chain, stays empty. Zeroized: it may be the key.
+fn pem_file(text: &str) -> Zeroizing<String> {
+    let text = text.trim_end();
+    let mut pem = Zeroizing::new(String::with_capacity(text.len() + 1));
+    if !text.is_empty() {
+        pem.push_str(text);
+        pem.push('\n');
+    }
+    pem
+}
+
+/// The text of `path`, or nothing when it does not exist.
+fn read_if_present(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(err) => Err(Error::Io {
+            context: format!("cannot read {}", path.display()),
+            source: err,
+        }),
+    }
+}
+
+/// Runs `hooks` in order; returns how many failed (missing program, non-zero exit,
+/// timeout). Their command lines were split when the config was loaded.
+pub async fn run_hooks(hooks: &[Hook], timeout: Duration) -> usize {
     let mut failed = 0;
     for hook in hooks {
         match run_hook(hook, timeout).await {
-            Ok(()) => eprintln!("  Hook OK: {hook}"),
+            Ok(()) => eprintln!("  Hook OK: {}", hook.line()),
             Err(why) => {
-                eprintln!("  Hook FAILED: {hook}\n    {why}");
+                eprintln!("  Hook FAILED: {}\n    {why}", hook.line());
                 failed += 1;
             }
         }
@@ -368,12 +385,9 @@ fn hook_command(program: &str, args: &[String]) -> tokio::process::Command {
     command
 }
 
-async fn run_hook(hook: &str, timeout: Duration) -> std::result::Result<(), String> {
-    let argv = shlex::split(hook).ok_or_else(|| "parse error: unbalanced quotes".to_owned())?;
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| "parse error: empty command".to_owned())?;
-    let child = hook_command(program, args)
+async fn run_hook(hook: &Hook, timeout: Duration) -> std::result::Result<(), String> {
+    let program = hook.program();
+    let child = hook_command(program, hook.args())
         .spawn()
         .map_err(|err| format!("cannot run {program}: {err}"))?;
     let output = tokio::time::timeout(timeout, child.wait_with_output())
@@ -382,7 +396,7 @@ async fn run_hook(hook: &str, timeout: Duration) -> std::result::Result<(), Stri
         .map_err(|err| format!("waiting for {program}: {err}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    tracing::info!(hook, status = %output.status, stdout = %stdout.trim_end(), stderr = %stderr.trim_end(), "TLS hook finished");
+    tracing::info!(hook = hook.line(), status = %output.status, stdout = %stdout.trim_end(), stderr = %stderr.trim_end(), "TLS hook finished");
     if output.status.success() {
         Ok(())
     } else {
@@ -412,13 +426,12 @@ fn status(settings: &Settings, certs: &[(&String, &CertConfig)], args: &StatusAr
     let now = now_secs();
     let mut rows = Vec::new();
     for (name, cert) in certs {
-        let margin = renew_before(cert)?;
         let row = match read_cert(&cert.output.cert) {
             Ok(info) => {
                 let left = info.not_after as f64 - now;
                 let status = if left <= 0.0 {
                     "expired"
-                } else if left <= margin.as_secs_f64() {
+                } else if left <= cert.renew_before.as_secs_f64() {
                     "needs_renewal"
                 } else {
                     "valid"
@@ -574,26 +587,20 @@ mod tests {
     fn hooks_are_argv_not_shell() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a b");
-        let hook = format!("touch '{}'", file.display());
+        let hook = Hook::parse(&format!("touch '{}'", file.display())).unwrap();
         assert_eq!(block(run_hooks(&[hook], HOOK_TIMEOUT)), 0);
         assert!(file.exists(), "quoted argument kept whole");
         // No shell: `;` and `>` are plain arguments to echo.
         let redirect = dir.path().join("redirected");
-        let hook = format!("echo hi > {}", redirect.display());
+        let hook = Hook::parse(&format!("echo hi > {}", redirect.display())).unwrap();
         assert_eq!(block(run_hooks(&[hook], HOOK_TIMEOUT)), 0);
         assert!(!redirect.exists());
     }
 
     #[test]
     fn hook_failures_are_counted() {
-        let hooks = [
-            "false".to_owned(),
-            "".to_owned(),
-            "touch 'unbalanced".to_owned(),
-            "/nonexistent/hook".to_owned(),
-            "true".to_owned(),
-        ];
-        assert_eq!(block(run_hooks(&hooks, HOOK_TIMEOUT)), 4);
+        let hooks = ["false", "/nonexistent/hook", "true"].map(|h| Hook::parse(h).unwrap());
+        assert_eq!(block(run_hooks(&hooks, HOOK_TIMEOUT)), 2);
     }
 
     #[test]
@@ -613,7 +620,7 @@ mod tests {
     fn hook_timeout() {
         let start = std::time::Instant::now();
         let failed = block(run_hooks(
-            &["sleep 30".to_owned()],
+            &[Hook::parse("sleep 30").unwrap()],
             Duration::from_millis(200),
         ));
         assert_eq!(failed, 1);
@@ -621,13 +628,12 @@ mod tests {
     }
 
     #[test]
-    fn modes() {
-        let yaml = "project: p\nprofile_id: x\ncommon_name: c\noutput: {cert: a, key: b, chain: c, mode: '0644'}\n";
-        let mut cert: CertConfig = serde_yaml::from_str(yaml).unwrap();
-        assert_eq!(file_mode(&cert).unwrap(), 0o644);
-        cert.output.mode = "0o600".into();
-        assert_eq!(file_mode(&cert).unwrap(), 0o600);
-        cert.output.mode = "rw-r--r--".into();
-        assert!(file_mode(&cert).is_err());
+    fn pem_files_end_with_one_newline() {
+        let end = "-----END CERTIFICATE-----";
+        for sent in [end.to_owned(), format!("{end}\n"), format!("{end}\r\n\n")] {
+            assert_eq!(*pem_file(&sent), format!("{end}\n"), "{sent:?}");
+        }
+        assert_eq!(*pem_file(""), "");
+        assert_eq!(*pem_file("\n"), "");
     }
 }

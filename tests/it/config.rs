@@ -430,3 +430,72 @@ fn tls_certificates_are_validated_with_key_paths() {
     ))
     .unwrap();
 }
+
+/// Every output and hook setting of a certificate is checked when the file is loaded, so a
+/// bad one fails `psi check` and the renewal timer before a certificate is issued.
+#[test]
+fn tls_outputs_and_hooks_are_validated_at_load() {
+    let base = "providers:\n  infisical:\n    auth: {method: universal-auth, client_id: c, client_secret: s}\n    projects:\n      web: {id: x}\n    tls:\n      certificates:\n        api:\n          project: web\n          ca_id: c\n          common_name: a\n";
+    let at = "providers.infisical.tls.certificates.api";
+    for (cert, expected) in [
+        (
+            "          output: {cert: /c, key: /k, chain: /ch, mode: 'rw-r--r--'}\n",
+            format!("{at}.output.mode: 'rw-r--r--' is not a file mode; use octal digits, e.g. 0640 (line 12, column"),
+        ),
+        (
+            "          output: {cert: /c, key: /k, chain: /ch, mode: '01777'}\n",
+            format!("{at}.output.mode: '01777' is not a file mode"),
+        ),
+        (
+            "          output: {cert: /c, key: /k, chain: /ch, mode: ''}\n",
+            format!("{at}.output.mode: '' is not a file mode"),
+        ),
+        (
+            "          output: {cert: c.pem, key: /k, chain: /ch}\n",
+            format!("{at}.output.cert: 'c.pem' is not an absolute path"),
+        ),
+        (
+            "          output: {cert: /c, key: /k, chain: /ch, fullchain: full.pem}\n",
+            format!("{at}.output.fullchain: 'full.pem' is not an absolute path"),
+        ),
+        (
+            "          output: {cert: /c, key: /k, chain: /ch, ca: /etc/pki/}\n",
+            format!("{at}.output.ca: '/etc/pki/' names a directory, not a file"),
+        ),
+        (
+            "          output: {cert: /c, key: /c, chain: /ch}\n",
+            format!("{at}.output.key: '/c' is also {at}.output.cert"),
+        ),
+        (
+            "          output: {cert: /c, key: /k, chain: /ch}\n          renew_before: a month\n",
+            format!("{at}.renew_before: 'a month' is not a duration"),
+        ),
+        (
+            "          output: {cert: /c, key: /k, chain: /ch}\n          hooks: ['systemctl reload nginx', '  ']\n",
+            format!("{at}.hooks[1]: the hook is empty; write a command line (line 13, column"),
+        ),
+        (
+            "          output: {cert: /c, key: /k, chain: /ch}\n          hooks: [\"kill -HUP 'nginx\"]\n",
+            format!("{at}.hooks[0]: the hook is not a command line: unbalanced quotes or a trailing backslash (line 13, column"),
+        ),
+    ] {
+        let msg = config_error(&format!("{base}{cert}"));
+        assert!(msg.contains(&expected), "{cert}: {msg}");
+    }
+    // Two certificates cannot write one file either.
+    let two = format!(
+        "{base}          output: {{cert: /a/cert.pem, key: /a/key.pem, chain: /a/chain.pem}}\n        web:\n          project: web\n          ca_id: c\n          common_name: b\n          output: {{cert: /b/cert.pem, key: /b/key.pem, chain: /a/chain.pem}}\n"
+    );
+    let msg = config_error(&two);
+    assert!(
+        msg.contains("providers.infisical.tls.certificates.web.output.chain: '/a/chain.pem' is also providers.infisical.tls.certificates.api.output.chain"),
+        "{msg}"
+    );
+    // Modes unquoted, quoted and with `0o`; a fullchain output; hooks with quoted words.
+    for mode in ["0640", "'0644'", "0o600", "440"] {
+        load_text(&format!(
+            "{base}          output: {{cert: /c, key: /k, chain: /ch, fullchain: /f, ca: /ca, mode: {mode}}}\n          hooks: [\"touch '/tmp/a b'\"]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{mode}: {e}"));
+    }
+}

@@ -30,6 +30,10 @@ struct Cert<'a> {
     ttl: &'a str,
     renew_before: &'a str,
     hooks: Vec<String>,
+    /// `output.mode`, written as given (quoted); absent: the default.
+    mode: Option<&'a str>,
+    /// Whether `output.fullchain` is configured.
+    fullchain: bool,
 }
 
 impl Cert<'_> {
@@ -39,6 +43,8 @@ impl Cert<'_> {
             ttl: "90d",
             renew_before: "30d",
             hooks: Vec::new(),
+            mode: None,
+            fullchain: false,
         }
     }
 }
@@ -67,6 +73,18 @@ fn config(sb: &Sandbox, fake: &FakeInfisical, generation: Generation, certs: &[C
             chain = out(sb, c.name, "chain.pem").display(),
             ca = out(sb, c.name, "ca.pem").display(),
         ));
+        if c.fullchain {
+            yaml.push_str(&format!(
+                "            fullchain: {}\n",
+                out(sb, c.name, "fullchain.pem").display()
+            ));
+        }
+        if let Some(mode) = c.mode {
+            yaml.push_str(&format!(
+                "            mode: {}\n",
+                serde_json::to_string(mode).unwrap()
+            ));
+        }
         if !c.hooks.is_empty() {
             yaml.push_str("          hooks:\n");
             for h in &c.hooks {
@@ -462,4 +480,136 @@ fn a_certificate_for_another_key_is_not_written() {
         "{stderr}"
     );
     assert_eq!(std::fs::read(out(&sb, "web", "cert.pem")).unwrap(), before);
+}
+
+/// How many certificates OpenSSL finds in the PEM file `path`.
+fn openssl_cert_count(path: &Path) -> usize {
+    let o = std::process::Command::new("openssl")
+        .args(["storeutl", "-noout", "-certs"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Total found: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "openssl storeutl: {text}{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+}
+
+/// Checks every PEM output of certificate `name`: one final newline each, `fullchain` is the
+/// certificate then the chain, and OpenSSL reads both certificates from `cat cert chain` and
+/// from `fullchain` (Infisical sends PEMs without the final newline).
+fn check_pem_outputs(sb: &Sandbox, name: &str) {
+    for file in [
+        "cert.pem",
+        "key.pem",
+        "chain.pem",
+        "ca.pem",
+        "fullchain.pem",
+    ] {
+        let text = std::fs::read_to_string(out(sb, name, file)).unwrap();
+        assert!(
+            text.ends_with("-----\n") && !text.ends_with("\n\n"),
+            "{file} ends with exactly one newline: {:?}",
+            &text[text.len().saturating_sub(30)..]
+        );
+    }
+    assert_eq!(mode(&out(sb, name, "fullchain.pem")), 0o640);
+    let cert = std::fs::read(out(sb, name, "cert.pem")).unwrap();
+    let chain = std::fs::read(out(sb, name, "chain.pem")).unwrap();
+    let fullchain = std::fs::read(out(sb, name, "fullchain.pem")).unwrap();
+    assert_eq!(fullchain, [cert.as_slice(), chain.as_slice()].concat());
+    if !crate::support::require("openssl") {
+        return;
+    }
+    let concatenated = sb.path().join(format!("{name}-cat.pem"));
+    std::fs::write(&concatenated, [cert, chain].concat()).unwrap();
+    assert_eq!(
+        openssl_cert_count(&concatenated),
+        2,
+        "cat cert.pem chain.pem"
+    );
+    assert_eq!(openssl_cert_count(&out(sb, name, "fullchain.pem")), 2);
+}
+
+#[test]
+fn pem_outputs_end_with_a_newline_and_fullchain_is_cert_then_chain() {
+    let generation = Generation::Current;
+    let fake = fake(generation);
+    let sb = Sandbox::new();
+    let mut c = Cert::new("web");
+    // Due at once, so renew writes everything again.
+    c.ttl = "10d";
+    c.fullchain = true;
+    let config = config(&sb, &fake, generation, &[c]);
+    let o = psi(&sb, &config, &["infisical", "tls", "issue"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Wrote {}",
+            out(&sb, "web", "fullchain.pem").display()
+        )),
+        "{stderr}"
+    );
+    check_pem_outputs(&sb, "web");
+    let first = std::fs::read(out(&sb, "web", "fullchain.pem")).unwrap();
+
+    let o = psi(&sb, &config, &["infisical", "tls", "renew"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fake.pki_counts(), (1, 1));
+    check_pem_outputs(&sb, "web");
+    assert_ne!(
+        std::fs::read(out(&sb, "web", "fullchain.pem")).unwrap(),
+        first
+    );
+}
+
+#[test]
+fn a_bad_output_mode_fails_before_any_request() {
+    let generation = Generation::Current;
+    let fake = fake(generation);
+    let sb = Sandbox::new();
+    let mut c = Cert::new("web");
+    c.mode = Some("rw-r--r--");
+    let config = config(&sb, &fake, generation, &[c]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    // The position of the value.
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find("mode: ").map(|c| (i + 1, c + "mode: ".len() + 1)))
+        .unwrap();
+    let expected = format!(
+        "psi: error: {}: providers.infisical.tls.certificates.web.output.mode: 'rw-r--r--' is not a file mode; use octal digits, e.g. 0640 (line {line}, column {column})\n",
+        config.display()
+    );
+    for args in [
+        &["infisical", "tls", "renew"][..],
+        &["infisical", "tls", "issue"],
+        &["check"],
+    ] {
+        let o = sb
+            .psi()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), expected, "{args:?}");
+        assert!(o.stdout.is_empty());
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "no request, so no certificate issued and thrown away: {:?}",
+        fake.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    assert_eq!(fake.pki_counts(), (0, 0));
+    assert!(!out(&sb, "web", "cert.pem").exists());
 }

@@ -301,26 +301,10 @@ impl ApplianceSpec {
             _ => None,
         };
         let mut tls_dirs: std::collections::BTreeMap<PathBuf, u32> = Default::default();
-        for (name, cert) in infisical.map(|i| &i.tls.certificates).into_iter().flatten() {
+        for cert in infisical.iter().flat_map(|i| i.tls.certificates.values()) {
             let out = &cert.output;
-            let mode = u32::from_str_radix(&out.mode, 8)
-                .ok()
-                .filter(|m| *m <= 0o777)
-                .ok_or_else(|| Error::Config {
-                    path: settings.config_path.clone(),
-                    message: format!(
-                        "providers.infisical.tls.certificates.{name}.output.mode: '{}' is not a file mode; use octal digits, e.g. 0640",
-                        out.mode
-                    ),
-                })?;
-            let files = [
-                Some(&out.cert),
-                Some(&out.key),
-                Some(&out.chain),
-                out.ca.as_ref(),
-            ];
-            for dir in files.into_iter().flatten().filter_map(|p| p.parent()) {
-                *tls_dirs.entry(dir.to_path_buf()).or_insert(0o700) |= dir_mode(mode);
+            for dir in out.files().into_iter().filter_map(|(_, p)| p.parent()) {
+                *tls_dirs.entry(dir.to_path_buf()).or_insert(0o700) |= dir_mode(out.mode.bits());
             }
         }
         let workloads = file

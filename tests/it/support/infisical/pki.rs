@@ -202,7 +202,7 @@ fn ca_not_found() -> Fail {
 pub(super) fn ca_certificate(state: &mut State, ca_id: &str) -> Result<Value, Fail> {
     let ca = state.pki.cas.get(ca_id).ok_or_else(ca_not_found)?;
     Ok(json!({
-        "certificate": String::from_utf8(ca.cert.to_pem().unwrap()).unwrap(),
+        "certificate": server_pem(&ca.cert),
         "certificateChain": "",
         "serialNumber": ca.serial,
     }))
@@ -268,7 +268,18 @@ fn ttl_secs(ttl: &str) -> Option<u64> {
     Some(n * mult)
 }
 
-/// `{certificate, issuingCaCertificate, certificateChain, privateKey, serialNumber}`.
+/// A certificate's PEM as Infisical sends it: without the final newline (fixtures 74, 75),
+/// so `cat cert.pem chain.pem` of the raw texts runs two certificates together.
+fn server_pem(cert: &X509) -> String {
+    String::from_utf8(cert.to_pem().unwrap())
+        .unwrap()
+        .trim_end()
+        .to_owned()
+}
+
+/// `{certificate, issuingCaCertificate, certificateChain, privateKey, serialNumber}`. The key
+/// keeps the final newline openssl writes (the fixtures redact the real one), so clients meet
+/// both endings.
 fn mint(ca: &Ca, now: u64, cn: &str, alt_names: &[(String, String)], ttl: u64) -> Value {
     let key = new_key();
     let mut name = X509NameBuilder::new().unwrap();
@@ -299,10 +310,9 @@ fn mint(ca: &Ca, now: u64, cn: &str, alt_names: &[(String, String)], ttl: u64) -
         b.append_extension(ext).unwrap();
     }
     b.sign(&ca.key, MessageDigest::sha256()).unwrap();
-    let pem = |x: &X509| String::from_utf8(x.to_pem().unwrap()).unwrap();
-    let ca_pem = pem(&ca.cert);
+    let ca_pem = server_pem(&ca.cert);
     json!({
-        "certificate": pem(&b.build()),
+        "certificate": server_pem(&b.build()),
         "issuingCaCertificate": ca_pem,
         "certificateChain": ca_pem,
         "privateKey": String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
