@@ -7,12 +7,17 @@
 //! `Secret=` references); Podman secrets (`showsecret=true` on Podman 5; on Podman 4, which
 //! reveals no values, psi shell-driver secrets through psi's mapping and its providers).
 //!
-//! Writing: the target folder is listed first. `--conflict fail` writes nothing when any key
-//! exists; `skip` leaves existing keys alone; `overwrite` updates them. Folders are created as
-//! needed. Newest servers get `PATCH /api/v4/secrets/batch` (`mode: "upsert"`) in chunks of
-//! 100; 2024 servers one create or update per key. A key whose sources disagree on its value
-//! is not written (failed). Exit status 1 when any key failed, also in a dry run (which writes
-//! nothing). Values never appear in output, logs or errors.
+//! Then a pure planner ([`plan`]) decides each key's fate from what the target folder holds
+//! ([`Upstream`]: its secrets with stored values, and the folders missing on the way to it):
+//! `created`, `updated`, `unchanged` (the folder holds this value already: nothing is sent),
+//! `skipped`, `conflict`, or `failed` (a key whose sources disagree, or that could not be
+//! read). `--conflict fail` is all-or-nothing: when any key holds another value, nothing is
+//! written; `skip` leaves such keys alone; `overwrite` updates them. Only missing folders are
+//! created. The report comes from the plan, so a dry run reports exactly what a real run
+//! would do; the real run then writes (`execute`): newest servers get
+//! `PATCH /api/v4/secrets/batch` (`mode: "upsert"`) in chunks of 100, 2024 servers one create
+//! or update per key, and a write that fails is named (what, key, folder). Exit status 1 on
+//! any conflict or failure, also in a dry run. Values never appear in output, logs or errors.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,7 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::provider::infisical::writes::{Entry, Target, CHUNK};
+use crate::provider::infisical::writes::{self, Entry, Target, Upstream, CHUNK};
 use crate::provider::infisical::Infisical;
 
 #[derive(Debug, Subcommand)]
@@ -63,11 +68,11 @@ pub enum ImportCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Conflict {
-    /// Write nothing when any key exists
+    /// Write nothing when any key holds another value in Infisical
     Fail,
-    /// Leave existing keys as they are
+    /// Leave keys that hold other values as they are
     Skip,
-    /// Update existing keys
+    /// Update keys that hold other values
     Overwrite,
 }
 
@@ -462,13 +467,40 @@ async fn all_podman_names(settings: &Settings) -> Result<Vec<String>> {
 // ---------------------------------------------------------------------------------------
 // Plan, write, report
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What happened (or, in a dry run, would happen) to a key or a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// New in the folder (a folder: did not exist).
     Created,
+    /// The folder held another value (`--conflict overwrite`).
     Updated,
+    /// The folder already holds this value: nothing is sent.
+    Unchanged,
+    /// Not written: `--conflict skip`, or other keys conflict under `--conflict fail`.
     Skipped,
+    /// The folder holds another value and `--conflict` is `fail`.
+    Conflict,
+    /// Not readable, the sources disagree, or the write failed.
     Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Skipped => "skipped",
+            Outcome::Conflict => "conflict",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Serialize)]
@@ -479,22 +511,33 @@ pub struct Row {
     pub detail: String,
 }
 
+/// A folder on the way to the target that does not exist.
+#[derive(Serialize)]
+pub struct FolderRow {
+    pub path: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
 #[derive(Serialize, Default)]
 pub struct Summary {
     pub total: usize,
     pub created: usize,
     pub updated: usize,
+    pub unchanged: usize,
     pub skipped: usize,
+    pub conflicts: usize,
     pub failed: usize,
 }
 
 #[derive(Serialize)]
 pub struct Report {
     pub project: String,
-    pub environment: Option<String>,
+    pub environment: String,
     pub path: String,
     pub conflict: Conflict,
     pub dry_run: bool,
+    pub folders: Vec<FolderRow>,
     pub results: Vec<Row>,
     pub summary: Summary,
 }
@@ -585,16 +628,25 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> Result<()> {
         total = s.total,
         created = s.created,
         updated = s.updated,
+        unchanged = s.unchanged,
         skipped = s.skipped,
+        conflicts = s.conflicts,
         failed = s.failed,
         "import finished"
     );
     super::print_report(&report, options.json, human)?;
-    if report.summary.failed > 0 {
-        return Err(Error::Failed(format!(
-            "{} of {} keys failed to import",
-            report.summary.failed, report.summary.total
-        )));
+    let mut problems = Vec::new();
+    if s.conflicts > 0 {
+        problems.push(format!(
+            "{} of {} keys hold other values in Infisical, so nothing was written (--conflict fail)",
+            s.conflicts, s.total
+        ));
+    }
+    if s.failed > 0 {
+        problems.push(format!("{} of {} keys failed to import", s.failed, s.total));
+    }
+    if !problems.is_empty() {
+        return Err(Error::Failed(problems.join("; ")));
     }
     Ok(())
 }
@@ -609,7 +661,9 @@ fn read_text(path: &Path) -> Result<Zeroizing<String>> {
         .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))
 }
 
-/// Plans and (unless a dry run) performs the writes.
+/// Plans the import against the folder's current state and, unless a dry run, performs
+/// it. The report comes from the plan, so a dry run reports what a real run would do; a
+/// real run only adds the writes that failed.
 pub async fn import(
     client: &Infisical,
     options: &ImportOptions,
@@ -621,8 +675,51 @@ pub async fn import(
         environment: options.environment.as_deref(),
         path: &options.path,
     };
-    let mut rows: Vec<Row> = Vec::new();
-    // Group by key: identical values from several sources are one key; differing ones fail.
+    let environment = client.environment(&target)?;
+    let (keys, unusable) = agree(found, unreadable);
+    // Nothing to write: no need to ask Infisical anything.
+    let upstream = if keys.is_empty() {
+        Upstream::default()
+    } else {
+        client.upstream(&target).await?
+    };
+    let mut plan = plan(options.conflict, keys, &upstream);
+    if !options.dry_run {
+        execute(client, &target, &environment, &mut plan).await;
+    }
+    let mut results = plan.rows;
+    results.extend(unusable);
+    results.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut summary = Summary {
+        total: results.len(),
+        ..Summary::default()
+    };
+    for row in &results {
+        *match row.outcome {
+            Outcome::Created => &mut summary.created,
+            Outcome::Updated => &mut summary.updated,
+            Outcome::Unchanged => &mut summary.unchanged,
+            Outcome::Skipped => &mut summary.skipped,
+            Outcome::Conflict => &mut summary.conflicts,
+            Outcome::Failed => &mut summary.failed,
+        } += 1;
+    }
+    Ok(Report {
+        project: options.project.clone(),
+        environment,
+        path: writes::normalize(&options.path),
+        conflict: options.conflict,
+        dry_run: options.dry_run,
+        folders: plan.folders,
+        results,
+        summary,
+    })
+}
+
+/// One value per key: identical values from several sources are one key; keys whose
+/// sources disagree, or that a source could not read, are failed rows and not written.
+fn agree(found: Vec<Found>, unreadable: Vec<Unreadable>) -> (Vec<Found>, Vec<Row>) {
+    let mut rows = Vec::new();
     let mut by_key: BTreeMap<String, Vec<Found>> = BTreeMap::new();
     for f in found {
         by_key.entry(f.key.clone()).or_default().push(f);
@@ -637,7 +734,7 @@ pub async fn import(
             detail: u.why,
         });
     }
-    let mut writes: Vec<Found> = Vec::new();
+    let mut keys = Vec::new();
     for (key, mut list) in by_key {
         let sources = list
             .iter()
@@ -646,154 +743,188 @@ pub async fn import(
             .into_iter()
             .collect::<Vec<_>>()
             .join(", ");
-        if list.iter().any(|f| f.value != list[0].value) {
-            rows.push(Row {
-                key,
-                source: sources,
-                outcome: Outcome::Failed,
-                detail: "the sources give different values; not written".into(),
-            });
-            continue;
-        }
-        if unreadable_keys.contains(&key) {
-            rows.push(Row {
-                key,
-                source: sources,
-                outcome: Outcome::Failed,
-                detail: "another source of this key could not be read; not written".into(),
-            });
-            continue;
-        }
-        let mut first = list.swap_remove(0);
-        first.source = sources;
-        writes.push(first);
-    }
-
-    // Nothing to write: no need to ask Infisical anything.
-    let existing = if writes.is_empty() {
-        BTreeSet::new()
-    } else {
-        client.existing_keys(&target).await?
-    };
-    let conflicts: Vec<&str> = writes
-        .iter()
-        .filter(|f| existing.contains(&f.key))
-        .map(|f| f.key.as_str())
-        .collect();
-    let abort = options.conflict == Conflict::Fail && !conflicts.is_empty();
-    let prefix = if options.dry_run { "would be " } else { "" };
-
-    // Decide each key's fate before writing.
-    let mut to_create = Vec::new();
-    let mut to_update = Vec::new();
-    for f in &writes {
-        let exists = existing.contains(&f.key);
-        let (outcome, detail) = if abort {
-            if exists {
-                (
-                    Outcome::Failed,
-                    "already exists (use --conflict skip or overwrite)".to_owned(),
-                )
-            } else {
-                (
-                    Outcome::Skipped,
-                    "not written: other keys already exist and --conflict is fail".to_owned(),
-                )
-            }
-        } else if exists && options.conflict == Conflict::Skip {
-            (Outcome::Skipped, "already exists".to_owned())
-        } else if exists {
-            to_update.push(f);
-            (Outcome::Updated, format!("{prefix}updated"))
+        let why = if list.iter().any(|f| f.value != list[0].value) {
+            "the sources give different values; not written"
+        } else if unreadable_keys.contains(&key) {
+            "another source of this key could not be read; not written"
         } else {
-            to_create.push(f);
-            (Outcome::Created, format!("{prefix}created"))
+            let mut first = list.swap_remove(0);
+            first.source = sources;
+            keys.push(first);
+            continue;
+        };
+        rows.push(Row {
+            key,
+            source: sources,
+            outcome: Outcome::Failed,
+            detail: why.into(),
+        });
+    }
+    (keys, rows)
+}
+
+/// What an import does, decided before anything is written.
+pub struct Plan {
+    /// The folders to create, shallowest first (none when nothing is written).
+    pub folders: Vec<FolderRow>,
+    /// The keys to send, with whether each updates an existing one.
+    pub writes: Vec<(Found, bool)>,
+    /// One row per key, in the order of `keys`.
+    pub rows: Vec<Row>,
+}
+
+/// Decides each key's fate from the folder's state (pure). A key whose stored value equals
+/// the imported one is `unchanged` under every policy: there is nothing to overwrite, so it
+/// is no conflict either. `--conflict fail` is all-or-nothing: when any key holds another
+/// value, nothing is written at all.
+pub fn plan(conflict: Conflict, keys: Vec<Found>, upstream: &Upstream) -> Plan {
+    let stored = |f: &Found| upstream.secrets.get(&f.key).map(|v| v.expose() == *f.value);
+    let abort = conflict == Conflict::Fail && keys.iter().any(|f| stored(f) == Some(false));
+    let mut writes = Vec::new();
+    let mut rows = Vec::new();
+    for f in keys {
+        let (outcome, detail) = match (stored(&f), conflict) {
+            (Some(true), _) => (Outcome::Unchanged, "Infisical holds this value"),
+            (Some(false), Conflict::Fail) => (
+                Outcome::Conflict,
+                "Infisical holds another value (use --conflict skip or overwrite)",
+            ),
+            (Some(false), Conflict::Skip) => (
+                Outcome::Skipped,
+                "Infisical holds another value (--conflict skip)",
+            ),
+            _ if abort => (
+                Outcome::Skipped,
+                "not written: other keys conflict and --conflict is fail",
+            ),
+            (Some(false), Conflict::Overwrite) => {
+                (Outcome::Updated, "Infisical held another value")
+            }
+            (None, _) => (Outcome::Created, "new key"),
         };
         rows.push(Row {
             key: f.key.clone(),
             source: f.source.clone(),
             outcome,
-            detail,
+            detail: detail.into(),
         });
-    }
-
-    let nothing = to_create.is_empty() && to_update.is_empty();
-    if !(options.dry_run || abort || nothing) {
-        let mut failures: BTreeMap<String, String> = BTreeMap::new();
-        match client.ensure_folder(&target).await {
-            Err(err) => {
-                for f in to_create.iter().chain(&to_update) {
-                    failures.insert(f.key.clone(), err.to_string());
-                }
-            }
-            Ok(()) if client.supports_v4() => {
-                let all: Vec<&Found> = to_create.iter().chain(&to_update).copied().collect();
-                for chunk in all.chunks(CHUNK) {
-                    let entries: Vec<Entry<'_>> = chunk
-                        .iter()
-                        .map(|f| Entry {
-                            key: &f.key,
-                            value: &f.value,
-                        })
-                        .collect();
-                    if let Err(err) = client.upsert(&target, &entries).await {
-                        for f in chunk {
-                            failures.insert(f.key.clone(), err.to_string());
-                        }
-                    }
-                }
-            }
-            Ok(()) => {
-                for (f, update) in to_create
-                    .iter()
-                    .map(|f| (f, false))
-                    .chain(to_update.iter().map(|f| (f, true)))
-                {
-                    let entry = Entry {
-                        key: &f.key,
-                        value: &f.value,
-                    };
-                    if let Err(err) = client.write_one(&target, &entry, update).await {
-                        failures.insert(f.key.clone(), err.to_string());
-                    }
-                }
-            }
-        }
-        for row in &mut rows {
-            if let Some(why) = failures.get(&row.key) {
-                if matches!(row.outcome, Outcome::Created | Outcome::Updated) {
-                    row.outcome = Outcome::Failed;
-                    row.detail = why.clone();
-                }
-            }
+        if matches!(outcome, Outcome::Created | Outcome::Updated) {
+            writes.push((f, outcome == Outcome::Updated));
         }
     }
-
-    rows.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut summary = Summary {
-        total: rows.len(),
-        ..Summary::default()
+    let folders = if writes.is_empty() {
+        Vec::new()
+    } else {
+        upstream
+            .missing
+            .iter()
+            .map(|path| FolderRow {
+                path: path.clone(),
+                outcome: Outcome::Created,
+                detail: "missing".into(),
+            })
+            .collect()
     };
-    for row in &rows {
-        match row.outcome {
-            Outcome::Created => summary.created += 1,
-            Outcome::Updated => summary.updated += 1,
-            Outcome::Skipped => summary.skipped += 1,
-            Outcome::Failed => summary.failed += 1,
+    Plan {
+        folders,
+        writes,
+        rows,
+    }
+}
+
+/// Performs the plan's writes. A write that fails is named on stderr (what, which key,
+/// which folder, the server's answer) and marks its keys' rows failed; the other writes
+/// go ahead. Without its folder, no key is written.
+async fn execute(client: &Infisical, target: &Target<'_>, env: &str, plan: &mut Plan) {
+    // Writes are named like `create DB_PASS in prod:/app`.
+    let place = format!("{env}:{}", writes::normalize(target.path));
+    let mut failures: BTreeMap<String, String> = BTreeMap::new();
+    let all: Vec<&Found> = plan.writes.iter().map(|(f, _)| f).collect();
+    if let Err((what, err)) = create_folders(client, target, env, &mut plan.folders).await {
+        fail(&mut failures, &all, &what, &err);
+    } else if client.supports_v4() {
+        for chunk in all.chunks(CHUNK) {
+            let entries: Vec<Entry<'_>> = chunk
+                .iter()
+                .map(|f| Entry {
+                    key: &f.key,
+                    value: &f.value,
+                })
+                .collect();
+            if let Err(err) = client.upsert(target, &entries).await {
+                let keys = match chunk {
+                    [first, .., last] => {
+                        format!("{} keys {}..{}", chunk.len(), first.key, last.key)
+                    }
+                    _ => chunk[0].key.clone(),
+                };
+                let what = format!("upsert {keys} in {place}");
+                fail(&mut failures, chunk, &what, &err);
+            }
+        }
+    } else {
+        for (f, update) in &plan.writes {
+            let entry = Entry {
+                key: &f.key,
+                value: &f.value,
+            };
+            if let Err(err) = client.write_one(target, &entry, *update).await {
+                let verb = if *update { "update" } else { "create" };
+                let what = format!("{verb} {} in {place}", f.key);
+                fail(&mut failures, &[f], &what, &err);
+            }
         }
     }
-    Ok(Report {
-        project: options.project.clone(),
-        environment: options.environment.clone(),
-        path: crate::provider::infisical::writes::normalize(&options.path),
-        conflict: options.conflict,
-        dry_run: options.dry_run,
-        results: rows,
-        summary,
-    })
+    for row in &mut plan.rows {
+        if let Some(why) = failures.remove(&row.key) {
+            row.outcome = Outcome::Failed;
+            row.detail = why;
+        }
+    }
+}
+
+/// Creates the planned folders in order; at the first failure the ones below it are not
+/// attempted, and the failed write is returned with its name.
+async fn create_folders(
+    client: &Infisical,
+    target: &Target<'_>,
+    env: &str,
+    folders: &mut [FolderRow],
+) -> std::result::Result<(), (String, Error)> {
+    let mut rows = folders.iter_mut();
+    while let Some(folder) = rows.next() {
+        let what = format!("create folder {env}:{}", folder.path);
+        if let Err(err) = client.create_folder(target, &folder.path).await {
+            folder.outcome = Outcome::Failed;
+            folder.detail = format!("{what}: {err}");
+            for below in rows {
+                below.outcome = Outcome::Skipped;
+                below.detail = format!("not created: {what} failed");
+            }
+            return Err((what, err));
+        }
+    }
+    Ok(())
+}
+
+/// Reports the failed write `what` once on stderr and in the rows of `keys`.
+fn fail(failures: &mut BTreeMap<String, String>, keys: &[&Found], what: &str, err: &Error) {
+    eprintln!("psi: import failed at {what}: {err}");
+    for f in keys {
+        failures.insert(f.key.clone(), format!("{what}: {err}"));
+    }
 }
 
 fn human(report: &Report) -> String {
+    let mut out = String::new();
+    for folder in &report.folders {
+        out.push_str(&format!(
+            "Folder {}: {} ({})\n",
+            folder.path,
+            folder.outcome.as_str(),
+            folder.detail
+        ));
+    }
     let width = report
         .results
         .iter()
@@ -801,20 +932,19 @@ fn human(report: &Report) -> String {
         .max()
         .unwrap_or(3)
         .max(3);
-    let mut out = format!("{:<width$}  {:<8}  DETAIL\n", "KEY", "OUTCOME");
+    out.push_str(&format!("{:<width$}  {:<9}  DETAIL\n", "KEY", "OUTCOME"));
     for row in &report.results {
-        let outcome = serde_json::to_value(row.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         out.push_str(&format!(
-            "{:<width$}  {:<8}  {} ({})\n",
-            row.key, outcome, row.detail, row.source
+            "{:<width$}  {:<9}  {} ({})\n",
+            row.key,
+            row.outcome.as_str(),
+            row.detail,
+            row.source
         ));
     }
     let s = &report.summary;
     out.push_str(&format!(
-        "{}Total: {} Created: {} Updated: {} Skipped: {} Failed: {}\n",
+        "{}Total: {} Created: {} Updated: {} Unchanged: {} Skipped: {} Conflicts: {} Failed: {}\n",
         if report.dry_run {
             "Dry run (nothing written). "
         } else {
@@ -823,7 +953,9 @@ fn human(report: &Report) -> String {
         s.total,
         s.created,
         s.updated,
+        s.unchanged,
         s.skipped,
+        s.conflicts,
         s.failed
     ));
     out
@@ -832,6 +964,7 @@ fn human(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::SecretString;
 
     fn pairs(found: &[Found]) -> Vec<(String, String)> {
         found
@@ -842,6 +975,95 @@ mod tests {
 
     fn p(k: &str, v: &str) -> (String, String) {
         (k.to_owned(), v.to_owned())
+    }
+
+    fn found(key: &str, value: &str) -> Found {
+        Found {
+            key: key.into(),
+            value: Zeroizing::new(value.into()),
+            source: "f.env".into(),
+        }
+    }
+
+    /// The folder holds SAME=same and DIFF=old; the import brings SAME, DIFF=new and NEW.
+    fn planned(conflict: Conflict, missing: &[&str]) -> Plan {
+        let upstream = Upstream {
+            secrets: [("SAME", "same"), ("DIFF", "old")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), SecretString::new(v.to_owned())))
+                .collect(),
+            missing: missing.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let keys = vec![
+            found("DIFF", "new"),
+            found("NEW", "n"),
+            found("SAME", "same"),
+        ];
+        plan(conflict, keys, &upstream)
+    }
+
+    fn decided(plan: &Plan) -> Vec<(&str, Outcome)> {
+        plan.rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.outcome))
+            .collect()
+    }
+
+    fn sent(plan: &Plan) -> Vec<(&str, bool)> {
+        plan.writes
+            .iter()
+            .map(|(f, update)| (f.key.as_str(), *update))
+            .collect()
+    }
+
+    #[test]
+    fn equal_values_are_unchanged_under_every_policy() {
+        use Outcome::{Created, Skipped, Unchanged, Updated};
+        let plan = planned(Conflict::Overwrite, &[]);
+        assert_eq!(
+            decided(&plan),
+            [("DIFF", Updated), ("NEW", Created), ("SAME", Unchanged)]
+        );
+        assert_eq!(sent(&plan), [("DIFF", true), ("NEW", false)]);
+        let plan = planned(Conflict::Skip, &[]);
+        assert_eq!(
+            decided(&plan),
+            [("DIFF", Skipped), ("NEW", Created), ("SAME", Unchanged)]
+        );
+        assert_eq!(sent(&plan), [("NEW", false)]);
+    }
+
+    #[test]
+    fn conflict_fail_writes_nothing_when_any_key_holds_another_value() {
+        use Outcome::{Skipped, Unchanged};
+        let plan = planned(Conflict::Fail, &["/never"]);
+        assert_eq!(
+            decided(&plan),
+            [
+                ("DIFF", Outcome::Conflict),
+                ("NEW", Skipped),
+                ("SAME", Unchanged)
+            ]
+        );
+        assert!(plan.writes.is_empty());
+        // Nothing written, so no folder created either.
+        assert!(plan.folders.is_empty());
+    }
+
+    #[test]
+    fn missing_folders_are_planned_only_with_writes() {
+        let writing = planned(Conflict::Overwrite, &["/a", "/a/b"]);
+        let folders: Vec<&str> = writing.folders.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(folders, ["/a", "/a/b"]);
+        let nothing = plan(
+            Conflict::Overwrite,
+            Vec::new(),
+            &Upstream {
+                missing: vec!["/a".into()],
+                ..Upstream::default()
+            },
+        );
+        assert!(nothing.folders.is_empty());
     }
 
     #[test]

@@ -26,13 +26,20 @@ fn config(sandbox: &Sandbox, fake: &FakeInfisical) -> std::path::PathBuf {
     ))
 }
 
-/// Runs `psi infisical import ARGS --project app --json`, `stdin` on stdin.
-fn import(sandbox: &Sandbox, fake: &FakeInfisical, args: &[&str], stdin: &[u8]) -> (Output, Value) {
+/// Runs `psi infisical import ARGS --project app`, `stdin` on stdin.
+fn run_import(sandbox: &Sandbox, fake: &FakeInfisical, args: &[&str], stdin: &[u8]) -> Output {
     let config = config(sandbox, fake);
     let mut cmd = sandbox.psi();
     cmd.arg("-c").arg(&config).args(["infisical", "import"]);
-    cmd.args(args).args(["--project", "app", "--json"]);
-    let out = run_with_stdin(&mut cmd, stdin);
+    cmd.args(args).args(["--project", "app"]);
+    run_with_stdin(&mut cmd, stdin)
+}
+
+/// Runs `psi infisical import ARGS --project app --json`, `stdin` on stdin.
+fn import(sandbox: &Sandbox, fake: &FakeInfisical, args: &[&str], stdin: &[u8]) -> (Output, Value) {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out = run_import(sandbox, fake, &args, stdin);
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "no JSON report ({e}); stdout: {} stderr: {}",
@@ -69,8 +76,24 @@ fn value(fake: &FakeInfisical, path: &str, key: &str) -> Option<String> {
     fake.secret(PROJECT, "prod", path, key).map(|(v, _)| v)
 }
 
+/// The method and path of each request that changes something.
+fn write_shape(fake: &FakeInfisical) -> Vec<(String, String)> {
+    writes(&fake.requests())
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// The folder exists (it holds KEY_000), so no folder is created.
 #[test]
-fn v4_upserts_in_chunks_of_100_and_creates_folders() {
+fn v4_upserts_in_chunks_of_100() {
     let fake = fake(Generation::Current);
     fake.set_secret(PROJECT, "prod", "/imp/sub", "KEY_000", "old");
     let sandbox = Sandbox::new();
@@ -97,8 +120,10 @@ fn v4_upserts_in_chunks_of_100_and_creates_folders() {
     assert!(out.status.success(), "{report}");
     assert_eq!(
         report["summary"],
-        json!({"total": 150, "created": 149, "updated": 1, "skipped": 0, "failed": 0})
+        json!({"total": 150, "created": 149, "updated": 1, "unchanged": 0, "skipped": 0,
+               "conflicts": 0, "failed": 0})
     );
+    assert_eq!(report["folders"], json!([]));
     assert_eq!(value(&fake, "/imp/sub", "KEY_000").unwrap(), "value 0\n");
     assert_eq!(
         fake.secret(PROJECT, "prod", "/imp/sub", "KEY_000")
@@ -111,29 +136,14 @@ fn v4_upserts_in_chunks_of_100_and_creates_folders() {
 
     let requests = fake.requests();
     let writes = writes(&requests);
-    let shape: Vec<(String, String)> = writes
-        .iter()
-        .map(|r| (r.method.clone(), r.path.clone()))
-        .collect();
     assert_eq!(
-        shape,
-        [
-            ("POST", "/api/v1/folders"),
-            ("POST", "/api/v1/folders"),
+        write_shape(&fake),
+        owned(&[
             ("PATCH", "/api/v4/secrets/batch"),
             ("PATCH", "/api/v4/secrets/batch"),
-        ]
-        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+        ])
     );
-    let folders: Vec<(&str, &str)> = writes[..2]
-        .iter()
-        .map(|r| {
-            let b = r.body.as_ref().unwrap();
-            (b["path"].as_str().unwrap(), b["name"].as_str().unwrap())
-        })
-        .collect();
-    assert_eq!(folders, [("/", "imp"), ("/imp", "sub")]);
-    for (batch, size) in writes[2..].iter().zip([100, 50]) {
+    for (batch, size) in writes.iter().zip([100, 50]) {
         let body = batch.body.as_ref().unwrap();
         assert_eq!(body["mode"], "upsert");
         assert_eq!(body["projectId"], PROJECT);
@@ -204,8 +214,12 @@ fn conflict_fail_writes_nothing_and_skip_keeps_existing() {
         assert_eq!(out.status.code(), Some(1), "{report}");
         assert_eq!(
             outcomes(&report),
-            [("A", "failed"), ("B", "skipped")].map(|(k, o)| (k.to_owned(), o.to_owned()))
+            owned(&[("A", "conflict"), ("B", "skipped")])
         );
+        assert_eq!(report["summary"]["conflicts"], 1);
+        assert_eq!(report["summary"]["failed"], 0);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("nothing was written"), "{stderr}");
         assert!(writes(&fake.requests()).is_empty());
         assert_eq!(fake.keys(PROJECT, "prod", "/app"), ["A"]);
 
@@ -222,33 +236,27 @@ fn conflict_fail_writes_nothing_and_skip_keeps_existing() {
         );
         assert_eq!(value(&fake, "/app", "A").unwrap(), "old");
         assert_eq!(value(&fake, "/app", "B").unwrap(), "2");
-    }
-}
 
-#[test]
-fn dry_run_writes_nothing() {
-    let fake = fake(Generation::Current);
-    fake.set_secret(PROJECT, "prod", "/", "A", "old");
-    let sandbox = Sandbox::new();
-    fake.clear_requests();
-    let (out, report) = import(
-        &sandbox,
-        &fake,
-        &[
-            "env-file",
-            "--path",
-            "/new",
-            "--conflict",
-            "overwrite",
-            "--dry-run",
-        ],
-        b"A=1\nB=2\n",
-    );
-    assert!(out.status.success(), "{report}");
-    assert_eq!(report["dry_run"], true);
-    assert_eq!(report["summary"]["created"], 2);
-    assert!(writes(&fake.requests()).is_empty());
-    assert!(fake.keys(PROJECT, "prod", "/new").is_empty());
+        // A key that already holds the imported value is no conflict: running an import
+        // again after it stopped half-way carries on.
+        fake.clear_requests();
+        let (out, report) = import(
+            &sandbox,
+            &fake,
+            &["env-file", "--path", "/app"],
+            b"A=old\nB=2\nC=3\n",
+        );
+        assert!(out.status.success(), "{report}");
+        assert_eq!(
+            outcomes(&report),
+            owned(&[("A", "unchanged"), ("B", "unchanged"), ("C", "created")])
+        );
+        let created = match generation {
+            Generation::Current => ("PATCH", "/api/v4/secrets/batch"),
+            Generation::Legacy2024 => ("POST", "/api/v3/secrets/raw/C"),
+        };
+        assert_eq!(write_shape(&fake), owned(&[created]));
+    }
 }
 
 #[test]
@@ -455,7 +463,9 @@ fn a_failed_chunk_fails_its_keys_and_the_table_shows_it() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("Total: 101 Created: 1 Updated: 0 Skipped: 0 Failed: 100"),
+        stdout.contains(
+            "Total: 101 Created: 1 Updated: 0 Unchanged: 0 Skipped: 0 Conflicts: 0 Failed: 100"
+        ),
         "{stdout}"
     );
     assert!(stdout.contains("K000  failed"), "{stdout}");
@@ -463,4 +473,296 @@ fn a_failed_chunk_fails_its_keys_and_the_table_shows_it() {
     assert!(!stdout.contains("secret-"), "{stdout}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("secret-"));
     assert_eq!(fake.keys(PROJECT, "prod", "/"), ["K100"]);
+}
+
+/// Folders are created only where missing: an import into an existing folder (with or
+/// without secrets of its own) posts no folder; one below an existing folder creates just
+/// the missing ones, each under its parent, and the report lists them.
+#[test]
+fn only_missing_folders_are_created() {
+    for generation in [Generation::Current, Generation::Legacy2024] {
+        let fake = fake(generation);
+        fake.set_secret(PROJECT, "prod", "/app", "KEEP", "k");
+        // /app/empty exists but holds no secret of its own.
+        fake.set_secret(PROJECT, "prod", "/app/empty/below", "X", "x");
+        let sandbox = Sandbox::new();
+        for path in ["/app", "/app/empty", "/"] {
+            fake.clear_requests();
+            let (out, report) = import(&sandbox, &fake, &["env-file", "--path", path], b"A=1\n");
+            assert!(out.status.success(), "{path}: {report}");
+            let folder_posts = writes(&fake.requests())
+                .iter()
+                .filter(|r| r.path == "/api/v1/folders")
+                .count();
+            assert_eq!(folder_posts, 0, "{path}: {:?}", write_shape(&fake));
+            assert_eq!(report["folders"], json!([]), "{path}");
+            assert_eq!(value(&fake, path, "A").unwrap(), "1");
+        }
+
+        fake.clear_requests();
+        let (out, report) = import(
+            &sandbox,
+            &fake,
+            &["env-file", "--path", "/app/new/leaf"],
+            b"A=1\n",
+        );
+        assert!(out.status.success(), "{report}");
+        assert_eq!(
+            report["folders"],
+            json!([
+                {"path": "/app/new", "outcome": "created", "detail": "missing"},
+                {"path": "/app/new/leaf", "outcome": "created", "detail": "missing"},
+            ])
+        );
+        let requests = fake.requests();
+        let folders: Vec<(&str, &str)> = writes(&requests)
+            .iter()
+            .filter(|r| r.path == "/api/v1/folders")
+            .map(|r| {
+                let b = r.body.as_ref().unwrap();
+                (b["path"].as_str().unwrap(), b["name"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(folders, [("/app", "new"), ("/app/new", "leaf")]);
+        assert_eq!(value(&fake, "/app/new/leaf", "A").unwrap(), "1");
+    }
+}
+
+/// `--conflict overwrite` sends no write for a key whose stored value equals the imported
+/// one (compared unexpanded: a stored reference is not its expansion) and reports it
+/// `unchanged`; a second identical run writes nothing at all.
+#[test]
+fn overwrite_leaves_equal_values_alone() {
+    for generation in [Generation::Current, Generation::Legacy2024] {
+        let fake = fake(generation);
+        fake.set_secret(PROJECT, "prod", "/app", "SAME", "same");
+        fake.set_secret(PROJECT, "prod", "/app", "REF", "${SAME}-x");
+        fake.set_secret(PROJECT, "prod", "/app", "DIFF", "old");
+        let sandbox = Sandbox::new();
+        let input = b"SAME=same\nREF='${SAME}-x'\nDIFF=new\nNEW=n\n";
+        let args = ["env-file", "--path", "/app", "--conflict", "overwrite"];
+        fake.clear_requests();
+        let (out, report) = import(&sandbox, &fake, &args, input);
+        assert!(out.status.success(), "{report}");
+        assert_eq!(
+            outcomes(&report),
+            owned(&[
+                ("DIFF", "updated"),
+                ("NEW", "created"),
+                ("REF", "unchanged"),
+                ("SAME", "unchanged"),
+            ])
+        );
+        assert_eq!(report["summary"]["unchanged"], 2);
+        match generation {
+            Generation::Current => {
+                assert_eq!(
+                    write_shape(&fake),
+                    owned(&[("PATCH", "/api/v4/secrets/batch")])
+                );
+                let requests = fake.requests();
+                let keys: Vec<&str> = writes(&requests)[0].body.as_ref().unwrap()["secrets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["secretKey"].as_str().unwrap())
+                    .collect();
+                assert_eq!(keys, ["DIFF", "NEW"]);
+            }
+            Generation::Legacy2024 => {
+                let mut shape = write_shape(&fake);
+                shape.sort();
+                assert_eq!(
+                    shape,
+                    owned(&[
+                        ("PATCH", "/api/v3/secrets/raw/DIFF"),
+                        ("POST", "/api/v3/secrets/raw/NEW"),
+                    ])
+                );
+            }
+        }
+        for key in ["SAME", "REF"] {
+            assert_eq!(
+                fake.secret(PROJECT, "prod", "/app", key).unwrap().1,
+                1,
+                "{key}"
+            );
+        }
+
+        // Again, as a table: everything is unchanged now, and nothing is sent.
+        fake.clear_requests();
+        let out = run_import(&sandbox, &fake, &args, input);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("SAME  unchanged"), "{stdout}");
+        assert!(
+            stdout.contains("Total: 4 Created: 0 Updated: 0 Unchanged: 4 Skipped: 0"),
+            "{stdout}"
+        );
+        assert!(write_shape(&fake).is_empty());
+    }
+}
+
+/// A dry run's report is the real run's, but for `dry_run` (JSON) or the "Dry run" marker
+/// (table), and the dry run sends no write. Each case runs against two fakes in the same
+/// state: one for the dry run, one for the real run.
+#[test]
+fn a_dry_run_reports_what_the_real_run_does() {
+    type Setup = fn(&FakeInfisical);
+    fn populated(fake: &FakeInfisical) {
+        fake.set_secret(PROJECT, "prod", "/app", "SAME", "same");
+        fake.set_secret(PROJECT, "prod", "/app", "DIFF", "old");
+    }
+    fn empty(_: &FakeInfisical) {}
+    let input: &[u8] = b"SAME=same\nDIFF=new\nNEW=n\n";
+    let cases: [(Setup, &[&str], Option<i32>); 5] = [
+        (
+            populated,
+            &["--path", "/app", "--conflict", "overwrite"],
+            Some(0),
+        ),
+        (
+            populated,
+            &["--path", "/app", "--conflict", "skip"],
+            Some(0),
+        ),
+        (populated, &["--path", "/app"], Some(1)),
+        (populated, &["--path", "/app/new/sub"], Some(0)),
+        (empty, &["--path", "/fresh"], Some(0)),
+    ];
+    for generation in [Generation::Current, Generation::Legacy2024] {
+        for (setup, options, code) in cases {
+            let args: Vec<&str> = ["env-file"].iter().chain(options).copied().collect();
+            let mut dry_args = args.clone();
+            dry_args.push("--dry-run");
+            let context = format!("{generation:?} {args:?}");
+
+            // JSON.
+            let (dry_fake, real_fake) = (fake(generation), fake(generation));
+            setup(&dry_fake);
+            setup(&real_fake);
+            let sandbox = Sandbox::new();
+            dry_fake.clear_requests();
+            let (dry_out, mut dry) = import(&sandbox, &dry_fake, &dry_args, input);
+            assert!(write_shape(&dry_fake).is_empty(), "{context}");
+            let (real_out, mut real) = import(&sandbox, &real_fake, &args, input);
+            assert_eq!(dry_out.status.code(), code, "{context}: {dry}");
+            assert_eq!(real_out.status.code(), code, "{context}: {real}");
+            assert_eq!(dry["dry_run"], true, "{context}");
+            assert_eq!(real["dry_run"], false, "{context}");
+            dry.as_object_mut().unwrap().remove("dry_run");
+            real.as_object_mut().unwrap().remove("dry_run");
+            assert_eq!(dry, real, "{context}");
+
+            // The table.
+            let (dry_fake, real_fake) = (fake(generation), fake(generation));
+            setup(&dry_fake);
+            setup(&real_fake);
+            dry_fake.clear_requests();
+            let dry_out = run_import(&sandbox, &dry_fake, &dry_args, input);
+            assert!(write_shape(&dry_fake).is_empty(), "{context}");
+            let real_out = run_import(&sandbox, &real_fake, &args, input);
+            let dry_text = String::from_utf8_lossy(&dry_out.stdout);
+            let real_text = String::from_utf8_lossy(&real_out.stdout);
+            assert!(
+                dry_text.contains("Dry run (nothing written). "),
+                "{dry_text}"
+            );
+            assert_eq!(
+                dry_text.replace("Dry run (nothing written). ", ""),
+                real_text,
+                "{context}"
+            );
+        }
+    }
+}
+
+/// A write that fails is named on stderr and in its keys' rows: what (create, update,
+/// upsert, create folder), which key and which folder, and the server's answer, never a
+/// value.
+#[test]
+fn failed_writes_name_the_write() {
+    let rejected = |message: &str| Fault::Status {
+        status: 400,
+        body: json!({"statusCode": 400, "error": "BadRequest", "message": message}),
+        retry_after: None,
+    };
+    let check = |fake: &FakeInfisical, args: &[&str], expected: &str, message: &str| {
+        let sandbox = Sandbox::new();
+        let (out, report) = import(&sandbox, fake, args, b"DB_PASS=hunter2\nOK=fine-value\n");
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = format!("import failed at {expected}: ");
+        assert!(stderr.contains(&line), "{line} not in {stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+        let row = report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "DB_PASS")
+            .unwrap()
+            .clone();
+        assert_eq!(row["outcome"], "failed", "{report}");
+        let detail = row["detail"].as_str().unwrap();
+        assert!(detail.contains(expected), "{detail}");
+        for text in [&stderr, &String::from_utf8_lossy(&out.stdout)] {
+            assert!(
+                !text.contains("hunter2") && !text.contains("fine-value"),
+                "{text}"
+            );
+        }
+        report
+    };
+
+    // 2024 server: the single create and update routes.
+    let old = fake(Generation::Legacy2024);
+    old.set_secret(PROJECT, "prod", "/app", "KEEP", "k");
+    old.inject(
+        "POST",
+        "/api/v3/secrets/raw/DB_PASS",
+        rejected("Secret already exist"),
+        1,
+    );
+    let report = check(
+        &old,
+        &["env-file", "--path", "/app"],
+        "create DB_PASS in prod:/app",
+        "Secret already exist",
+    );
+    assert_eq!(
+        outcomes(&report),
+        owned(&[("DB_PASS", "failed"), ("OK", "created")])
+    );
+    old.set_secret(PROJECT, "prod", "/app", "DB_PASS", "old");
+    old.inject("PATCH", "/api/v3/secrets/raw/DB_PASS", Fault::Close, 1);
+    check(
+        &old,
+        &["env-file", "--path", "/app", "--conflict", "overwrite"],
+        "update DB_PASS in prod:/app",
+        "PATCH /api/v3/secrets/raw/DB_PASS",
+    );
+
+    // Newest server: the batch names its keys.
+    let fake = fake(Generation::Current);
+    fake.set_secret(PROJECT, "prod", "/app", "KEEP", "k");
+    fake.inject("PATCH", "/api/v4/secrets/batch", rejected("nope"), 1);
+    check(
+        &fake,
+        &["env-file", "--path", "/app"],
+        "upsert 2 keys DB_PASS..OK in prod:/app",
+        "nope",
+    );
+
+    // A folder that cannot be created: no key is written.
+    fake.inject("POST", "/api/v1/folders", rejected("Folder trouble"), 1);
+    let report = check(
+        &fake,
+        &["env-file", "--path", "/new/sub"],
+        "create folder prod:/new",
+        "Folder trouble",
+    );
+    assert_eq!(report["folders"][0]["outcome"], "failed");
+    assert_eq!(report["folders"][1]["outcome"], "skipped");
+    assert_eq!(report["summary"]["failed"], 2);
+    assert!(fake.keys(PROJECT, "prod", "/new/sub").is_empty());
 }

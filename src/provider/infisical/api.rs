@@ -26,11 +26,25 @@ pub(crate) enum Call<'a> {
         path: &'a str,
         recursive: bool,
         imports: bool,
+        /// Substitute `${...}` references (what lookups want); import compares stored values.
+        expand: bool,
     },
     Get {
         path: &'a str,
         key: &'a str,
     },
+}
+
+/// Why a reply is not a success, with the server's own words.
+fn refusal(reply: &Reply) -> String {
+    let why = match reply.class() {
+        Class::Expired => "authentication failed, also after logging in again",
+        Class::Denied => "permission denied",
+        Class::NotFound => "not found",
+        Class::RouteMissing => "the server has neither the v4 nor the v3 secrets API",
+        Class::Rejected | Class::Transient | Class::Success => "request rejected",
+    };
+    format!("{why}: {}", reply.api_error())
 }
 
 fn flag(value: bool) -> &'static str {
@@ -69,15 +83,17 @@ impl Infisical {
                     path,
                     recursive,
                     imports,
+                    expand,
                 } => query
                     .append_pair("secretPath", path)
                     .append_pair("recursive", flag(*recursive))
-                    .append_pair("include_imports", flag(*imports)),
+                    .append_pair("include_imports", flag(*imports))
+                    .append_pair("expandSecretReferences", flag(*expand)),
                 Call::Get { path, .. } => query
                     .append_pair("secretPath", path)
-                    .append_pair("include_imports", "true"),
-            }
-            .append_pair("expandSecretReferences", "true");
+                    .append_pair("include_imports", "true")
+                    .append_pair("expandSecretReferences", "true"),
+            };
         }
         url
     }
@@ -156,6 +172,7 @@ impl Infisical {
             path,
             recursive,
             imports,
+            expand: true,
         };
         let what = || format!("list {}", project.describe(path, None));
         let (reply, url) = self.call(project, &call).await?;
@@ -189,15 +206,13 @@ impl Infisical {
 
     /// An error for a reply that is not a success; `what` says what was being done.
     pub(crate) fn failure(&self, reply: &Reply, what: &str) -> Error {
-        let err = reply.api_error();
-        let why = match reply.class() {
-            Class::Expired => "authentication failed, also after logging in again",
-            Class::Denied => "permission denied",
-            Class::NotFound => "not found",
-            Class::RouteMissing => "the server has neither the v4 nor the v3 secrets API",
-            Class::Rejected | Class::Transient | Class::Success => "request rejected",
-        };
-        failed(format!("{what}: {why}: {err}"))
+        failed(format!("{what}: {}", refusal(reply)))
+    }
+
+    /// An error for a reply that is not a success, for a caller that names what was being
+    /// done itself.
+    pub(crate) fn rejection(&self, reply: &Reply) -> Error {
+        failed(refusal(reply))
     }
 
     /// Infisical did not answer usefully after every retry.

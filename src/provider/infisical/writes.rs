@@ -1,17 +1,24 @@
-//! Writes for `psi infisical import`: folders, and secrets created or updated in one folder.
+//! Reads and writes for `psi infisical import`: what the target folder holds, folders, and
+//! secrets created or updated in one folder.
 //!
+//! - Upstream state ([`Infisical::upstream`]): the folder's own secrets with their stored
+//!   values (references not expanded, so they compare with what an import would write), and
+//!   the folders on the way to it that do not exist yet. A listing of a missing folder is
+//!   empty, not an error (fixture 43), so an empty folder's existence is settled by listing
+//!   folders (`GET /api/v1/folders`, fixtures 15-16) from the root down.
 //! - Folders: `POST /api/v1/folders` (`workspaceId`; served by the 2024 and the newest
-//!   servers) for each path segment; an answer saying the folder exists counts as success.
+//!   servers), one per missing folder, each under its parent.
 //! - Newest servers (v4): `PATCH /api/v4/secrets/batch` with `mode: "upsert"`, which creates
 //!   missing keys and updates existing ones, in chunks of [`CHUNK`].
-//! - 2024 servers (no v4): the folder is listed first (the caller does that), then each key is
-//!   created (`POST /api/v3/secrets/raw/{key}`) or updated (`PATCH ...`) on its own: the 2024
-//!   batch routes need the project slug and have no upsert mode.
+//! - 2024 servers (no v4): each key is created (`POST /api/v3/secrets/raw/{key}`) or updated
+//!   (`PATCH ...`) on its own: the 2024 batch routes need the project slug and have no upsert
+//!   mode.
 //!
-//! Request bodies hold secret values: they are built in zeroizing buffers, and errors quote
-//! the server's message, never a body psi sent.
+//! Write errors carry the server's answer only: the caller names the write (which key, which
+//! folder) once. Request bodies hold secret values: they are built in zeroizing buffers, and
+//! errors quote the server's message, never a body psi sent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use reqwest::{Method, Url};
@@ -21,6 +28,7 @@ use super::api::{Call, V4};
 use super::http::{Class, Reply};
 use super::{failed, listing, secret_json, Infisical, Project};
 use crate::error::Result;
+use crate::secret::SecretString;
 
 /// Keys per `PATCH /api/v4/secrets/batch` request.
 pub const CHUNK: usize = 100;
@@ -36,6 +44,15 @@ pub struct Target<'a> {
     pub project: &'a str,
     pub environment: Option<&'a str>,
     pub path: &'a str,
+}
+
+/// What the target folder holds before an import writes anything.
+#[derive(Default)]
+pub struct Upstream {
+    /// The folder's own secrets (not its subfolders', not imported ones), values as stored.
+    pub secrets: BTreeMap<String, SecretString>,
+    /// The folders from the root down to the target that do not exist, shallowest first.
+    pub missing: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -93,29 +110,88 @@ impl Infisical {
         })
     }
 
-    /// The keys in the target folder (not its subfolders, not imports); empty when the folder
-    /// does not exist. Also settles the API generation ([`Infisical::supports_v4`]).
-    pub async fn existing_keys(&self, target: &Target<'_>) -> Result<BTreeSet<String>> {
+    /// The environment slug writes to `target` go to.
+    pub fn environment(&self, target: &Target<'_>) -> Result<String> {
+        Ok(self.write_project(target)?.environment)
+    }
+
+    /// The state of the target folder (see the module docs). Also settles the API
+    /// generation ([`Infisical::supports_v4`]).
+    pub async fn upstream(&self, target: &Target<'_>) -> Result<Upstream> {
         let project = self.write_project(target)?;
         let path = listing::normalize(target.path);
         let call = Call::List {
             path: &path,
             recursive: false,
             imports: false,
+            expand: false,
         };
         let (reply, _) = self.call(&project, &call).await?;
-        match reply.class() {
-            Class::Success => {}
-            Class::NotFound => return Ok(BTreeSet::new()),
-            _ => {
-                let what = format!("list {}", project.describe(&path, None));
-                return Err(self.failure(&reply, &what));
+        let what = || format!("list {}", project.describe(&path, None));
+        let secrets: BTreeMap<String, SecretString> = match reply.class() {
+            Class::Success => {
+                let body: listing::ListBody = reply
+                    .json()
+                    .map_err(|why| failed(format!("{}: {why}", what())))?;
+                body.secrets
+                    .into_iter()
+                    .map(|item| (item.key, item.value))
+                    .collect()
+            }
+            Class::NotFound => BTreeMap::new(),
+            _ => return Err(self.failure(&reply, &what())),
+        };
+        // A folder with secrets exists, and so do those above it.
+        let missing = if secrets.is_empty() {
+            self.missing_folders(&project, &path).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Upstream { secrets, missing })
+    }
+
+    /// The folders on the way to `path` that do not exist, found by listing each existing
+    /// folder's subfolders from the root down (only folders known to exist are listed).
+    async fn missing_folders(&self, project: &Project, path: &str) -> Result<Vec<String>> {
+        let names: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        // The folder made of the first `n` names ("/" for none).
+        let folder = |n: usize| format!("/{}", names[..n].join("/"));
+        for (depth, name) in names.iter().enumerate() {
+            if !self
+                .subfolders(project, &folder(depth))
+                .await?
+                .contains(*name)
+            {
+                return Ok((depth + 1..=names.len()).map(folder).collect());
             }
         }
-        let body: listing::ListBody = reply
+        Ok(Vec::new())
+    }
+
+    /// The names of the folders directly in `parent`.
+    async fn subfolders(&self, project: &Project, parent: &str) -> Result<BTreeSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct Folder {
+            name: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Body {
+            folders: Vec<Folder>,
+        }
+        let mut url = self.endpoint("/api/v1/folders");
+        url.query_pairs_mut()
+            .append_pair("workspaceId", &project.id)
+            .append_pair("environment", &project.environment)
+            .append_pair("path", parent);
+        let reply = self.authed(project, &url).await?;
+        let what = || format!("list folders in {}", project.describe(parent, None));
+        if reply.class() != Class::Success {
+            return Err(self.failure(&reply, &what()));
+        }
+        let body: Body = reply
             .json()
-            .map_err(|why| failed(format!("list {}: {why}", project.describe(&path, None))))?;
-        Ok(body.secrets.into_iter().map(|item| item.key).collect())
+            .map_err(|why| failed(format!("{}: {why}", what())))?;
+        Ok(body.folders.into_iter().map(|f| f.name).collect())
     }
 
     /// Whether the server has the v4 secrets API (known after the first secrets call).
@@ -123,39 +199,33 @@ impl Infisical {
         self.inner.generation.load(Ordering::Relaxed) == V4
     }
 
-    /// Creates the target folder and those above it where missing.
-    pub async fn ensure_folder(&self, target: &Target<'_>) -> Result<()> {
+    /// Creates the folder `path` of the target's project and environment; its parent must
+    /// exist. An answer saying that the folder exists counts as success (the 2024 server
+    /// answers 200 with the existing folder, fixture 11).
+    pub async fn create_folder(&self, target: &Target<'_>, path: &str) -> Result<()> {
         let project = self.write_project(target)?;
-        let path = listing::normalize(target.path);
-        let mut parent = String::from("/");
-        for name in path.split('/').filter(|s| !s.is_empty()) {
-            let body = FolderBody {
-                workspace_id: &project.id,
-                environment: &project.environment,
-                name,
-                path: &parent,
-            };
-            let url = self.endpoint("/api/v1/folders");
-            let reply = self
-                .send_json(&project, Method::POST, &url, &secret_json(&body))
-                .await?;
-            let exists = matches!(reply.status, 400 | 409)
-                && reply
-                    .api_error()
-                    .message
-                    .to_ascii_lowercase()
-                    .contains("exist");
-            if reply.class() != Class::Success && !exists {
-                let what = format!(
-                    "create folder '{name}' in {}",
-                    project.describe(&parent, None)
-                );
-                return Err(self.failure(&reply, &what));
-            }
-            parent = match parent.as_str() {
-                "/" => format!("/{name}"),
-                _ => format!("{parent}/{name}"),
-            };
+        let path = listing::normalize(path);
+        // Normalized, the path starts with "/": its parent is what precedes the last one.
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+        let parent = if parent.is_empty() { "/" } else { parent };
+        let body = FolderBody {
+            workspace_id: &project.id,
+            environment: &project.environment,
+            name,
+            path: parent,
+        };
+        let url = self.endpoint("/api/v1/folders");
+        let reply = self
+            .send_json(&project, Method::POST, &url, &secret_json(&body))
+            .await?;
+        let exists = matches!(reply.status, 400 | 409)
+            && reply
+                .api_error()
+                .message
+                .to_ascii_lowercase()
+                .contains("exist");
+        if reply.class() != Class::Success && !exists {
+            return Err(self.rejection(&reply));
         }
         Ok(())
     }
@@ -182,12 +252,7 @@ impl Infisical {
             .send_json(&project, Method::PATCH, &url, &secret_json(&body))
             .await?;
         if reply.class() != Class::Success {
-            let what = format!(
-                "upsert {} secrets in {}",
-                entries.len(),
-                project.describe(&path, None)
-            );
-            return Err(self.failure(&reply, &what));
+            return Err(self.rejection(&reply));
         }
         awaiting_approval(&reply)
     }
@@ -217,12 +282,7 @@ impl Infisical {
             .send_json(&project, method, &url, &secret_json(&body))
             .await?;
         if reply.class() != Class::Success {
-            let what = format!(
-                "{} {}",
-                if update { "update" } else { "create" },
-                project.describe(&path, Some(entry.key))
-            );
-            return Err(self.failure(&reply, &what));
+            return Err(self.rejection(&reply));
         }
         awaiting_approval(&reply)
     }
