@@ -254,7 +254,7 @@ impl Bench {
             .unwrap();
         runtime
             .block_on(psi::cache::save(
-                &state.join(psi::cache::DEFAULT_FILE_NAME),
+                &state.join(psi::state::CACHE_FILE),
                 &Backend::Tpm(key.into()),
                 &entries,
             ))

@@ -156,9 +156,8 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
     let mut target = String::from(route);
     let mut id = String::new();
     if invocation.op != Op::List {
-        id = std::env::var("SECRET_ID")
-            .ok()
-            .filter(|id| !id.is_empty())
+        id = crate::secret::secret_id_from_env()
+            .map_err(Failure::Usage)?
             .ok_or_else(|| Failure::Usage("SECRET_ID is not set".into()))?;
         percent_encode(&id, &mut target);
     }

@@ -12,6 +12,16 @@ use crate::error::{Error, Result};
 /// Mode of files holding secret material or coordinates.
 pub const PRIVATE: u32 = 0o600;
 
+/// The longest file name Linux file systems accept, in bytes (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// Random bytes in a temporary file's name, written as two hex digits each.
+const SUFFIX_BYTES: usize = 6;
+
+/// How much longer [`write_atomic`]'s temporary name (`.<name>.<suffix>`) is than the
+/// target's name: a name longer than `NAME_MAX` minus this cannot be written atomically.
+pub const TEMP_NAME_OVERHEAD: usize = 2 + 2 * SUFFIX_BYTES;
+
 /// Atomically replaces `path` with `bytes`, mode `mode` exactly (umask does not apply).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = parent_of(path);
@@ -81,7 +91,7 @@ fn parent_of(path: &Path) -> PathBuf {
 }
 
 fn random_suffix() -> Result<String> {
-    let mut bytes = [0u8; 6];
+    let mut bytes = [0u8; SUFFIX_BYTES];
     openssl::rand::rand_bytes(&mut bytes)
         .map_err(|err| Error::Failed(format!("no randomness: {err}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

@@ -7,34 +7,70 @@ use std::fmt;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::pyjson;
+use crate::{fsutil, pyjson, state};
 
 /// Longest accepted secret ID, in bytes. Podman's IDs are 25 hex characters and names are
-/// short; 255 is the usual file-name limit, which the ID becomes inside the state directory.
-pub const MAX_ID_LEN: usize = 255;
+/// short. The ID becomes a file name inside the state directory, and it is written through a
+/// temporary file whose name is [`fsutil::TEMP_NAME_OVERHEAD`] bytes longer, which must
+/// still fit the file system's 255-byte limit.
+pub const MAX_ID_LEN: usize = fsutil::NAME_MAX - fsutil::TEMP_NAME_OVERHEAD;
+
+/// Unicode general category Cf (format characters), as of Unicode 15.1: invisible characters
+/// such as U+202E RIGHT-TO-LEFT OVERRIDE or U+FEFF that make a logged ID read as another.
+const FORMAT_CHARS: &[(char, char)] = &[
+    ('\u{AD}', '\u{AD}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61C}', '\u{61C}'),
+    ('\u{6DD}', '\u{6DD}'),
+    ('\u{70F}', '\u{70F}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8E2}', '\u{8E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+/// Characters that break or disguise a log line without being control characters: the
+/// format characters and U+2028/U+2029, the line and paragraph separators.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
+        || FORMAT_CHARS
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&c))
+}
 
 /// A secret ID that is safe to use as a file name inside the state directory.
 ///
 /// Podman passes its 25-hex-character secret ID; `psi creds store NAME` passes a name. Either
-/// way the ID becomes `state_dir/<ID>`, so anything that could leave that directory, hide as
-/// a dot file (psi's own temp and token files start with `.`) or confuse a log line is refused.
+/// way the ID becomes `state_dir/<ID>`, so anything that could leave that directory, name one
+/// of psi's own files there, or confuse a log line is refused. These rules are the only ones:
+/// every route and command that takes an ID goes through [`SecretId::parse`].
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SecretId(String);
 
 impl SecretId {
-    /// Validates `raw` as a secret ID; the error says what is wrong with it.
+    /// Validates `raw` as a secret ID; the error says what is wrong with it, quoting the ID
+    /// only when it holds nothing that could mislead a reader.
     pub fn parse(raw: &str) -> Result<SecretId, String> {
         if raw.is_empty() {
             return Err("secret ID is empty".into());
         }
         if raw.len() > MAX_ID_LEN {
             return Err(format!(
-                "secret ID is {} bytes long; the limit is {MAX_ID_LEN}",
+                "secret ID is {} bytes long; the limit is {MAX_ID_LEN} bytes",
                 raw.len()
             ));
-        }
-        if raw == "." || raw == ".." {
-            return Err(format!("secret ID {raw:?} is not allowed"));
         }
         if raw.contains(['/', '\\']) {
             return Err("secret ID must not contain path separators ('/' or '\\')".into());
@@ -42,14 +78,41 @@ impl SecretId {
         if raw.chars().any(char::is_control) {
             return Err("secret ID must not contain NUL or control characters".into());
         }
+        if let Some(c) = raw.chars().find(|&c| is_invisible(c)) {
+            return Err(format!(
+                "secret ID must not contain Unicode format or line separator characters (found U+{:04X})",
+                u32::from(c)
+            ));
+        }
         if raw.starts_with('.') {
-            return Err("secret ID must not start with '.' (reserved for psi's own files)".into());
+            return Err(format!(
+                "secret ID {raw:?} starts with '.', which is reserved for psi's own files"
+            ));
+        }
+        if state::OWN_NAMES.contains(&raw) {
+            return Err(format!(
+                "secret ID {raw:?} is reserved: psi keeps a file of that name in the state directory"
+            ));
         }
         Ok(SecretId(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `SECRET_ID` from the environment, where Podman's shell driver puts it: `Ok(None)` when it
+/// is unset or empty (each caller says so in its own words), an error when it is not UTF-8,
+/// which no secret ID can be.
+pub fn secret_id_from_env() -> Result<Option<String>, String> {
+    match std::env::var_os("SECRET_ID") {
+        None => Ok(None),
+        Some(raw) if raw.is_empty() => Ok(None),
+        Some(raw) => raw
+            .into_string()
+            .map(Some)
+            .map_err(|_| "SECRET_ID is not valid UTF-8".to_owned()),
     }
 }
 
@@ -213,13 +276,61 @@ mod tests {
         assert!(SecretId::parse("0123456789abcdef012345678").is_ok());
         assert!(SecretId::parse("myapp--DB_HOST").is_ok());
         assert!(SecretId::parse("worker@--KEY").is_ok());
+        assert!(SecretId::parse("caf\u{e9}--cache.enc.old").is_ok());
         for bad in [
-            "", ".", "..", "a/b", "a\\b", "a\0b", "a\nb", ".hidden", "x\u{7f}",
+            "", ".", "..", "a/b", "a\\b", "a\0b", "a\nb", ".hidden", "x\u{7f}", "a\u{85}b",
         ] {
             assert!(SecretId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(SecretId::parse(&"a".repeat(MAX_ID_LEN)).is_ok());
-        assert!(SecretId::parse(&"a".repeat(MAX_ID_LEN + 1)).is_err());
+        let err = SecretId::parse(&"a".repeat(MAX_ID_LEN + 1)).unwrap_err();
+        assert!(err.contains("the limit is 241 bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_longest_id_can_be_written_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = SecretId::parse(&"a".repeat(MAX_ID_LEN)).unwrap();
+        fsutil::write_atomic(&dir.path().join(id.as_str()), b"{}", fsutil::PRIVATE).unwrap();
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_by_code_point() {
+        for c in [
+            '\u{AD}',
+            '\u{200B}',
+            '\u{202E}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{FEFF}',
+            '\u{E0041}',
+        ] {
+            let err = SecretId::parse(&format!("a{c}b")).unwrap_err();
+            assert!(err.contains(&format!("U+{:04X}", u32::from(c))), "{err}");
+        }
+        // Neighbours of the ranges are ordinary characters.
+        for ok in ['\u{AC}', '\u{2027}', '\u{202F}', '\u{FEFE}'] {
+            assert!(
+                SecretId::parse(&format!("a{ok}b")).is_ok(),
+                "{ok:?} refused"
+            );
+        }
+    }
+
+    #[test]
+    fn psis_own_files_are_reserved() {
+        for name in state::OWN_NAMES {
+            let err = SecretId::parse(name).unwrap_err();
+            assert!(err.contains("reserved"), "{name}: {err}");
+        }
+        for name in [
+            "cache.enc",
+            "nitrokeyhsm-pubkey.der",
+            "tls",
+            ".socket-token",
+        ] {
+            assert!(SecretId::parse(name).is_err(), "{name} accepted");
+        }
     }
 
     #[test]

@@ -13,6 +13,35 @@ use crate::secret::{Mapping, SecretId};
 /// Mode of the state directory when psi creates it.
 const DIR_MODE: u32 = 0o700;
 
+// psi's own entries in the state directory, beside the mapping files. Each must be listed in
+// [`OWN_NAMES`]: a secret ID naming one would let a store or delete overwrite or remove it.
+
+/// The encrypted secret cache (unless `cache.path` puts it elsewhere).
+pub const CACHE_FILE: &str = "cache.enc";
+/// The Nitrokey HSM public key cache (unless `public_key_cache` puts it elsewhere).
+pub const HSM_PUBLIC_KEY_FILE: &str = "nitrokeyhsm-pubkey.der";
+/// `psi infisical tls` output: `tls/<name>.json`.
+pub const TLS_DIR: &str = "tls";
+/// The pcscd sidecar's build directory for users.
+pub const PCSCD_DIR: &str = "pcscd";
+/// The socket token for `psi client`.
+const SOCKET_TOKEN_FILE: &str = ".socket-token";
+/// The setup lock ([`StateDir::lock_setup`]).
+const SETUP_LOCK_FILE: &str = ".setup.lock";
+
+/// Every name psi keeps in the state directory. [`SecretId::parse`] refuses all of them, so
+/// adding an entry above and here reserves its name. (Dot files are refused anyway; they are
+/// listed so the list stays the whole layout. Infisical tokens are `.token.<hash>.json` and
+/// temporary files `.<name>.<random>`, covered by the dot rule.)
+pub const OWN_NAMES: &[&str] = &[
+    CACHE_FILE,
+    HSM_PUBLIC_KEY_FILE,
+    TLS_DIR,
+    PCSCD_DIR,
+    SOCKET_TOKEN_FILE,
+    SETUP_LOCK_FILE,
+];
+
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
@@ -30,7 +59,7 @@ impl StateDir {
     /// The socket token for `psi client` (`--token-file`). A dot file: no secret ID can
     /// name it, and listings skip it.
     pub fn socket_token_path(&self) -> PathBuf {
-        self.root.join(".socket-token")
+        self.root.join(SOCKET_TOKEN_FILE)
     }
 
     pub fn mapping_path(&self, id: &SecretId) -> PathBuf {
@@ -77,7 +106,7 @@ impl StateDir {
         use nix::fcntl::{Flock, FlockArg};
         use std::os::unix::fs::OpenOptionsExt;
         fsutil::ensure_dir(&self.root, DIR_MODE)?;
-        let path = self.root.join(".setup.lock");
+        let path = self.root.join(SETUP_LOCK_FILE);
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

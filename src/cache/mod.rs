@@ -41,9 +41,6 @@ pub type Digest = [u8; 32];
 /// The credential name of the TPM backend's key (`LoadCredentialEncrypted=psi-cache-key:...`).
 pub const KEY_CREDENTIAL: &str = "psi-cache-key";
 
-/// The default cache file name in the state directory.
-pub const DEFAULT_FILE_NAME: &str = "cache.enc";
-
 /// The cache's entries and the HMAC key their digests are made with.
 pub struct Entries {
     hmac_key: Zeroizing<[u8; KEY_LEN]>,
@@ -291,7 +288,7 @@ pub fn cache_path(settings: &Settings) -> PathBuf {
         .cache
         .path
         .clone()
-        .unwrap_or_else(|| settings.state_dir.join(DEFAULT_FILE_NAME))
+        .unwrap_or_else(|| settings.state_dir.join(crate::state::CACHE_FILE))
 }
 
 /// A cache file read and decrypted.

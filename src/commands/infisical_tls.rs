@@ -112,7 +112,10 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
 }
 
 fn state_path(settings: &Settings, name: &str) -> PathBuf {
-    settings.state_dir.join("tls").join(format!("{name}.json"))
+    settings
+        .state_dir
+        .join(crate::state::TLS_DIR)
+        .join(format!("{name}.json"))
 }
 
 /// The saved state; unparseable state counts as absent.

@@ -4,7 +4,7 @@
 use crate::cli::SecretCommand;
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::secret::SecretId;
+use crate::secret::{secret_id_from_env, SecretId};
 use crate::server::routes::MAX_BODY;
 use crate::service::Service;
 
@@ -34,11 +34,10 @@ pub async fn run(settings: &Settings, command: SecretCommand) -> Result<()> {
 }
 
 fn secret_id() -> Result<SecretId> {
-    let raw = std::env::var("SECRET_ID").unwrap_or_default();
-    if raw.is_empty() {
-        return Err(Error::Usage(
+    let raw = secret_id_from_env().map_err(Error::Usage)?.ok_or_else(|| {
+        Error::Usage(
             "SECRET_ID environment variable not set (Podman sets it for driver commands)".into(),
-        ));
-    }
+        )
+    })?;
     SecretId::parse(&raw).map_err(Error::InvalidId)
 }

@@ -35,9 +35,6 @@ use crate::secret::{Mapping, SecretId, SecretString, SecretValue};
 
 pub const NAME: &str = "nitrokeyhsm";
 
-/// File name of the default public key cache in the state directory.
-pub const DEFAULT_PUBLIC_KEY_CACHE: &str = "nitrokeyhsm-pubkey.der";
-
 /// Mode of the public key cache: it is public.
 const PUBLIC_KEY_MODE: u32 = 0o644;
 
@@ -275,7 +272,7 @@ impl NitrokeyHsm {
 
 /// `state_dir/nitrokeyhsm-pubkey.der`.
 pub fn default_public_key_cache(state_dir: &Path) -> PathBuf {
-    state_dir.join(DEFAULT_PUBLIC_KEY_CACHE)
+    state_dir.join(crate::state::HSM_PUBLIC_KEY_FILE)
 }
 
 /// Hex as Python's `bytes.fromhex` takes it (whitespace between bytes allowed).
