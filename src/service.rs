@@ -54,8 +54,10 @@ impl Service {
     }
 
     pub fn from_settings(settings: &Settings) -> Result<Service> {
+        let state = StateDir::new(&settings.state_dir);
+        state.warn_if_shared();
         Ok(Service::new(
-            StateDir::new(&settings.state_dir),
+            state,
             Registry::from_config(&settings.providers, &settings.state_dir)?,
             settings.raw_values,
         ))

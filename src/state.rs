@@ -83,9 +83,30 @@ impl StateDir {
         })
     }
 
+    /// Warns when the directory is writable by its group or by others: whoever can write
+    /// there can replace a mapping and so choose what a container receives, or remove one.
+    /// A warning rather than a refusal, so a directory an older setup left loose keeps
+    /// working while the log says how to fix it. Checked when `psi serve` or a one-shot
+    /// command starts and before each mapping is written.
+    pub fn warn_if_shared(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = fs::metadata(&self.root) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            tracing::warn!(
+                state_dir = %self.root.display(),
+                mode = %format!("{mode:04o}"),
+                "the state directory is writable by group or others, who can replace or remove mappings; run chmod 0700 on it"
+            );
+        }
+    }
+
     /// Writes the mapping bytes for `id` atomically, 0600, creating the directory (0700).
     pub fn write_mapping(&self, id: &SecretId, bytes: &[u8]) -> Result<()> {
         fsutil::ensure_dir(&self.root, DIR_MODE)?;
+        self.warn_if_shared();
         fsutil::write_atomic(&self.mapping_path(id), bytes, fsutil::PRIVATE)
     }
 

@@ -94,3 +94,37 @@ fn log_json_takes_the_usual_boolean_spellings() {
         );
     }
 }
+
+#[test]
+fn a_state_dir_writable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let config = sandbox.config("");
+    let state = sandbox.state_dir();
+    std::fs::create_dir(&state).unwrap();
+    let list = || {
+        let out = sandbox
+            .psi()
+            .arg("-c")
+            .arg(&config)
+            .args(["secret", "list"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for mode in [0o777, 0o770, 0o702] {
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode)).unwrap();
+        let stderr = list();
+        assert!(
+            stderr.contains("the state directory is writable by group or others")
+                && stderr.contains(&format!("{mode:04o}"))
+                && stderr.contains(&state.display().to_string()),
+            "{mode:o}: {stderr}"
+        );
+    }
+    for mode in [0o700, 0o755] {
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert!(!list().contains("writable"), "{mode:o}");
+    }
+}
