@@ -215,8 +215,13 @@ async fn status(settings: &Settings, args: &CacheStatusArgs) -> Result<()> {
     let path = cache::cache_path(settings);
     let info = cache::inspect(&path)?;
     let header = info.as_ref().and_then(|i| i.header.as_ref().ok().copied());
-    let verify = match (&info, header) {
-        (Some(_), Some(_)) if args.verify => verify(settings).await,
+    // A file without a readable header (bad magic, 0 to 5 bytes) cannot be decrypted
+    // either: --verify fails on it as on any other unreadable file.
+    let verify = match info.as_ref().map(|i| &i.header) {
+        Some(Ok(_)) if args.verify => verify(settings).await,
+        Some(Err(error)) if args.verify => Verify::Unreadable {
+            error: error.clone(),
+        },
         _ => Verify::NotRequested,
     };
     let report = Status {

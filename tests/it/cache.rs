@@ -619,6 +619,46 @@ fn tpm_init_with_a_software_tpm_bound_to_pcr_7() {
 // ---------------------------------------------------------------------------------------------
 // psi cache invalidate and prune
 
+/// A file without a readable header cannot be decrypted: `--verify` says why and exits 1,
+/// before any backend is asked (no TPM or key needed); plain status still reports it.
+#[test]
+fn status_verify_fails_on_a_truncated_or_foreign_file() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config("cache:\n  backend: tpm\n");
+    let cache_file = sandbox.state_dir().join("cache.enc");
+    std::fs::create_dir_all(sandbox.state_dir()).unwrap();
+    let status = |args: &[&str]| {
+        sandbox
+            .psi()
+            .arg("-c")
+            .arg(&config)
+            .args(["cache", "status"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut files: Vec<(&[u8], &str)> = vec![(b"PSIX\x02\x01sealed", "has bad magic b'PSIX'")];
+    let truncated = b"PSIC\x02";
+    for len in 0..=truncated.len() {
+        files.push((&truncated[..len], "is too short to contain a header"));
+    }
+    for (bytes, reason) in files {
+        std::fs::write(&cache_file, bytes).unwrap();
+        let out = status(&["--verify"]);
+        assert_eq!(out.status.code(), Some(1), "{bytes:?}: {out:?}");
+        assert!(
+            text(&out.stderr).contains(reason),
+            "{bytes:?}: {}",
+            text(&out.stderr)
+        );
+        let out = status(&["--verify", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{bytes:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["verify"]["status"], "unreadable", "{json}");
+        ok(&status(&[]), "cache status without --verify");
+    }
+}
+
 /// A TPM-backed cache config whose key is delivered in `creds` (as systemd would).
 fn tpm_key_credential(sandbox: &Sandbox) -> PathBuf {
     let creds = sandbox.path().join("creds");
