@@ -1189,7 +1189,7 @@ mod tests {
             "[Container]\nEnvironment=A=1 \\\n{}  C=3\n",
             "  B=2 \\\n".repeat(500_000)
         );
-        finishes_within(std::time::Duration::from_secs(10), move || {
+        finishes_within(std::time::Duration::from_secs(20), move || {
             let (found, _, warnings) = parse_quadlet(&text, "q");
             assert_eq!(found.len(), 500_002);
             assert!(warnings.is_empty());
