@@ -85,7 +85,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// Also require GET /healthz/cache to answer 200 (the cache is disabled or loaded)
+    /// Also require GET /healthz/cache to answer 200 (the cache is disabled or loaded; sends
+    /// the socket token when one is configured)
     #[arg(long)]
     pub cache: bool,
 }

@@ -202,17 +202,18 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
     )))
 }
 
-/// `psi healthcheck`: `GET /healthz`, and with `cache` also `GET /healthz/cache`, must
-/// answer 200. Blocking and runtime-free like the driver commands: Podman runs it in the
-/// container every `HealthInterval`. The error says which route failed and how.
-pub fn healthcheck(socket: &Path, cache: bool) -> Result<(), String> {
+/// `psi healthcheck`: `GET /healthz`, and with `cache` also `GET /healthz/cache` (which
+/// needs `token` when serve has one), must answer 200. Blocking and runtime-free like the
+/// driver commands: Podman runs it in the container every `HealthInterval`. The error says
+/// which route failed and how.
+pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> Result<(), String> {
     let routes: &[&str] = if cache {
         &["/healthz", "/healthz/cache"]
     } else {
         &["/healthz"]
     };
     for route in routes {
-        let request = build_request("GET", route, None, None);
+        let request = build_request("GET", route, token, None);
         let reply = exchange(socket, &request).map_err(|failure| match failure {
             Failure::Usage(why) | Failure::Failed(why) => why,
         })?;

@@ -1,9 +1,15 @@
 //! What psi does with a secret ID: lookup, store, delete, list. Shared by the HTTP server and
 //! the one-shot `psi secret ...` driver commands, so both behave the same, log the same
 //! audit events and never write plaintext.
+//!
+//! The state directory is read and written on tokio's blocking pool: a file that blocks
+//! (a FIFO, a hung network mount) then holds one pool thread and its own request, never
+//! the async workers that answer everyone else.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::cache::live::LiveCache;
 use crate::config::{RawPolicy, Settings};
@@ -12,12 +18,13 @@ use crate::provider::Registry;
 use crate::secret::{Mapping, SecretId, SecretValue};
 use crate::state::StateDir;
 
-/// How long one provider lookup may take before the caller gets a 503. Podman waits for the
-/// driver at container start; an answer beats a hang.
+/// How long one lookup (reading its mapping, then the provider) may take before the caller
+/// gets an error. Podman waits for the driver at container start; an answer beats a hang.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Service {
-    state: StateDir,
+    /// Shared with the blocking-pool tasks that touch it.
+    state: Arc<StateDir>,
     registry: Registry,
     raw_values: RawPolicy,
     deadline: Duration,
@@ -37,7 +44,7 @@ pub enum CacheState {
 impl Service {
     pub fn new(state: StateDir, registry: Registry, raw_values: RawPolicy) -> Service {
         Service {
-            state,
+            state: Arc::new(state),
             registry,
             raw_values,
             deadline: LOOKUP_DEADLINE,
@@ -87,7 +94,16 @@ impl Service {
     }
 
     async fn resolve(&self, id: &SecretId) -> Result<(SecretValue, &'static str, &'static str)> {
-        let mapping = self.state.read_mapping(id)?;
+        let deadline = Instant::now() + self.deadline;
+        let read = self.on_state(id, |state, id| state.read_mapping(id));
+        let mapping = tokio::time::timeout_at(deadline, read)
+            .await
+            .map_err(|_| {
+                Error::Failed(format!(
+                    "the mapping for {id} could not be read within {}s",
+                    self.deadline.as_secs()
+                ))
+            })??;
         let provider = self.registry.get(mapping.provider())?;
         let live = match &self.cache {
             CacheState::Live(live) => Some(live),
@@ -96,7 +112,7 @@ impl Service {
         if let Some(value) = live.and_then(|cache| cache.get(&mapping)) {
             return Ok((value, provider.name(), "cache"));
         }
-        let value = tokio::time::timeout(self.deadline, provider.lookup(&mapping))
+        let value = tokio::time::timeout_at(deadline, provider.lookup(&mapping))
             .await
             .map_err(|_| Error::ProviderUnavailable {
                 provider: provider.name(),
@@ -131,7 +147,9 @@ impl Service {
             ));
         }
         if Mapping::parse(body).is_ok_and(|m| m.has_known_shape()) {
-            self.state.write_mapping(id, body)?;
+            let body = body.to_vec();
+            self.on_state(id, move |state, id| state.write_mapping(id, &body))
+                .await?;
             return Ok("mapping");
         }
         match self.raw_values {
@@ -142,16 +160,19 @@ impl Service {
             )),
             RawPolicy::Seal(with) => {
                 let provider = self.registry.sealer(with)?;
-                let mapping = provider.seal(id, body).await?;
-                self.state.write_mapping(id, &mapping.to_bytes())?;
+                let bytes = provider.seal(id, body).await?.to_bytes();
+                self.on_state(id, move |state, id| state.write_mapping(id, &bytes))
+                    .await?;
                 Ok(provider.name())
             }
         }
     }
 
     /// Removes the mapping for `id`; a missing one is not an error (Podman retries deletes).
-    pub fn delete(&self, id: &SecretId) -> Result<()> {
-        let result = self.state.delete_mapping(id);
+    pub async fn delete(&self, id: &SecretId) -> Result<()> {
+        let result = self
+            .on_state(id, |state, id| state.delete_mapping(id))
+            .await;
         match &result {
             Ok(existed) => {
                 tracing::info!(event = "secret.delete", secret_id = %id, outcome = "success", existed)
@@ -164,7 +185,27 @@ impl Service {
     }
 
     /// The IDs that have mappings, sorted.
-    pub fn list(&self) -> Result<Vec<String>> {
-        self.state.list_mappings()
+    pub async fn list(&self) -> Result<Vec<String>> {
+        let state = Arc::clone(&self.state);
+        blocking(move || state.list_mappings()).await
     }
+
+    /// Runs `op` on the state directory for `id` on the blocking pool.
+    async fn on_state<T: Send + 'static>(
+        &self,
+        id: &SecretId,
+        op: impl FnOnce(&StateDir, &SecretId) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let state = Arc::clone(&self.state);
+        let id = id.clone();
+        blocking(move || op(&state, &id)).await
+    }
+}
+
+/// Runs `op` on tokio's blocking pool. If the caller gives up (a deadline), the thread runs
+/// on until the call returns; `psi serve` does not wait for such threads when it exits.
+async fn blocking<T: Send + 'static>(op: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|err| Error::Failed(format!("state directory task failed: {err}")))?
 }

@@ -31,7 +31,15 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let settings = Settings::load_for_process(&overrides)?;
     match cli.command {
-        Command::Serve => block_on(serve::run(settings)),
+        Command::Serve => {
+            let runtime = runtime()?;
+            let result = runtime.block_on(serve::run(settings));
+            // serve already gave in-flight requests their grace period: a thread stuck in a
+            // blocking call (open() of a FIFO) must not keep the process from exiting, as
+            // dropping the runtime would (it waits for blocking-pool threads).
+            runtime.shutdown_background();
+            result
+        }
         Command::Install(args) => install::run(&settings, &args),
         // main.rs runs `psi client` before anything else; a caller of this library function
         // that hands it one gets told so instead of a panic.
@@ -45,8 +53,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Nitrokeyhsm(command) => block_on(nitrokeyhsm::run(&settings, command)),
         Command::Cache(command) => block_on(cache::run(&settings, command)),
         Command::Butane(args) => butane::run(&settings, &args),
-        Command::Healthcheck(args) => crate::client::healthcheck(&settings.socket_path, args.cache)
-            .map_err(|why| Error::Failed(format!("unhealthy: {why}"))),
+        Command::Healthcheck(args) => {
+            let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
+            crate::client::healthcheck(&settings.socket_path, args.cache, token)
+                .map_err(|why| Error::Failed(format!("unhealthy: {why}")))
+        }
         Command::Systemd(command) => block_on(systemd::run(&settings, command)),
         Command::Infisical(command) => block_on(infisical::run(settings, command)),
         Command::Run(args) => {
@@ -57,14 +68,17 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn block_on<T, F: Future<Output = Result<T>>>(future: F) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    runtime()?.block_on(future)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|err| Error::Io {
             context: "cannot start the async runtime".into(),
             source: err,
-        })?;
-    runtime.block_on(future)
+        })
 }
 
 /// Reads all of stdin (at most `limit` bytes) into a buffer that zeroizes on drop.

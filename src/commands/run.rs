@@ -43,7 +43,7 @@ async fn via_serve(
     workload: &str,
 ) -> Option<Result<(BTreeMap<String, SecretValue>, Vec<(String, String)>)>> {
     use crate::unitgen::dropin;
-    crate::client::healthcheck(&settings.socket_path, false).ok()?;
+    crate::client::healthcheck(&settings.socket_path, false, None).ok()?;
     let path = settings
         .systemd_dir
         .join(dropin::dir_name(workload))

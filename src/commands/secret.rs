@@ -21,10 +21,10 @@ pub async fn run(settings: &Settings, command: SecretCommand) -> Result<()> {
             let value = service.lookup(&id).await?;
             super::write_stdout(value.expose())
         }
-        SecretCommand::Delete => service.delete(&secret_id()?),
+        SecretCommand::Delete => service.delete(&secret_id()?).await,
         SecretCommand::List => {
             let mut text = String::new();
-            for id in service.list()? {
+            for id in service.list().await? {
                 text.push_str(&id);
                 text.push('\n');
             }

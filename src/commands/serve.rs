@@ -1,5 +1,6 @@
-//! `psi serve`: open providers, take the socket (from systemd or bound here), tell systemd
-//! we are ready, serve until SIGTERM/SIGINT, finish in-flight requests, clean up.
+//! `psi serve`: raise the open-file limit, open providers, take the socket (from systemd or
+//! bound here), tell systemd we are ready, serve until SIGTERM/SIGINT, finish in-flight
+//! requests within the grace period, clean up.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::service::{CacheState, Service};
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(settings: Settings) -> Result<()> {
+    raise_open_file_limit();
     if !settings.config_found {
         tracing::info!(
             config = %settings.config_path.display(),
@@ -69,14 +71,30 @@ pub async fn run(settings: Settings) -> Result<()> {
         tracing::info!(signal = name, "stopping: finishing in-flight requests");
         server::notify(&process_env, "STOPPING=1");
     };
-    let app = Arc::new(App {
-        service,
-        token,
-        limits: server::Limits::default(),
-    });
+    let app = Arc::new(App::new(service, token, server::Limits::default()));
     let result = server::run(bound.listener, app, shutdown).await;
     bound.file.remove();
-    result
+    // A request that outlived the grace period was cut off: psi still stops as asked (the
+    // caller drops the runtime without waiting for it), and the log says so.
+    result.map(|_| ())
+}
+
+/// Raises the soft limit on open files to the hard limit. Every connection is a file
+/// descriptor, and the soft limit is usually 1,024 (systemd's default and most shells'):
+/// far too close to [`server::Limits::max_connections`] plus what the providers open. The
+/// hard limit is the administrator's ceiling (`LimitNOFILE=` in the units sets it).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let result = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+        }
+        Ok((soft, hard))
+    });
+    match result {
+        Ok((soft, hard)) => tracing::debug!(soft, hard, "open-file limit raised to the hard limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
 }
 
 /// The encrypted cache, if configured: its backend opened and its first load started.

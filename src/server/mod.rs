@@ -4,6 +4,13 @@
 //!
 //! Concurrency: every connection runs on its own task and provider calls are async, so a
 //! slow provider delays only the lookups waiting on it, never `/healthz` or other lookups.
+//! File access runs on the blocking pool (see [`crate::service`]), never on these workers.
+//!
+//! Exhaustion: at most [`Limits::max_connections`] connections are served at once. One that
+//! has sent nothing yet is closed after [`Limits::first_byte`], and gives its slot up at
+//! once when a newcomer finds none free (oldest first), so a flood of idle connections
+//! cannot keep `/healthz` out. Request bodies are buffered against a shared byte budget, so
+//! many uploads at once cannot grow the heap beyond it.
 
 pub mod routes;
 
@@ -11,6 +18,7 @@ use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +30,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::UnixListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::Interest;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::EnvLookup;
 use crate::error::{Error, Result};
@@ -32,23 +42,39 @@ use crate::secret::SecretString;
 use crate::service::{CacheState, Service};
 use routes::Route;
 
-/// Time limits that keep a stalled client or a stuck request from holding psi.
+/// Limits that keep a stalled client, a flood of connections or a stuck request from
+/// holding psi.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Time a client has to send its request headers.
+    /// Time a new connection has to send its first byte. Clients connect and write at once
+    /// (curl, `psi client`); a connection that stays silent is a leak or an attack.
+    pub first_byte: Duration,
+    /// Time a client has to send its request headers (also the keep-alive idle limit).
     pub header: Duration,
     /// Time a client has to send its request body once the headers are in.
     pub body: Duration,
     /// Time in-flight requests get to finish after a stop signal.
     pub shutdown_grace: Duration,
+    /// Connections served at once; more wait in the listen backlog (or take the slot of a
+    /// connection that has not sent anything yet).
+    pub max_connections: usize,
+    /// Bytes of request bodies held at once over all connections (each body counts as its
+    /// declared length, or [`routes::MAX_BODY`] when chunked).
+    pub body_budget: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            first_byte: Duration::from_secs(5),
             header: Duration::from_secs(10),
             body: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            // Podman starts containers with a handful of secrets each; hundreds of lookups
+            // at once is already a storm. Well under any sane LimitNOFILE.
+            max_connections: 512,
+            // 16 bodies of the largest size: stores are rare (podman secret create).
+            body_budget: 16 * routes::MAX_BODY,
         }
     }
 }
@@ -59,6 +85,63 @@ pub struct App {
     /// The bearer token; `None` disables auth.
     pub token: Option<SecretString>,
     pub limits: Limits,
+    /// What is left of [`Limits::body_budget`], in bytes.
+    bodies: Semaphore,
+}
+
+impl App {
+    pub fn new(service: Service, token: Option<SecretString>, limits: Limits) -> App {
+        App {
+            service,
+            token,
+            bodies: Semaphore::new(limits.body_budget),
+            limits,
+        }
+    }
+}
+
+/// The connection slots ([`Limits::max_connections`]) and the eviction of silent ones.
+struct Slots {
+    free: Arc<Semaphore>,
+    /// Wakes the connection that has waited longest for its first byte (`Notify` wakes in
+    /// FIFO order), which then closes and frees its slot for a newcomer.
+    evict: Notify,
+    /// Connections waiting for their first byte: eviction is asked for only when one is,
+    /// so that a stored wake-up rarely hits a connection that arrives later.
+    silent: AtomicUsize,
+}
+
+impl Slots {
+    /// A slot for a connection just accepted: a free one, else the slot of the oldest silent
+    /// connection, else the first one a finished connection frees.
+    async fn take(&self) -> OwnedSemaphorePermit {
+        if let Ok(permit) = Arc::clone(&self.free).try_acquire_owned() {
+            return permit;
+        }
+        if self.silent.load(Ordering::Acquire) > 0 {
+            self.evict.notify_one();
+        }
+        Arc::clone(&self.free)
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed")
+    }
+
+    /// Waits until `stream` has something to read (a request, or its end); false when it
+    /// stayed silent for `limit` or its slot was taken for a newcomer.
+    async fn first_byte(&self, stream: &UnixStream, limit: Duration) -> bool {
+        let evicted = self.evict.notified();
+        tokio::pin!(evicted);
+        // Registered before it counts as silent, so a notification cannot miss it.
+        evicted.as_mut().enable();
+        self.silent.fetch_add(1, Ordering::AcqRel);
+        let spoke = tokio::select! {
+            ready = tokio::time::timeout(limit, readable(stream)) => matches!(ready, Ok(Ok(()))),
+            () = &mut evicted => false,
+        };
+        self.silent.fetch_sub(1, Ordering::AcqRel);
+        spoke
+    }
 }
 
 /// A listening socket and, when psi bound it itself, the file to remove on shutdown.
@@ -203,13 +286,48 @@ pub fn notify(env: EnvLookup<'_>, state: &str) {
     }
 }
 
+/// Waits until `stream` has a byte to read or its peer closed. Readiness alone can be a
+/// false positive (tokio says so), so a one-byte peek confirms it without consuming it.
+async fn readable(stream: &UnixStream) -> std::io::Result<()> {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            recv(
+                stream.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match peeked {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// How [`run`] ended after its shutdown signal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every in-flight request finished.
+    Drained,
+    /// Some requests were still running when the grace period ended. Tasks stuck in a
+    /// blocking call may still hold blocking-pool threads: the caller must not wait for them
+    /// (`psi serve` drops its runtime without waiting and exits).
+    GraceExpired,
+}
+
 /// Serves `listener` until `shutdown` completes, then stops accepting and gives in-flight
 /// requests `app.limits.shutdown_grace` to finish.
 pub async fn run(
     listener: StdListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+) -> Result<Stopped> {
     listener.set_nonblocking(true).map_err(|err| Error::Io {
         context: "socket".into(),
         source: err,
@@ -218,47 +336,89 @@ pub async fn run(
         context: "socket".into(),
         source: err,
     })?;
+    let slots = Arc::new(Slots {
+        free: Arc::new(Semaphore::new(app.limits.max_connections)),
+        evict: Notify::new(),
+        silent: AtomicUsize::new(0),
+    });
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(err) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let app = Arc::clone(&app);
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(app.limits.header)
-                    .serve_connection(TokioIo::new(stream), service_fn(move |req| {
-                        let app = Arc::clone(&app);
-                        async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
-                    }));
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %err, "connection ended with an error");
-                    }
-                });
-            }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
             () = &mut shutdown => break,
-        }
+        };
+        let slot = tokio::select! {
+            slot = slots.take() => slot,
+            () = &mut shutdown => break,
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            slot,
+            Arc::clone(&slots),
+            Arc::clone(&app),
+            graceful.watcher(),
+        ));
     }
     drop(listener);
+    // Connections still waiting for their first byte count too; they end within
+    // `first_byte`, or as soon as they speak (hyper closes a connection told to shut down
+    // before it read a request).
     if tokio::time::timeout(app.limits.shutdown_grace, graceful.shutdown())
         .await
-        .is_err()
+        .is_ok()
     {
-        tracing::warn!("requests still running after the shutdown grace period; stopping anyway");
+        return Ok(Stopped::Drained);
     }
-    Ok(())
+    tracing::warn!("requests still running after the shutdown grace period; stopping anyway");
+    Ok(Stopped::GraceExpired)
 }
+
+/// One connection: wait for its first byte, then HTTP/1.1 until it closes. `slot` is held
+/// until then.
+async fn serve_connection(
+    stream: UnixStream,
+    slot: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+    app: Arc<App>,
+    graceful: Watcher,
+) {
+    if !slots.first_byte(&stream, app.limits.first_byte).await {
+        return;
+    }
+    let limits = app.limits;
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header)
+        // A client may shut its write side down once the request is out (`nc -N`, some
+        // proxies); it still wants the answer.
+        .half_close(true)
+        // The read buffer a connection may grow to (hyper's default is ~400 KiB): request
+        // heads are small, and bodies are copied out as they arrive.
+        .max_buf_size(MAX_READ_BUFFER)
+        .serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
+            }),
+        );
+    if let Err(err) = graceful.watch(connection).await {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+    drop(slot);
+}
+
+/// Largest read buffer of one connection.
+const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// Handles one request: route, auth, then the service call. Writes exactly one audit line
 /// for secret operations (the service does) or for refusals (here).
@@ -301,15 +461,19 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
         // Store and delete answer 200 with no body (the original said `ok`): Podman copies
         // the driver command's stdout into its own, so a body would precede the ID that
         // `podman secret create` and `podman secret rm` print.
-        Route::Store(id) => match read_body(req, app.limits.body).await {
+        Route::Store(id) => match read_body(app, req).await {
             Ok(body) => app.service.store(&id, &body).await.map(|()| Bytes::new()),
             Err(err) => {
                 tracing::warn!(event = "secret.store", secret_id = %id, outcome = "error", error = %err);
                 Err(err)
             }
         },
-        Route::Delete(id) => app.service.delete(&id).map(|()| Bytes::new()),
-        Route::List => app.service.list().map(|ids| Bytes::from(ids.join("\n"))),
+        Route::Delete(id) => app.service.delete(&id).await.map(|()| Bytes::new()),
+        Route::List => app
+            .service
+            .list()
+            .await
+            .map(|ids| Bytes::from(ids.join("\n"))),
     };
     match result {
         Ok(body) => routes::ok(body),
@@ -317,9 +481,13 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-/// Reads a request body of at most [`routes::MAX_BODY`] bytes within `limit`. psi's
-/// copy (possibly a raw value to seal) zeroizes on drop; hyper's read buffers are its own.
-async fn read_body(req: Request<Incoming>, limit: Duration) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+/// Reads a request body of at most [`routes::MAX_BODY`] bytes within `app.limits.body`,
+/// first taking its share of the body budget (waiting for it counts against the same time
+/// limit). Frames are copied into one buffer of the declared size as they arrive and
+/// dropped, so hyper's read buffer does not grow with the body; psi's copy (possibly a raw
+/// value to seal) zeroizes on drop.
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let limit = app.limits.body;
     let too_large = Error::BodyTooLarge {
         limit: routes::MAX_BODY,
     };
@@ -330,8 +498,25 @@ async fn read_body(req: Request<Incoming>, limit: Duration) -> Result<zeroize::Z
     if declared.is_some_and(|len| len > routes::MAX_BODY as u64) {
         return Err(too_large);
     }
-    let body = Limited::new(req.into_body(), routes::MAX_BODY);
-    match tokio::time::timeout(limit, body.collect()).await {
+    // `declared` is at most MAX_BODY here; a chunked body may grow to it.
+    let expected = declared.map_or(routes::MAX_BODY, |len| len as usize);
+    let read = async {
+        let _budget = app
+            .bodies
+            .acquire_many(expected.min(app.limits.body_budget) as u32)
+            .await
+            .expect("the body budget is never closed");
+        let mut body = Limited::new(req.into_body(), routes::MAX_BODY);
+        let mut bytes =
+            zeroize::Zeroizing::new(Vec::with_capacity(declared.map_or(0, |_| expected)));
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(bytes)
+    };
+    match tokio::time::timeout(limit, read).await {
         Err(_) => Err(Error::Timeout(format!(
             "request body not received within {} ms",
             limit.as_millis()
@@ -346,6 +531,6 @@ async fn read_body(req: Request<Incoming>, limit: Duration) -> Result<zeroize::Z
         Ok(Err(err)) => Err(Error::InvalidBody(format!(
             "cannot read the request body: {err}"
         ))),
-        Ok(Ok(collected)) => Ok(zeroize::Zeroizing::new(collected.to_bytes().to_vec())),
+        Ok(Ok(bytes)) => Ok(bytes),
     }
 }

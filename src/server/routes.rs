@@ -106,7 +106,8 @@ pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
 
 /// The `/healthz/cache` answer: JSON for people and scripts, and a status a health check can
 /// use alone (`curl -sf`): 200 when the cache is disabled or loaded, 503 when it is
-/// configured but unusable (lookups then all go to the providers).
+/// configured but unusable (lookups then all go to the providers). Error texts name files by
+/// their name only ([`without_paths`]): the journal has the full story.
 pub fn cache_health(
     health: Option<&crate::cache::live::Health>,
     unavailable: Option<&str>,
@@ -114,16 +115,16 @@ pub fn cache_health(
     let (status, body) = match (health, unavailable) {
         (_, Some(error)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"cache": "unavailable", "error": error}),
+            json!({"cache": "unavailable", "error": without_paths(error)}),
         ),
         (None, None) => (StatusCode::OK, json!({"cache": "disabled"})),
         (Some(h), None) if h.loaded => (
             StatusCode::OK,
-            json!({"cache": "loaded", "entries": h.entries, "version": h.version, "error": h.error}),
+            json!({"cache": "loaded", "entries": h.entries, "version": h.version, "error": h.error.as_deref().map(without_paths)}),
         ),
         (Some(h), None) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"cache": if h.error.is_some() { "unavailable" } else { "loading" }, "entries": 0, "error": h.error}),
+            json!({"cache": if h.error.is_some() { "unavailable" } else { "loading" }, "entries": 0, "error": h.error.as_deref().map(without_paths)}),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(pyjson::dumps(
@@ -137,24 +138,57 @@ pub fn cache_health(
     response
 }
 
-/// Checks `Authorization: Bearer <token>` when a token is configured. `/healthz` is always
-/// open (health checks carry no token). Both sides are hashed first so the comparison is
-/// constant time and does not even reveal the token's length.
+/// `text` with every absolute path replaced by its file name, for answers to clients: where
+/// psi keeps its files is the host's business. A path runs to the next space, quote or
+/// parenthesis; a trailing `:`, `,` or `.` is punctuation.
+pub fn without_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('/') {
+        let at_word_start = match rest[..start].chars().next_back() {
+            None => true,
+            Some(c) => c.is_whitespace() || "'\"(=".contains(c),
+        };
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || "'\"()".contains(c))
+            .unwrap_or(rest.len());
+        let word = &rest[..end];
+        let path = word.trim_end_matches([':', ',', '.']);
+        if at_word_start {
+            out.push_str(
+                path.rsplit('/')
+                    .find(|part| !part.is_empty())
+                    .unwrap_or("/"),
+            );
+            out.push_str(&word[path.len()..]);
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Checks `Authorization: Bearer <token>` when a token is configured; the scheme is
+/// case-insensitive (RFC 9110), the token exact. `/healthz` is always open (health checks
+/// carry no token); everything else, `/healthz/cache` included, needs it. Both tokens are
+/// hashed first so the comparison is constant time and does not even reveal the length.
 pub fn authorize(
     route: Result<&Route, &Error>,
     token: Option<&SecretString>,
     header: Option<&[u8]>,
 ) -> Result<(), Error> {
     let Some(token) = token else { return Ok(()) };
-    if matches!(route, Ok(Route::Healthz | Route::HealthzCache)) {
+    if matches!(route, Ok(Route::Healthz)) {
         return Ok(());
     }
     let presented = header.unwrap_or_default();
-    let mut expected = b"Bearer ".to_vec();
-    expected.extend_from_slice(token.expose().as_bytes());
-    let equal = openssl::memcmp::eq(&sha256(presented), &sha256(&expected));
-    zeroize::Zeroize::zeroize(&mut expected);
-    if equal {
+    let (scheme, credentials) = presented.split_at(presented.len().min(b"Bearer ".len()));
+    let equal = openssl::memcmp::eq(&sha256(credentials), &sha256(token.expose().as_bytes()));
+    if equal && scheme.eq_ignore_ascii_case(b"Bearer ") {
         Ok(())
     } else {
         Err(Error::Unauthorized)

@@ -4,7 +4,9 @@
 use hyper::Method;
 use psi::error::Error;
 use psi::secret::{SecretId, SecretString};
-use psi::server::routes::{authorize, error_response, percent_decode, route, Route};
+use psi::server::routes::{
+    authorize, cache_health, error_response, percent_decode, route, without_paths, Route,
+};
 
 fn id(s: &str) -> SecretId {
     SecretId::parse(s).unwrap()
@@ -119,6 +121,49 @@ fn auth_is_off_without_a_token_and_healthz_is_always_open() {
     assert!(authorize(healthz.as_ref(), Some(&token), None).is_ok());
 }
 
+/// The cache's state says what failed on the host: only for holders of the token.
+#[test]
+fn healthz_cache_needs_the_token() {
+    let token = SecretString::new("s3cr3t-token".into());
+    let cache = route(&Method::GET, "/healthz/cache");
+    assert!(matches!(
+        authorize(cache.as_ref(), Some(&token), None),
+        Err(Error::Unauthorized)
+    ));
+    assert!(authorize(cache.as_ref(), Some(&token), Some(b"Bearer s3cr3t-token")).is_ok());
+    assert!(authorize(cache.as_ref(), None, None).is_ok());
+}
+
+#[tokio::test]
+async fn cache_health_errors_name_no_absolute_path() {
+    use http_body_util::BodyExt;
+    let error = "cannot read /var/lib/psi/cache.enc: Permission denied (os error 13); key '/etc/psi/cache-key.cred', see /run/x/";
+    let response = cache_health(None, Some(error));
+    assert_eq!(response.status(), 503);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        json["error"],
+        "cannot read cache.enc: Permission denied (os error 13); key 'cache-key.cred', see x"
+    );
+    let health = psi::cache::live::Health {
+        loaded: true,
+        entries: 1,
+        version: Some(2),
+        error: Some("cannot decrypt /var/lib/psi/cache.enc.".into()),
+    };
+    let body = cache_health(Some(&health), None)
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "cannot decrypt cache.enc.");
+    // Slashes inside words are not paths.
+    assert_eq!(without_paths("a/b and 1/2 and=/x/y"), "a/b and 1/2 and=y");
+}
+
 #[test]
 fn bearer_token_must_match_exactly() {
     let token = SecretString::new("s3cr3t-token".into());
@@ -127,7 +172,11 @@ fn bearer_token_must_match_exactly() {
     assert!(check(b"Bearer s3cr3t-token"));
     assert!(!check(b"Bearer s3cr3t-tokenx"));
     assert!(!check(b"Bearer s3cr3t-toke"));
-    assert!(!check(b"bearer s3cr3t-token"));
+    // The scheme is case-insensitive (RFC 9110), the token is not.
+    assert!(check(b"bearer s3cr3t-token"));
+    assert!(check(b"BEARER s3cr3t-token"));
+    assert!(!check(b"Bearer S3CR3T-TOKEN"));
+    assert!(!check(b"Basic s3cr3t-token"));
     assert!(!check(b"Bearer  s3cr3t-token"));
     assert!(!check(b"s3cr3t-token"));
     assert!(!check(b""));

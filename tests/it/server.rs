@@ -23,28 +23,39 @@ struct Running {
     sandbox: Sandbox,
     socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<psi::error::Result<()>>,
+    task: JoinHandle<psi::error::Result<server::Stopped>>,
 }
 
 impl Running {
     async fn shutdown(mut self) -> Sandbox {
         self.stop.take().unwrap().send(()).unwrap();
-        self.task.await.unwrap().unwrap();
+        assert_eq!(self.task.await.unwrap().unwrap(), server::Stopped::Drained);
         self.sandbox
     }
 }
 
 fn limits() -> Limits {
     Limits {
+        first_byte: Duration::from_millis(500),
         header: Duration::from_millis(500),
         body: Duration::from_millis(500),
         shutdown_grace: Duration::from_secs(10),
+        ..Limits::default()
     }
 }
 
 /// Starts the server on the sandbox socket with the systemd-creds provider (credentials
 /// named `slow` take `slow_secs` longer) and the given token and raw-value policy.
 async fn start(token: Option<&str>, policy: RawPolicy, slow_secs: u32) -> Option<Running> {
+    start_with(token, policy, slow_secs, limits()).await
+}
+
+async fn start_with(
+    token: Option<&str>,
+    policy: RawPolicy,
+    slow_secs: u32,
+    limits: Limits,
+) -> Option<Running> {
     if !require("systemd-creds") {
         return None;
     }
@@ -53,11 +64,11 @@ async fn start(token: Option<&str>, policy: RawPolicy, slow_secs: u32) -> Option
         sandbox.creds_provider(slow_secs),
     )]);
     let service = Service::new(StateDir::new(sandbox.state_dir()), registry, policy);
-    let app = Arc::new(App {
+    let app = Arc::new(App::new(
         service,
-        token: token.map(|t| SecretString::new(t.into())),
-        limits: limits(),
-    });
+        token.map(|t| SecretString::new(t.into())),
+        limits,
+    ));
     let socket = sandbox.socket();
     let bound = server::bind(&socket).unwrap();
     let (stop, stopped) = oneshot::channel();
@@ -336,6 +347,7 @@ async fn token_guards_everything_but_healthz() {
         ("DELETE", "/delete/guarded"),
         ("GET", "/list"),
         ("GET", "/nope"),
+        ("GET", "/healthz/cache"),
     ] {
         let reply = request(&running.socket, method, target, &[], b"{}").await;
         assert_eq!(reply.status, 401, "{method} {target}");
@@ -363,6 +375,19 @@ async fn token_guards_everything_but_healthz() {
     )
     .await;
     assert_eq!((ok.status, ok.body.as_slice()), (200, &b"v"[..]));
+    // The scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER"] {
+        let header = format!("{scheme} test-token-123");
+        let reply = request(
+            &running.socket,
+            "GET",
+            "/healthz/cache",
+            &[("Authorization", &header)],
+            b"",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{scheme}: {}", reply.text());
+    }
     assert!(
         running.sandbox.state_dir().join("guarded").exists(),
         "an unauthorized delete removed the mapping"
@@ -410,6 +435,59 @@ async fn stalled_clients_are_cut_off() {
     .unwrap()
     .unwrap();
     assert_eq!(http::parse(&raw).status, 408);
+    running.shutdown().await;
+}
+
+/// Reads `stream` to its end, failing after `limit`.
+async fn read_all_within(stream: &mut tokio::net::UnixStream, limit: Duration) -> Vec<u8> {
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        limit,
+        tokio::io::AsyncReadExt::read_to_end(stream, &mut raw),
+    )
+    .await
+    .expect("the connection stayed open")
+    .unwrap();
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_connection_is_closed_after_the_first_byte_limit() {
+    let limits = Limits {
+        first_byte: Duration::from_millis(200),
+        header: Duration::from_secs(30),
+        ..limits()
+    };
+    let Some(running) = start_with(None, SEAL, 0, limits).await else {
+        return;
+    };
+    let mut silent = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(read_all_within(&mut silent, Duration::from_secs(5))
+        .await
+        .is_empty());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(get(&running.socket, "/healthz").await.status, 200);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_half_closes_gets_its_answer() {
+    let Some(running) = start(None, SEAL, 0).await else {
+        return;
+    };
+    let mut stream = tokio::net::UnixStream::connect(&running.socket)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let reply = http::parse(&read_all_within(&mut stream, Duration::from_secs(5)).await);
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
     running.shutdown().await;
 }
 
@@ -552,4 +630,168 @@ fn serve_process_adopts_a_systemd_socket() {
     );
     assert!(child.wait().unwrap().success());
     assert!(path.exists(), "psi removed a socket systemd owns");
+}
+
+/// `/proc/<pid>/limits`' "Max open files" line as (soft, hard).
+fn open_file_limits(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+/// A flood of connections that never send anything: psi serve, started with the common
+/// soft limit of 1,024 open files, raises it, keeps at most its connection bound, and
+/// closes the oldest silent ones for newcomers, so `/healthz` still answers at once.
+#[test]
+fn serve_answers_healthz_while_1100_silent_connections_are_held() {
+    use std::os::unix::process::CommandExt;
+    const HELD: usize = 1100;
+    let (soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        soft >= HELD as u64 + 200,
+        "this test holds {HELD} connections: raise the test's open-file limit (ulimit -n)"
+    );
+    let sandbox = Sandbox::new();
+    let config = sandbox.config("");
+    let mut cmd = sandbox.psi();
+    cmd.args(["-c", config.to_str().unwrap(), "serve"]);
+    #[allow(unsafe_code)]
+    unsafe {
+        // serve alone starts at the soft limit of a default systemd service.
+        cmd.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = 1024;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let serve = ServeProcess::start(cmd, &sandbox.socket(), sandbox.path().join("serve.log"));
+    let socket = sandbox.socket();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut held = Vec::with_capacity(HELD);
+        for _ in 0..HELD {
+            let stream = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::UnixStream::connect(&socket),
+            )
+            .await
+            .expect("connect hung")
+            .expect("connect");
+            held.push(stream);
+        }
+        let started = Instant::now();
+        let reply = tokio::time::timeout(Duration::from_secs(1), get(&socket, "/healthz"))
+            .await
+            .unwrap_or_else(|_| panic!("/healthz did not answer within 1 s: {}", serve.log()));
+        assert_eq!(reply.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    });
+    let (soft, hard) = open_file_limits(serve.child.id());
+    assert_eq!(soft, hard, "serve kept its soft open-file limit");
+}
+
+/// Releases whoever is blocked opening a FIFO for reading (opening its write end), so a
+/// failing test does not leave threads stuck behind.
+struct FifoRelease(PathBuf);
+
+impl Drop for FifoRelease {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.0);
+    }
+}
+
+/// Threads of `pid` blocked opening a FIFO nobody writes to.
+fn threads_waiting_on_a_fifo(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|task| {
+                    std::fs::read_to_string(task.path().join("wchan"))
+                        .is_ok_and(|wchan| wchan == "wait_for_partner")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A mapping that blocks on open (a FIFO) holds only its own lookups: `/healthz` answers,
+/// and SIGTERM stops serve within its grace period (30 s; the stuck lookups end at their
+/// 30 s deadline, or are abandoned when the grace period ends).
+#[test]
+fn a_fifo_mapping_blocks_neither_healthz_nor_sigterm() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config("");
+    std::fs::create_dir(sandbox.state_dir()).unwrap();
+    let fifo = sandbox.state_dir().join("fifo");
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    let mut cmd = sandbox.psi();
+    cmd.args(["-c", config.to_str().unwrap(), "serve"]);
+    let serve = ServeProcess::start(cmd, &sandbox.socket(), sandbox.path().join("serve.log"));
+    let _release = FifoRelease(fifo);
+    let pid = serve.child.id();
+
+    // One stuck lookup per runtime worker: enough to stall every worker if they did the I/O.
+    let stuck = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let socket = sandbox.socket();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for _ in 0..stuck {
+        let socket = socket.clone();
+        runtime.spawn(async move { get(&socket, "/lookup/fifo").await });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads_waiting_on_a_fifo(pid) < stuck {
+        assert!(
+            Instant::now() < deadline,
+            "the lookups never reached the FIFO: {}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reply = runtime
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), get(&socket, "/healthz")).await
+        })
+        .unwrap_or_else(|_| panic!("/healthz did not answer within 1 s: {}", serve.log()));
+    assert_eq!(reply.status, 200);
+
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let log = serve.stderr_path.clone();
+    let log = move || std::fs::read_to_string(&log).unwrap_or_default();
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut serve = serve;
+        exited.send(serve.child.wait().unwrap())
+    });
+    let status = exit
+        .recv_timeout(Duration::from_secs(40))
+        .unwrap_or_else(|_| panic!("serve still running 40 s after SIGTERM: {}", log()));
+    assert!(status.success(), "exit {status}: {}", log());
+    assert!(!socket.exists(), "socket left behind");
 }

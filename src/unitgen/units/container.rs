@@ -19,7 +19,7 @@
 use super::{
     cache_key_unit_lines, credential_lines, host_key_lines, install_lines, setup_unit_lines,
     unit_lines, ApplianceSpec, GeneratedFile, Place, Role, Target, UnitText, SERVE_DESCRIPTION,
-    TLS_DESCRIPTION,
+    SERVE_LIMIT_NOFILE, TLS_DESCRIPTION,
 };
 
 /// Where the service's credentials directory (`%d`) appears in the container.
@@ -158,7 +158,7 @@ fn container_lines(spec: &ApplianceSpec, name: &str, exec: &str, role: Role) -> 
 
 fn serve(spec: &ApplianceSpec) -> GeneratedFile {
     let mut service = host_key_lines(spec);
-    service.push("Restart=on-failure".to_owned());
+    service.extend(["Restart=on-failure".to_owned(), SERVE_LIMIT_NOFILE.into()]);
     // The host side of the socket directory, for the default socket (`/run/psi`, `%t/psi`).
     if spec.runtime_dir_managed {
         service.push("RuntimeDirectory=psi".into());

@@ -706,6 +706,11 @@ fn setup_description(provider: &str) -> String {
 }
 
 const SERVE_DESCRIPTION: &str = "PSI secret lookup service";
+/// `psi serve`'s open-file limit: every connection is a descriptor, and systemd's default
+/// soft limit (1,024) is too close to serve's 512 connections plus what providers open.
+/// serve raises its soft limit to the hard one at start, wherever it runs (in a container,
+/// to the limits Podman gives it, derived from its own).
+const SERVE_LIMIT_NOFILE: &str = "LimitNOFILE=65536";
 const TLS_DESCRIPTION: &str = "PSI TLS certificate renewal";
 const CACHE_KEY_DESCRIPTION: &str = "PSI cache key provisioning";
 

@@ -2,7 +2,8 @@
 
 use super::{
     cache_key_unit_lines, credential_lines, install_lines, setup_unit_lines, unit_lines,
-    ApplianceSpec, GeneratedFile, Role, Target, UnitText, SERVE_DESCRIPTION, TLS_DESCRIPTION,
+    ApplianceSpec, GeneratedFile, Role, Target, UnitText, SERVE_DESCRIPTION, SERVE_LIMIT_NOFILE,
+    TLS_DESCRIPTION,
 };
 use crate::unitgen::shell_word;
 
@@ -42,6 +43,7 @@ fn serve(spec: &ApplianceSpec) -> GeneratedFile {
         "Type=notify".to_owned(),
         exec(spec, "serve"),
         "Restart=on-failure".into(),
+        SERVE_LIMIT_NOFILE.into(),
     ];
     if spec.runtime_dir_managed {
         service.push("RuntimeDirectory=psi".into());
