@@ -6,7 +6,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use psi::config::RawPolicy;
 use psi::provider::Registry;
@@ -49,7 +48,7 @@ fn sorted(mut files: Vec<(PathBuf, Vec<u8>)>) -> Vec<(PathBuf, Vec<u8>)> {
 struct Running {
     socket: PathBuf,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<psi::error::Result<()>>,
+    task: JoinHandle<psi::error::Result<server::Stopped>>,
 }
 
 /// A server on `sandbox`'s state directory with no providers and raw values refused:
@@ -60,15 +59,7 @@ fn serve(sandbox: &Sandbox) -> Running {
         Registry::new(Vec::new()),
         RawPolicy::Reject,
     );
-    let app = Arc::new(App {
-        service,
-        token: None,
-        limits: Limits {
-            header: Duration::from_secs(5),
-            body: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(5),
-        },
-    });
+    let app = Arc::new(App::new(service, None, Limits::default()));
     let socket = sandbox.socket();
     let bound = server::bind(&socket).unwrap();
     let (stop, stopped) = oneshot::channel();
@@ -81,7 +72,7 @@ fn serve(sandbox: &Sandbox) -> Running {
 impl Running {
     async fn shutdown(self) {
         self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
+        assert_eq!(self.task.await.unwrap().unwrap(), server::Stopped::Drained);
     }
 }
 
