@@ -316,8 +316,7 @@ fn percent_encode(text: &str, out: &mut String) {
 /// The token from `path`, surrounding whitespace removed, checked against the token
 /// alphabet (which also keeps CR/LF out of the request head).
 fn read_token(path: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
-    let text = std::fs::read(path)
-        .map(Zeroizing::new)
+    let text = crate::fsutil::read_capped(path, crate::fsutil::TOKEN)
         .map_err(|err| Failure::Usage(format!("cannot read {}: {err}", path.display())))?;
     let token = std::str::from_utf8(&text)
         .map(|t| Zeroizing::new(t.trim().to_owned()))
