@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
 use hyper::server::conn::http1;
@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
 
+use crate::body::{collect_capped, Collect};
 use crate::config::EnvLookup;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -297,7 +298,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .service
             .lookup(&id)
             .await
-            .map(|value| Bytes::copy_from_slice(value.expose())),
+            .map(|value| Bytes::from_owner(Outgoing(value))),
         // Store and delete answer 200 with no body (the original said `ok`): Podman copies
         // the driver command's stdout into its own, so a body would precede the ID that
         // `podman secret create` and `podman secret rm` print.
@@ -330,22 +331,30 @@ async fn read_body(req: Request<Incoming>, limit: Duration) -> Result<zeroize::Z
     if declared.is_some_and(|len| len > routes::MAX_BODY as u64) {
         return Err(too_large);
     }
-    let body = Limited::new(req.into_body(), routes::MAX_BODY);
-    match tokio::time::timeout(limit, body.collect()).await {
+    let body = collect_capped(
+        req.into_body(),
+        declared.unwrap_or(0) as usize,
+        routes::MAX_BODY,
+    );
+    match tokio::time::timeout(limit, body).await {
         Err(_) => Err(Error::Timeout(format!(
             "request body not received within {} ms",
             limit.as_millis()
         ))),
-        Ok(Err(err))
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large)
-        }
-        Ok(Err(err)) => Err(Error::InvalidBody(format!(
+        Ok(Err(Collect::TooLarge)) => Err(too_large),
+        Ok(Err(Collect::Failed(err))) => Err(Error::InvalidBody(format!(
             "cannot read the request body: {err}"
         ))),
-        Ok(Ok(collected)) => Ok(zeroize::Zeroizing::new(collected.to_bytes().to_vec())),
+        Ok(Ok(body)) => Ok(body),
+    }
+}
+
+/// A looked-up value as the response body: hyper writes it from this buffer (vectored
+/// writes on the socket, no copy) and dropping the response zeroizes it.
+struct Outgoing(crate::secret::SecretValue);
+
+impl AsRef<[u8]> for Outgoing {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose()
     }
 }
