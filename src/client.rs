@@ -17,7 +17,7 @@
 //! `/proc/<pid>/cmdline`, readable by every local user while curl runs.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -268,11 +268,15 @@ fn exchange(socket: &Path, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure
     stream
         .write_all(request)
         .map_err(|e| failed("cannot send the request to", e))?;
-    let mut reply = Zeroizing::new(Vec::with_capacity(4096));
-    stream
-        .read_to_end(&mut reply)
-        .map_err(|e| failed("cannot read the answer from", e))?;
-    Ok(reply)
+    // A value is at most MAX_BODY (psi serve refuses larger stores); the head is small.
+    const MAX_REPLY: usize = MAX_BODY + 64 * 1024;
+    crate::fsutil::read_bounded(stream, 4096, MAX_REPLY).map_err(|err| match err {
+        crate::fsutil::Bounded::Over => Failure::Failed(format!(
+            "the answer from {} is larger than {MAX_REPLY} bytes",
+            socket.display()
+        )),
+        crate::fsutil::Bounded::Io(e) => failed("cannot read the answer from", e),
+    })
 }
 
 /// One request, `Connection: close` (one request per connection, as curl makes it).
@@ -316,8 +320,7 @@ fn percent_encode(text: &str, out: &mut String) {
 /// The token from `path`, surrounding whitespace removed, checked against the token
 /// alphabet (which also keeps CR/LF out of the request head).
 fn read_token(path: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
-    let text = std::fs::read(path)
-        .map(Zeroizing::new)
+    let text = crate::fsutil::read_capped(path, crate::fsutil::TOKEN)
         .map_err(|err| Failure::Usage(format!("cannot read {}: {err}", path.display())))?;
     let token = std::str::from_utf8(&text)
         .map(|t| Zeroizing::new(t.trim().to_owned()))
@@ -329,18 +332,12 @@ fn read_token(path: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
 
 /// All of stdin, refused above the server's body limit (psi would answer 413 anyway).
 fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Failure> {
-    let mut body = Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .lock()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|err| Failure::Failed(format!("cannot read stdin: {err}")))?;
-    if body.len() > MAX_BODY {
-        return Err(Failure::Failed(format!(
+    crate::fsutil::read_bounded(std::io::stdin().lock(), 0, MAX_BODY).map_err(|err| match err {
+        crate::fsutil::Bounded::Over => Failure::Failed(format!(
             "stdin holds more than {MAX_BODY} bytes, psi's limit"
-        )));
-    }
-    Ok(body)
+        )),
+        crate::fsutil::Bounded::Io(err) => Failure::Failed(format!("cannot read stdin: {err}")),
+    })
 }
 
 struct Response {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::secret::SecretString;
 
 // ---------------------------------------------------------------------------------------------
@@ -955,13 +956,15 @@ impl Settings {
 
         let (config_path, text) = match &overrides.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|err| Error::Config {
-                    path: path.clone(),
-                    message: format!("cannot read the config file: {err}"),
+                let text = fsutil::read_capped_text(path, fsutil::CONFIG).map_err(|err| {
+                    Error::Config {
+                        path: path.clone(),
+                        message: format!("cannot read the config file: {err}"),
+                    }
                 })?;
                 (path.clone(), Some(text))
             }
-            None => match std::fs::read_to_string(&paths.config) {
+            None => match fsutil::read_capped_text(&paths.config, fsutil::CONFIG) {
                 Ok(text) => (paths.config.clone(), Some(text)),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     (paths.config.clone(), None)
@@ -1260,9 +1263,8 @@ pub fn resolve_credential(
 ) -> Result<Option<(SecretString, CredentialSource)>, String> {
     if let Some(dir) = env("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join(file_name);
-        match std::fs::read(&path) {
+        match fsutil::read_capped(&path, fsutil::TOKEN) {
             Ok(bytes) => {
-                let bytes = zeroize::Zeroizing::new(bytes);
                 let text = std::str::from_utf8(&bytes)
                     .map_err(|_| format!("credential {} is not UTF-8", path.display()))?;
                 if !text.trim().is_empty() {

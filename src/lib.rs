@@ -17,7 +17,9 @@
 //!   the Nitrokey hybrid envelope, HMAC-SHA256.
 //! - [`cache`]: the encrypted secret cache: the in-memory entries keyed by HMAC digests of
 //!   mappings, the `cache.enc` file format (`format`, pure) and its TPM/HSM key backends.
-//! - [`fsutil`]: atomic writes with the mode set at open, write-if-changed, private directories.
+//! - [`fsutil`]: atomic writes with the mode set at open, write-if-changed, private
+//!   directories; reads capped by kind of file that never block on a FIFO or device.
+//! - [`body`]: HTTP bodies collected into a zeroizing buffer with a cap.
 //! - [`state`]: the state directory, the one place that knows its layout.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
@@ -37,6 +39,7 @@
 //! - [`driver`]: which client the driver commands use (psi or curl) and the token file.
 #![deny(unsafe_code)]
 
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -28,13 +28,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::UnixStream;
 
+use zeroize::Zeroizing;
+
+use crate::body::{collect_capped, Collect};
 use crate::config::Scope;
 use crate::error::{Error, Result};
 
@@ -248,7 +251,6 @@ impl Podman {
             #[serde(rename = "SecretData", default)]
             data: Option<crate::secret::SecretString>,
         }
-        let body = zeroize::Zeroizing::new(body.to_vec());
         let inspect: Inspect = serde_json::from_slice(&body).map_err(|err| {
             Error::Failed(format!(
                 "Podman's secret inspect reply is not the expected JSON: {err}"
@@ -258,7 +260,7 @@ impl Podman {
         Ok(inspect
             .data
             .filter(|d| !d.expose().is_empty())
-            .map(|d| crate::secret::SecretValue::new(d.expose().as_bytes().to_vec())))
+            .map(crate::secret::SecretValue::from))
     }
 
     /// One request within the deadline; any status comes back, transport failures as errors.
@@ -268,7 +270,7 @@ impl Podman {
         path: &str,
         body: Bytes,
         what: &str,
-    ) -> Result<(StatusCode, Bytes)> {
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>)> {
         match tokio::time::timeout(self.timeout, self.exchange(method, path, body)).await {
             Ok(result) => result.map_err(|err| err.context(what)),
             Err(_) => Err(Error::Failed(format!(
@@ -285,7 +287,7 @@ impl Podman {
         method: Method,
         path: &str,
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes)> {
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>)> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|err| self.unreachable(err))?;
@@ -306,11 +308,17 @@ impl Podman {
                 .await
                 .map_err(|err| self.broken(err))?;
             let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_REPLY)
-                .collect()
+            // Revealed values arrive in replies: collected into a zeroizing buffer.
+            let body = collect_capped(response.into_body(), 0, MAX_REPLY)
                 .await
-                .map_err(|err| self.broken(err))?
-                .to_bytes();
+                .map_err(|err| match err {
+                    Collect::TooLarge => Error::Failed(format!(
+                        "the Podman API at {} sent a reply larger than {}",
+                        self.socket.display(),
+                        crate::fsutil::human(MAX_REPLY)
+                    )),
+                    Collect::Failed(err) => self.broken(err),
+                })?;
             Ok((status, body))
         };
         // Drive the connection in this task rather than a spawned one, so a deadline that

@@ -153,6 +153,13 @@ impl From<Zeroizing<Vec<u8>>> for SecretValue {
     }
 }
 
+impl From<SecretString> for SecretValue {
+    /// Takes over the string's buffer without a copy.
+    fn from(mut text: SecretString) -> SecretValue {
+        SecretValue::new(std::mem::take(&mut *text.0).into_bytes())
+    }
+}
+
 impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretValue(<{} bytes redacted>)", self.0.len())
@@ -362,6 +369,21 @@ mod tests {
     }
 
     #[test]
+    fn secret_strings_compare_by_value() {
+        let s = |text: &str| SecretString::new(text.into());
+        assert_eq!(s("token-a"), s("token-a"));
+        assert_ne!(s("token-a"), s("token-b"));
+        assert_ne!(s("token-a"), s("token-a-longer"));
+        assert_ne!(s(""), s("x"));
+    }
+
+    #[test]
+    fn a_secret_string_becomes_a_value_with_its_bytes() {
+        let value = SecretValue::from(SecretString::new("hunter2".into()));
+        assert_eq!(value.expose(), b"hunter2");
+    }
+
+    #[test]
     fn mapping_errors_never_quote_input() {
         for bad in [
             &b"hunter2"[..],
@@ -377,9 +399,21 @@ mod tests {
 }
 
 /// A credential from configuration or the environment (socket token, PIN, client secret):
-/// zeroized on drop, redacted in `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+/// zeroized on drop, redacted in `Debug`, compared in constant time.
+#[derive(Clone)]
 pub struct SecretString(Zeroizing<String>);
+
+impl PartialEq for SecretString {
+    /// A derived comparison returns at the first differing byte (or at a length mismatch),
+    /// which times how much of a credential a guess got right. Both sides are hashed first,
+    /// so the time depends on neither their contents nor which is longer.
+    fn eq(&self, other: &SecretString) -> bool {
+        let digest = |s: &SecretString| openssl::sha::sha256(s.expose().as_bytes());
+        openssl::memcmp::eq(&digest(self), &digest(other))
+    }
+}
+
+impl Eq for SecretString {}
 
 impl<'de> serde::Deserialize<'de> for SecretString {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

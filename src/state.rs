@@ -70,7 +70,7 @@ impl StateDir {
     /// writes.
     pub fn read_mapping(&self, id: &SecretId) -> Result<Mapping> {
         let path = self.mapping_path(id);
-        let bytes = match fs::read(&path) {
+        let bytes = match fsutil::read_capped(&path, fsutil::MAPPING) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 return Err(Error::NoMapping(id.to_string()))
@@ -178,10 +178,7 @@ impl StateDir {
                 continue;
             };
             let path = self.mapping_path(&id);
-            if !fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
-                continue;
-            }
-            if fs::read(&path)
+            if fsutil::read_capped(&path, fsutil::MAPPING)
                 .ok()
                 .is_some_and(|bytes| Mapping::parse(&bytes).is_ok())
             {

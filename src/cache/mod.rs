@@ -235,10 +235,8 @@ pub fn read_tpm_key(env: EnvLookup<'_>, key_path: &Path) -> Result<Zeroizing<[u8
         .map(|dir| Path::new(&dir).join(KEY_CREDENTIAL))
         .filter(|path| path.exists());
     let bytes = match delivered {
-        Some(path) => Zeroizing::new(
-            std::fs::read(&path)
-                .map_err(|err| Error::io("cannot read the TPM cache key", &path, err))?,
-        ),
+        Some(path) => fsutil::read_capped(&path, fsutil::TOKEN)
+            .map_err(|err| Error::io("cannot read the TPM cache key", &path, err))?,
         None if key_path.exists() => unseal_key(key_path)?,
         None => {
             return Err(Error::Cache(format!(
@@ -303,14 +301,15 @@ pub struct Loaded {
 /// Reads and decrypts the cache file; `Ok(None)` when there is none. A version 1 payload
 /// (the original's ID-keyed cache) loads as no entries under a new HMAC key.
 pub async fn load(path: &Path, backend: &Backend) -> Result<Option<Loaded>> {
-    let Some((bytes, mtime)) = read_file(path)? else {
+    let Some(Sealed {
+        header,
+        body,
+        mtime,
+    }) = read_file(path, backend.kind().tag())?
+    else {
         return Ok(None);
     };
-    let header = Header::parse(path, &bytes).map_err(Error::Cache)?;
-    header
-        .check(path, backend.kind().tag())
-        .map_err(Error::Cache)?;
-    let plaintext = backend.open(header, &bytes[HEADER_LEN..]).await?;
+    let plaintext = backend.open(header, &body).await?;
     let entries = match format::decode_payload(&plaintext).map_err(Error::Cache)? {
         Payload::Legacy => {
             tracing::info!(path = %path.display(), "the cache holds a version 1 payload (keyed by Podman secret IDs); discarding its entries and starting with a new HMAC key");
@@ -334,21 +333,75 @@ pub async fn load(path: &Path, backend: &Backend) -> Result<Option<Loaded>> {
     }))
 }
 
-/// The file's bytes and modification time (of the same open file), `None` when missing.
-fn read_file(path: &Path) -> Result<Option<(Vec<u8>, SystemTime)>> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
+/// The file's header, the sealed body after it, and the modification time (of the same open
+/// file); `None` when missing. The header is read and checked against the backend's `tag`
+/// first, and the body only when the file is within [`fsutil::CACHE`]: a stray or hostile
+/// file costs six bytes.
+fn read_file(path: &Path, tag: u8) -> Result<Option<Sealed>> {
+    let Some(Opened {
+        mut file,
+        meta,
+        header,
+    }) = open_file(path)?
+    else {
+        return Ok(None);
+    };
+    let header = header.map_err(Error::Cache)?;
+    header.check(path, tag).map_err(Error::Cache)?;
+    let too_big = || {
+        Error::Cache(format!(
+            "{} {}; remove it ('psi setup' writes a new one)",
+            path.display(),
+            fsutil::over(fsutil::CACHE)
+        ))
+    };
+    if meta.len() > fsutil::CACHE.bytes as u64 {
+        return Err(too_big());
+    }
+    let hint = (meta.len() as usize).saturating_sub(HEADER_LEN);
+    let body =
+        fsutil::read_bounded(&mut file, hint, fsutil::CACHE.bytes - HEADER_LEN).map_err(|err| {
+            match err {
+                fsutil::Bounded::Over => too_big(),
+                fsutil::Bounded::Io(err) => Error::io("cannot read the cache file", path, err),
+            }
+        })?;
+    Ok(Some(Sealed {
+        header,
+        body,
+        mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+    }))
+}
+
+/// A cache file as read from disk, not yet decrypted.
+struct Sealed {
+    header: Header,
+    body: Zeroizing<Vec<u8>>,
+    mtime: SystemTime,
+}
+
+/// A cache file opened, with its header (or why it is unreadable) read.
+struct Opened {
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+    header: std::result::Result<Header, String>,
+}
+
+/// Opens the cache file without blocking (a regular file only) and reads its header;
+/// `None` when missing.
+fn open_file(path: &Path) -> Result<Option<Opened>> {
+    let (file, meta) = match fsutil::open_regular(path) {
+        Ok(opened) => opened,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(Error::io("cannot open the cache file", path, err)),
     };
-    let meta = file
-        .metadata()
-        .map_err(|err| Error::io("cannot stat the cache file", path, err))?;
-    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes)
+    let mut start = Vec::with_capacity(HEADER_LEN);
+    (&file)
+        .take(HEADER_LEN as u64)
+        .read_to_end(&mut start)
         .map_err(|err| Error::io("cannot read the cache file", path, err))?;
-    Ok(Some((bytes, mtime)))
+    let header = Header::parse(path, &start);
+    Ok(Some(Opened { file, meta, header }))
 }
 
 /// Encrypts `entries` and atomically replaces the file (version 2, mode 0600), creating
@@ -389,23 +442,13 @@ pub struct FileInfo {
 /// Size, modification time and header of the cache file (reads 6 bytes); `Ok(None)` when
 /// there is no file.
 pub fn inspect(path: &Path) -> Result<Option<FileInfo>> {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(Error::io("cannot open the cache file", path, err)),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|err| Error::io("cannot stat the cache file", path, err))?;
-    let mut start = Vec::with_capacity(HEADER_LEN);
-    file.take(HEADER_LEN as u64)
-        .read_to_end(&mut start)
-        .map_err(|err| Error::io("cannot read the cache file", path, err))?;
-    Ok(Some(FileInfo {
-        size: meta.len(),
-        mtime: meta.modified().unwrap_or(UNIX_EPOCH),
-        header: Header::parse(path, &start),
-    }))
+    Ok(
+        open_file(path)?.map(|Opened { meta, header, .. }| FileInfo {
+            size: meta.len(),
+            mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+            header,
+        }),
+    )
 }
 
 #[cfg(test)]

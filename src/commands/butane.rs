@@ -33,10 +33,12 @@ LoadCredentialEncrypted= (psi reads $CREDENTIALS_DIRECTORY/<name> before the con
 pub fn run(settings: &Settings, args: &ButaneArgs) -> Result<()> {
     let config_text = match args.config_file {
         ConfigFileMode::Embed if settings.config_found => Some(
-            std::fs::read_to_string(&settings.config_path).map_err(|err| Error::Io {
-                context: format!("cannot read {}", settings.config_path.display()),
-                source: err,
-            })?,
+            crate::fsutil::read_capped_text(&settings.config_path, crate::fsutil::CONFIG)
+                .map_err(|err| Error::Io {
+                    context: format!("cannot read {}", settings.config_path.display()),
+                    source: err,
+                })?
+                .to_string(),
         ),
         ConfigFileMode::Embed => {
             tracing::warn!(path = %settings.config_path.display(), "no config file: none embedded; psi starts with built-in defaults");

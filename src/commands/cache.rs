@@ -411,7 +411,8 @@ impl<'a> PodmanNames<'a> {
 async fn resolve(arg: &str, state: &StateDir, podman: &mut PodmanNames<'_>) -> Result<Mapping> {
     let file = Path::new(arg);
     if file.is_file() {
-        let bytes = std::fs::read(file).map_err(|e| Error::io("cannot read", file, e))?;
+        let bytes = crate::fsutil::read_capped(file, crate::fsutil::MAPPING)
+            .map_err(|e| Error::io("cannot read", file, e))?;
         return Mapping::parse(&bytes).map_err(|reason| {
             Error::Failed(format!(
                 "{} is not a mapping file: {reason}",

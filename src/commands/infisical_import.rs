@@ -676,13 +676,8 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> Result<()> {
 }
 
 fn read_text(path: &Path) -> Result<Zeroizing<String>> {
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|err| Error::Io {
-        context: format!("cannot read {}", path.display()),
-        source: err,
-    })?);
-    String::from_utf8(bytes.to_vec())
-        .map(Zeroizing::new)
-        .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))
+    crate::fsutil::read_capped_text(path, crate::fsutil::IMPORT)
+        .map_err(|err| Error::Usage(format!("cannot read {}: {err}", path.display())))
 }
 
 /// Plans the import against the folder's current state and, unless a dry run, performs

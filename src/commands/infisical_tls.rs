@@ -120,14 +120,15 @@ fn state_path(settings: &Settings, name: &str) -> PathBuf {
 
 /// The saved state; unparseable state counts as absent.
 pub fn load_state(settings: &Settings, name: &str) -> Option<CertState> {
-    let bytes = std::fs::read(state_path(settings, name)).ok()?;
+    let bytes =
+        crate::fsutil::read_capped(&state_path(settings, name), crate::fsutil::CONFIG).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
 /// notBefore and notAfter (seconds since the epoch) and serial of a PEM certificate file.
 pub fn read_cert(path: &Path) -> std::result::Result<CertInfo, String> {
-    let pem =
-        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let pem = crate::fsutil::read_capped(path, crate::fsutil::PEM)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
     let x509 = X509::from_pem(&pem)
         .map_err(|err| format!("{} is not a PEM certificate: {err}", path.display()))?;
     let serial = x509
@@ -262,12 +263,14 @@ fn check_key_match(cert: &CertConfig, issued: &Issued) -> Result<()> {
     let key_pem: &[u8] = match &issued.private_key {
         Some(key) => key.expose().as_bytes(),
         None => {
-            existing = Zeroizing::new(std::fs::read(&cert.output.key).map_err(|err| {
-                Error::Failed(format!(
-                    "Infisical sent no private key and {} cannot be read: {err}",
-                    cert.output.key.display()
-                ))
-            })?);
+            existing = crate::fsutil::read_capped(&cert.output.key, crate::fsutil::PEM).map_err(
+                |err| {
+                    Error::Failed(format!(
+                        "Infisical sent no private key and {} cannot be read: {err}",
+                        cert.output.key.display()
+                    ))
+                },
+            )?;
             &existing
         }
     };
@@ -336,8 +339,8 @@ fn pem_file(text: &str) -> Zeroizing<String> {
 
 /// The text of `path`, or nothing when it does not exist.
 fn read_if_present(path: &Path) -> Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text),
+    match crate::fsutil::read_capped_text(path, crate::fsutil::PEM) {
+        Ok(text) => Ok(text.to_string()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(err) => Err(Error::Io {
             context: format!("cannot read {}", path.display()),

@@ -83,21 +83,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Reads all of stdin (at most `limit` bytes) into a buffer that zeroizes on drop.
 pub fn read_stdin(limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    use std::io::Read;
-    let mut buffer = zeroize::Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut buffer)
-        .map_err(|err| Error::Io {
+    crate::fsutil::read_bounded(std::io::stdin().lock(), 0, limit).map_err(|err| match err {
+        crate::fsutil::Bounded::Over => {
+            Error::InvalidBody(format!("stdin holds more than {limit} bytes"))
+        }
+        crate::fsutil::Bounded::Io(err) => Error::Io {
             context: "cannot read stdin".into(),
             source: err,
-        })?;
-    if buffer.len() > limit {
-        return Err(Error::InvalidBody(format!(
-            "stdin holds more than {limit} bytes"
-        )));
-    }
-    Ok(buffer)
+        },
+    })
 }
 
 /// Podman refuses secret data above this many bytes (`maxSecretSize` in Podman 4 and 5).

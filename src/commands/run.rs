@@ -48,7 +48,7 @@ async fn via_serve(
         .systemd_dir
         .join(dropin::dir_name(workload))
         .join(dropin::FILE_NAME);
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = crate::fsutil::read_capped_text(&path, crate::fsutil::CONFIG).ok()?;
     let podman = crate::podman::Podman::new(crate::podman::configured_socket(settings).ok()?);
     let ids: BTreeMap<String, String> = podman
         .list_secrets()

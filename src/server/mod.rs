@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
 use hyper::server::conn::http1;
@@ -35,6 +35,7 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::body::{collect_capped, Collect};
 use crate::config::EnvLookup;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -457,7 +458,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .service
             .lookup(&id)
             .await
-            .map(|value| Bytes::copy_from_slice(value.expose())),
+            .map(|value| Bytes::from_owner(Outgoing(value))),
         // Store and delete answer 200 with no body (the original said `ok`): Podman copies
         // the driver command's stdout into its own, so a body would precede the ID that
         // `podman secret create` and `podman secret rm` print.
@@ -506,31 +507,32 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<zeroize::Zeroizi
             .acquire_many(expected.min(app.limits.body_budget) as u32)
             .await
             .expect("the body budget is never closed");
-        let mut body = Limited::new(req.into_body(), routes::MAX_BODY);
-        let mut bytes =
-            zeroize::Zeroizing::new(Vec::with_capacity(declared.map_or(0, |_| expected)));
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                bytes.extend_from_slice(&data);
-            }
-        }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(bytes)
+        collect_capped(
+            req.into_body(),
+            declared.unwrap_or(0) as usize,
+            routes::MAX_BODY,
+        )
+        .await
     };
     match tokio::time::timeout(limit, read).await {
         Err(_) => Err(Error::Timeout(format!(
             "request body not received within {} ms",
             limit.as_millis()
         ))),
-        Ok(Err(err))
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large)
-        }
-        Ok(Err(err)) => Err(Error::InvalidBody(format!(
+        Ok(Err(Collect::TooLarge)) => Err(too_large),
+        Ok(Err(Collect::Failed(err))) => Err(Error::InvalidBody(format!(
             "cannot read the request body: {err}"
         ))),
-        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Ok(body)) => Ok(body),
+    }
+}
+
+/// A looked-up value as the response body: hyper writes it from this buffer (vectored
+/// writes on the socket, no copy) and dropping the response zeroizes it.
+struct Outgoing(crate::secret::SecretValue);
+
+impl AsRef<[u8]> for Outgoing {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose()
     }
 }

@@ -398,7 +398,11 @@ async fn shell_secrets(podman: &Podman, state: &StateDir) -> Result<Vec<Existing
         .map(|s| {
             let mapping = SecretId::parse(&s.id)
                 .ok()
-                .and_then(|id| std::fs::read(state.mapping_path(&id)).ok());
+                .and_then(|id| {
+                    crate::fsutil::read_capped(&state.mapping_path(&id), crate::fsutil::MAPPING)
+                        .ok()
+                })
+                .map(|bytes| bytes.to_vec());
             Existing {
                 id: s.id,
                 name: s.name,
@@ -417,7 +421,9 @@ fn dropin_path(settings: &Settings, workload: &str) -> PathBuf {
 }
 
 fn read_dropin(settings: &Settings, workload: &str) -> Option<String> {
-    std::fs::read_to_string(dropin_path(settings, workload)).ok()
+    crate::fsutil::read_capped_text(&dropin_path(settings, workload), crate::fsutil::CONFIG)
+        .ok()
+        .map(|text| text.to_string())
 }
 
 /// Carries out one workload's plan. Podman first, then the drop-in, and the drop-in only when

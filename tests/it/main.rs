@@ -31,6 +31,7 @@ mod pcscd;
 mod podman;
 mod podman5;
 mod podman_api;
+mod reads;
 mod routes;
 mod server;
 mod setup;

@@ -125,9 +125,8 @@ impl Infisical {
             });
         let profile = self.env("AWS_PROFILE").unwrap_or_else(|| "default".into());
         if let Some(path) = &file {
-            match std::fs::read_to_string(path) {
+            match crate::fsutil::read_capped_text(path, crate::fsutil::CONFIG) {
                 Ok(text) => {
-                    let text = Zeroizing::new(text);
                     if let Some(credentials) = profile_credentials(&text, &profile) {
                         return Ok(credentials);
                     }

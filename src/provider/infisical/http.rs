@@ -27,6 +27,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(120);
 /// Server messages are quoted in errors up to this many characters.
 const MESSAGE_LIMIT: usize = 200;
+/// Largest reply body psi reads. A folder listing of thousands of secrets is a few MiB; a
+/// server (or something posing as one) sending more is refused, not buffered.
+pub const MAX_REPLY: usize = 16 << 20;
 
 pub(crate) struct Http {
     pub client: reqwest::Client,
@@ -302,15 +305,19 @@ impl Http {
         let retry_after = header(reqwest::header::RETRY_AFTER);
         let status = response.status().as_u16();
         // Read into one zeroizing buffer sized up front, so growth leaves no stray copies.
-        let size = response.content_length().unwrap_or(0).min(1 << 20) as usize;
-        let mut body = Zeroizing::new(Vec::with_capacity(size));
+        let too_large = || {
+            Attempt::Fatal(format!(
+                "reply larger than {}, psi's limit",
+                crate::fsutil::human(MAX_REPLY)
+            ))
+        };
+        let declared = response.content_length().unwrap_or(0);
+        if declared > MAX_REPLY as u64 {
+            return Err(too_large());
+        }
+        let mut body = Zeroizing::new(Vec::with_capacity(declared as usize));
         while let Some(chunk) = response.chunk().await.map_err(describe)? {
-            if body.len() + chunk.len() > body.capacity() {
-                let mut bigger = Zeroizing::new(Vec::with_capacity((body.len() + chunk.len()) * 2));
-                bigger.extend_from_slice(&body);
-                body = bigger;
-            }
-            body.extend_from_slice(&chunk);
+            crate::fsutil::extend_bounded(&mut body, &chunk, MAX_REPLY).map_err(|_| too_large())?;
         }
         Ok(Reply {
             status,
@@ -374,6 +381,45 @@ fn describe(err: reqwest::Error) -> Attempt {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    /// A server that answers every request with `head` and then zeros, 64 KiB at a time,
+    /// until the client hangs up.
+    async fn endless_server(head: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("10000\r\n{}\r\n", "\0".repeat(0x10000));
+            while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn replies_over_the_cap_are_refused_not_buffered() {
+        for head in [
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 68719476736\r\n\r\n",
+        ] {
+            let url = endless_server(head).await;
+            let http = Http::new(
+                reqwest::Client::new(),
+                0,
+                Arc::new(super::super::SystemClock),
+            );
+            let client = reqwest::Client::new();
+            let err = match http.send("test", || client.get(&url)).await {
+                Err(Attempt::Fatal(why)) => why,
+                Err(Attempt::Transient(why)) => panic!("transient: {why}"),
+                Ok(reply) => panic!("{} bytes accepted", reply.body.len()),
+            };
+            assert!(err.contains("larger than 16 MiB"), "{err}");
+        }
+    }
 
     #[test]
     fn classes_across_generations() {

@@ -518,8 +518,8 @@ impl Infisical {
 }
 
 fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem =
-        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let pem = crate::fsutil::read_capped(path, crate::fsutil::PEM)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|err| format!("{} is not a PEM certificate bundle: {err}", path.display()))?;
     if certs.is_empty() {

@@ -198,8 +198,8 @@ impl Tokens {
     /// error: it is reported and will be replaced by the next login.
     pub fn load(&self, key: &str) -> Option<Token> {
         let path = self.path(key);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => Zeroizing::new(bytes),
+        let bytes = match crate::fsutil::read_capped(&path, crate::fsutil::TOKEN) {
+            Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
             Err(err) => {
                 tracing::warn!(file = %path.display(), error = %err, "cannot read the cached Infisical token; logging in");

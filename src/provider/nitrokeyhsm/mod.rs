@@ -242,8 +242,8 @@ impl NitrokeyHsm {
 
     /// The cache file's bytes, `None` when it does not exist.
     pub fn read_public_key_cache(&self) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(&self.public_key_cache) {
-            Ok(der) => Ok(Some(der)),
+        match crate::fsutil::read_capped(&self.public_key_cache, crate::fsutil::PEM) {
+            Ok(der) => Ok(Some(der.to_vec())),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(Error::io(
                 "cannot read the public key cache",
