@@ -719,24 +719,11 @@ impl Drop for FifoRelease {
     }
 }
 
-/// Threads of `pid` blocked opening a FIFO nobody writes to.
-fn threads_waiting_on_a_fifo(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter(|task| {
-                    std::fs::read_to_string(task.path().join("wchan"))
-                        .is_ok_and(|wchan| wchan == "wait_for_partner")
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// A mapping that blocks on open (a FIFO) holds only its own lookups: `/healthz` answers,
-/// and SIGTERM stops serve within its grace period (30 s; the stuck lookups end at their
-/// 30 s deadline, or are abandoned when the grace period ends).
+/// A mapping that would block on open (a FIFO) is opened without blocking and refused as
+/// not a regular file: every lookup of it answers at once, even one per runtime worker,
+/// `/healthz` answers, and SIGTERM stops serve at once. (Had the open blocked, the lookups
+/// would hold blocking-pool threads only; their 30 s deadline and the grace period bound
+/// them.)
 #[test]
 fn a_fifo_mapping_blocks_neither_healthz_nor_sigterm() {
     let sandbox = Sandbox::new();
@@ -754,23 +741,33 @@ fn a_fifo_mapping_blocks_neither_healthz_nor_sigterm() {
     let _release = FifoRelease(fifo);
     let pid = serve.child.id();
 
-    // One stuck lookup per runtime worker: enough to stall every worker if they did the I/O.
-    let stuck = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // One lookup per runtime worker: enough to stall every worker if they did the I/O.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let socket = sandbox.socket();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for _ in 0..stuck {
-        let socket = socket.clone();
-        runtime.spawn(async move { get(&socket, "/lookup/fifo").await });
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while threads_waiting_on_a_fifo(pid) < stuck {
-        assert!(
-            Instant::now() < deadline,
-            "the lookups never reached the FIFO: {}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let statuses = runtime.block_on(async {
+        let lookups: Vec<_> = (0..workers)
+            .map(|_| {
+                let socket = socket.clone();
+                tokio::spawn(async move { get(&socket, "/lookup/fifo").await })
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let mut replies = Vec::new();
+            for lookup in lookups {
+                replies.push(lookup.await.unwrap());
+            }
+            replies
+        })
+        .await
+    });
+    let statuses = statuses.unwrap_or_else(|_| panic!("lookups of a FIFO hung: {}", serve.log()));
+    assert!(statuses.iter().all(|r| r.status == 500), "{}", serve.log());
+    assert!(
+        statuses[0].text().contains("not a regular file"),
+        "{}",
+        statuses[0].text()
+    );
     let reply = runtime
         .block_on(async {
             tokio::time::timeout(Duration::from_secs(1), get(&socket, "/healthz")).await
@@ -790,8 +787,8 @@ fn a_fifo_mapping_blocks_neither_healthz_nor_sigterm() {
         exited.send(serve.child.wait().unwrap())
     });
     let status = exit
-        .recv_timeout(Duration::from_secs(40))
-        .unwrap_or_else(|_| panic!("serve still running 40 s after SIGTERM: {}", log()));
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("serve still running 10 s after SIGTERM: {}", log()));
     assert!(status.success(), "exit {status}: {}", log());
     assert!(!socket.exists(), "socket left behind");
 }
