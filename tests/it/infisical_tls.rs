@@ -270,12 +270,14 @@ fn expired_certificate_status_and_renewal() {
     let fake = fake(generation);
     let sb = Sandbox::new();
     let mut c = Cert::new("old");
-    c.ttl = "1s";
+    c.ttl = "1d";
     c.renew_before = "0s";
     let config = config(&sb, &fake, generation, &[c]);
+    // Issued two days ago for one day: expired yesterday.
+    fake.backdate_certificates(2 * 86_400);
     let o = psi(&sb, &config, &["infisical", "tls", "issue"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    fake.backdate_certificates(0);
     let rows = status_json(&sb, &config);
     assert_eq!(rows[0]["status"], "expired");
     assert!(rows[0]["days_left"].as_i64().unwrap() < 0);
