@@ -1,5 +1,20 @@
-//! Child processes (systemd-creds, podman) started without psi's own credentials and without
-//! the systemd hand-over variables meant for psi alone. Values travel over pipes, never argv.
+//! Every process psi starts is built here, under one environment policy. Values travel over
+//! pipes, never argv.
+//!
+//! Two kinds of child:
+//! - **helpers** psi starts and waits for ([`command`]: `systemd-creds`, `podman`,
+//!   `systemctl`, `getsebool`, TLS hooks) inherit psi's environment minus [`SECRETS`] and
+//!   [`PSI_ONLY`];
+//! - **`psi run`'s command** ([`replacement`]) takes psi's place in the same process and
+//!   inherits the caller's environment minus [`SECRETS`], plus the values it asked for.
+//!
+//! [`SECRETS`] are psi's own credentials, or where to read them: no child needs them, and a
+//! hook or a workload command that could read them could talk to `psi serve` as psi, unlock
+//! the HSM, or read the cache key. [`PSI_ONLY`] are meant for psi as the process systemd
+//! started, or are the caller's cloud identity that psi borrows for its Infisical login:
+//! helpers have no use for them, but `psi run`'s command keeps them, because it becomes that
+//! process (same PID, so `LISTEN_PID` and `NOTIFY_SOCKET` are now its own) and acts for the
+//! caller (an `aws` or `terraform` command needs the caller's AWS keys).
 
 use std::ffi::OsStr;
 use std::process::Stdio;
@@ -10,15 +25,27 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
-/// Variables a child must not inherit: credentials psi read, and fds/sockets systemd handed
-/// to psi (a child seeing `LISTEN_FDS` could try to adopt psi's listening socket).
-const WITHHELD: &[&str] = &[
+/// Withheld from every child: psi's socket token and HSM PIN, and `CREDENTIALS_DIRECTORY`,
+/// which points at the files systemd decrypted for psi (`psi-socket-token`, `hsm-pin`,
+/// `psi-cache-key`, Infisical credentials).
+const SECRETS: &[&str] = &[
     "PSI_SOCKET_TOKEN",
     "PSI_NITROKEYHSM_PIN",
+    "CREDENTIALS_DIRECTORY",
+];
+
+/// Also withheld from helpers: the fds and notification socket systemd handed to psi (a
+/// helper seeing `LISTEN_FDS` could try to adopt psi's listening socket, one seeing
+/// `NOTIFY_SOCKET` could report psi ready or stopping), and the static AWS keys psi may log
+/// in to Infisical with (`auth.method: aws-iam`).
+const PSI_ONLY: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
 ];
 
 /// What a finished child produced. `stdout` may hold a secret, so it zeroizes.
@@ -35,7 +62,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut command = Command::from(command(program, args, Stdio::piped()));
+    let mut command = Command::from(piped(program, args, Stdio::piped()));
     command.kill_on_drop(true);
     let shown = program.to_string_lossy().into_owned();
     let mut child = command.spawn().map_err(|err| Error::Io {
@@ -74,7 +101,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    command(program, args, Stdio::null())
+    piped(program, args, Stdio::null())
         .output()
         .map(Output::from)
         .map_err(|err| Error::Io {
@@ -94,21 +121,42 @@ pub fn on_path(program: &str) -> bool {
     })
 }
 
-/// `program args...` with its output piped and without [`WITHHELD`] variables.
-fn command<I, S>(program: &OsStr, args: I, stdin: Stdio) -> std::process::Command
+/// A helper: `program args...` without [`SECRETS`] and [`PSI_ONLY`]; stdio is the
+/// caller's choice.
+pub fn command<I, S>(program: impl AsRef<OsStr>, args: I) -> std::process::Command
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let mut command = std::process::Command::new(program);
+    command.args(args);
+    for name in SECRETS.iter().chain(PSI_ONLY) {
+        command.env_remove(name);
+    }
     command
-        .args(args)
+}
+
+/// The command `psi run` replaces itself with: the caller's environment without
+/// [`SECRETS`].
+pub fn replacement(program: impl AsRef<OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    for name in SECRETS {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// A helper with its output piped.
+fn piped<I, S>(program: &OsStr, args: I, stdin: Stdio) -> std::process::Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = command(program, args);
+    command
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for name in WITHHELD {
-        command.env_remove(name);
-    }
     command
 }
 

@@ -7,10 +7,11 @@
 //!   route, or a new issue on the 2024 server); a missing or unreadable certificate is issued.
 //! - `status`: valid / needs renewal / expired / not issued, from the certificate file.
 //!
-//! Hooks run after a certificate was written: each one split like a shell word list
-//! (no shell runs it), with a timeout, its output logged, without the environment variables
-//! that carry psi's secrets (socket token, HSM PIN, credentials directory, AWS keys). Every certificate is processed;
-//! any failure (issuing, writing, a hook) makes the command fail at the end.
+//! Hooks run after a certificate was written: each one split like a shell word list (no shell
+//! runs it), with a timeout, its output logged, under psi's policy for helpers
+//! ([`crate::process`]: without psi's secrets, credentials directory or AWS keys). Every
+//! certificate is processed; any failure (issuing, writing, a hook) makes the command fail at
+//! the end.
 //!
 //! Files: key always 0600; cert, chain, fullchain (the certificate, then the chain) and CA
 //! `output.mode` (default 0640); each PEM file ends with one newline. State:
@@ -365,29 +366,15 @@ pub async fn run_hooks(hooks: &[Hook], timeout: Duration) -> usize {
     failed
 }
 
-/// Environment variables that carry psi's own secrets; hooks do not inherit them.
-const HOOK_ENV_REMOVED: [&str; 6] = [
-    "PSI_SOCKET_TOKEN",
-    "PSI_NITROKEYHSM_PIN",
-    "CREDENTIALS_DIRECTORY",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-];
-
 /// A hook's command: no shell, no stdin, output captured, killed when it times out, and
-/// without the environment variables that hold psi's secrets.
+/// under psi's policy for helpers ([`crate::process`]: without psi's secrets).
 fn hook_command(program: &str, args: &[String]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(program);
+    let mut command = tokio::process::Command::from(crate::process::command(program, args));
     command
-        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for name in HOOK_ENV_REMOVED {
-        command.env_remove(name);
-    }
     command
 }
 
@@ -485,11 +472,8 @@ fn status(settings: &Settings, certs: &[(&String, &CertConfig)], args: &StatusAr
 
 fn print_timer(out_text: &mut String, settings: &Settings, timer: &str) {
     use std::fmt::Write as _;
-    let mut cmd = std::process::Command::new("systemctl");
-    if settings.scope == crate::config::Scope::User {
-        cmd.arg("--user");
-    }
-    let out = cmd
+    let user = (settings.scope == crate::config::Scope::User).then_some("--user");
+    let out = crate::process::command("systemctl", user)
         .args([
             "show",
             "--property=ActiveState,LastTriggerUSec,NextElapseUSecRealtime",
@@ -607,19 +591,6 @@ mod tests {
     fn hook_failures_are_counted() {
         let hooks = ["false", "/nonexistent/hook", "true"].map(|h| Hook::parse(h).unwrap());
         assert_eq!(block(run_hooks(&hooks, HOOK_TIMEOUT)), 2);
-    }
-
-    #[test]
-    fn hooks_do_not_inherit_psi_secrets() {
-        let command = hook_command("true", &[]);
-        let removed: Vec<_> = command
-            .as_std()
-            .get_envs()
-            .filter(|(_, value)| value.is_none())
-            .map(|(name, _)| name.to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(removed.len(), HOOK_ENV_REMOVED.len());
-        assert!(removed.iter().any(|n| n == "PSI_SOCKET_TOKEN"));
     }
 
     #[test]

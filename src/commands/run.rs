@@ -172,13 +172,13 @@ pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
     Ok(env)
 }
 
-/// Replaces this process with `command`, `env` added to the inherited environment. Returns
-/// only if the exec failed.
+/// Replaces this process with `command`, `env` added to the inherited environment minus
+/// psi's own secrets ([`crate::process::replacement`]). Returns only if the exec failed.
 pub fn exec(command: &[OsString], env: Env) -> Error {
     let Some((program, rest)) = command.split_first() else {
         return Error::Usage("psi run needs a command after --".into());
     };
-    let mut cmd = std::process::Command::new(program);
+    let mut cmd = crate::process::replacement(program);
     cmd.args(rest);
     for (var, value) in &env {
         cmd.env(var, OsStr::from_bytes(value.expose()));

@@ -67,7 +67,7 @@ fn selected<'a>(
         .workloads
         .iter()
         .filter(|(name, _)| names.is_empty() || names.contains(name))
-        .filter(|(_, w)| provider.map_or(true, |p| w.provider == p))
+        .filter(|(_, w)| provider.is_none_or(|p| w.provider == p))
         .map(|(name, w)| (name.as_str(), w))
         .collect())
 }

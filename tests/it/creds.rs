@@ -5,7 +5,7 @@ use psi::provider::creds::DIRECT_LIMIT;
 use psi::secret::{Mapping, SecretId};
 
 use crate::support::swtpm::SoftTpm;
-use crate::support::{require, require_all, run_with_stdin, Sandbox};
+use crate::support::{child_env, require, require_all, run_with_stdin, Sandbox};
 
 fn id(s: &str) -> SecretId {
     SecretId::parse(s).unwrap()
@@ -105,6 +105,44 @@ async fn a_missing_binary_is_unavailable_not_a_crash() {
         err.to_string().contains("install systemd 250 or newer"),
         "{err}"
     );
+}
+
+#[test]
+fn systemd_creds_does_not_inherit_psi_secrets() {
+    if !require("systemd-creds") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.config("");
+    // A systemd-creds first on PATH that records its environment, then seals as usual.
+    let bin = sandbox.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let dump = sandbox.path().join("creds env");
+    let wrapper = bin.join("systemd-creds");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nenv -0 > '{}'\nexec '{}' \"$@\"\n",
+            dump.display(),
+            sandbox.creds_wrapper(0).display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = run_with_stdin(
+        child_env::caller_env(&mut sandbox.psi())
+            .env("PATH", path)
+            .args(["-c", config.to_str().unwrap(), "creds", "store", "api-key"]),
+        b"sk-live-123\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    child_env::assert_helper(&child_env::parse(&std::fs::read(dump).unwrap()));
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
 use crate::support::infisical::{FakeInfisical, Fault, Generation};
-use crate::support::Sandbox;
+use crate::support::{child_env, Sandbox};
 
 const PROJECT: &str = "0b6f6d0e-6a55-4d5e-8f5e-1f2a3b4c5d6e";
 const OTHER: &str = "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f";
@@ -432,6 +432,33 @@ fn run_env_selects_and_renames() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "db.internal|unset|unset");
+}
+
+#[test]
+fn run_withholds_psi_secrets_and_keeps_the_callers_environment() {
+    let fake = fake();
+    let sandbox = sandbox(&fake, "secret-2");
+    let out = child_env::caller_env(&mut sandbox.psi())
+        .arg("--config")
+        .arg(sandbox.path().join("config.yaml"))
+        .args(["run", "--project", "web", "--path", "/app"])
+        .args(["--env", "X=DB_HOST", "--", "env", "-0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let env = child_env::parse(&out.stdout);
+    for (name, _) in child_env::SECRETS {
+        assert!(
+            !env.contains_key(name),
+            "psi run's command inherited {name}"
+        );
+    }
+    // It takes psi's place and acts for the caller: the rest of the caller's environment stays.
+    for (name, value) in child_env::PSI_ONLY.iter().chain([&child_env::CALLER]) {
+        assert_eq!(env.get(*name).map(String::as_str), Some(*value), "{name}");
+    }
+    assert_eq!(env.get("X").map(String::as_str), Some("db.internal"));
+    assert!(!env.contains_key("DB_HOST") && !env.contains_key("DB_PASS"));
 }
 
 #[test]

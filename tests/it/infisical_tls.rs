@@ -10,7 +10,7 @@ use openssl::x509::X509;
 use serde_json::Value;
 
 use crate::support::infisical::{FakeInfisical, Fault, Generation};
-use crate::support::Sandbox;
+use crate::support::{child_env, Sandbox};
 
 const PROJECT: &str = "0b6f6d0e-6a55-4d5e-8f5e-1f2a3b4c5d6e";
 const PROFILE: &str = "fd1fc8d6-c538-44a1-889b-f17962b5c388";
@@ -270,18 +270,40 @@ fn expired_certificate_status_and_renewal() {
     let fake = fake(generation);
     let sb = Sandbox::new();
     let mut c = Cert::new("old");
-    c.ttl = "1s";
+    c.ttl = "1d";
     c.renew_before = "0s";
     let config = config(&sb, &fake, generation, &[c]);
+    // Issued two days ago for one day: expired yesterday.
+    fake.backdate_certificates(2 * 86_400);
     let o = psi(&sb, &config, &["infisical", "tls", "issue"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    fake.backdate_certificates(0);
     let rows = status_json(&sb, &config);
     assert_eq!(rows[0]["status"], "expired");
     assert!(rows[0]["days_left"].as_i64().unwrap() < 0);
     let o = psi(&sb, &config, &["infisical", "tls", "renew"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(fake.pki_counts(), (1, 1));
+}
+
+#[test]
+fn hooks_do_not_inherit_psi_secrets() {
+    let generation = Generation::Current;
+    let fake = fake(generation);
+    let sb = Sandbox::new();
+    let dump = sb.path().join("hook env");
+    let mut c = Cert::new("api");
+    c.hooks =
+        vec![shlex::try_join(["sh", "-c", "env -0 > \"$0\"", dump.to_str().unwrap()]).unwrap()];
+    let config = config(&sb, &fake, generation, &[c]);
+    let o = child_env::caller_env(&mut sb.psi())
+        .arg("--config")
+        .arg(&config)
+        .args(["infisical", "tls", "issue"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    child_env::assert_helper(&child_env::parse(&std::fs::read(dump).unwrap()));
 }
 
 #[test]

@@ -100,7 +100,7 @@ impl Token {
                 if now < at + ttl as f64
                     && self
                         .max_expires_at
-                        .map_or(true, |max| now + ttl as f64 <= max) =>
+                        .is_none_or(|max| now + ttl as f64 <= max) =>
             {
                 Next::Renew
             }

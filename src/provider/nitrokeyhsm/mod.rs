@@ -278,7 +278,7 @@ pub fn default_public_key_cache(state_dir: &Path) -> PathBuf {
 /// Hex as Python's `bytes.fromhex` takes it (whitespace between bytes allowed).
 fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 || !digits.iter().all(u8::is_ascii_hexdigit) {
+    if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     digits

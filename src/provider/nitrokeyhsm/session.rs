@@ -224,11 +224,8 @@ pub(super) fn select_slot(library: &Pkcs11, options: &TokenOptions) -> OpResult<
             .get_token_info(*slot)
             .map_err(|e| pkcs11("cannot read the token info", e))?;
         let (label, serial) = (info.label().trim(), info.serial_number().trim());
-        let label_ok = options.token_label.as_deref().map_or(true, |l| l == label);
-        let serial_ok = options
-            .token_serial
-            .as_deref()
-            .map_or(true, |s| s == serial);
+        let label_ok = options.token_label.as_deref().is_none_or(|l| l == label);
+        let serial_ok = options.token_serial.as_deref().is_none_or(|s| s == serial);
         if label_ok && serial_ok {
             return Ok((*slot, index));
         }

@@ -1,6 +1,7 @@
 //! Fixtures shared by the test modules.
 
 pub mod bookworm;
+pub mod child_env;
 pub mod debian;
 pub mod http;
 pub mod infisical;

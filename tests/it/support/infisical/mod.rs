@@ -283,6 +283,11 @@ impl FakeInfisical {
         self.lock().pki.pending = polls;
     }
 
+    /// Issues later certificates as if `secs` ago, so one whose ttl is shorter has expired.
+    pub fn backdate_certificates(&self, secs: u64) {
+        self.lock().pki.backdate = secs;
+    }
+
     /// (certificates issued, certificates renewed) so far.
     pub fn pki_counts(&self) -> (usize, usize) {
         let state = self.lock();

@@ -10,7 +10,9 @@
 //!
 //! CAs and profiles are set up by the test ([`super::FakeInfisical::add_ca`],
 //! [`super::FakeInfisical::add_cert_profile`]). Certificates are valid from the fake's virtual
-//! now minus a minute until now + ttl.
+//! now minus a minute until now + ttl, or as if issued earlier
+//! ([`super::FakeInfisical::backdate_certificates`]: an already expired certificate without
+//! waiting for one to expire).
 
 use std::collections::HashMap;
 
@@ -65,6 +67,8 @@ pub(super) struct Pki {
     /// request id -> (certificate id, polls still answering pending).
     pub requests: HashMap<String, (String, u32)>,
     pub pending: u32,
+    /// Seconds before the virtual now that new certificates are issued at.
+    pub backdate: u64,
     pub issued: usize,
     pub renewed: usize,
 }
@@ -352,7 +356,7 @@ pub(super) fn issue_from_ca(state: &mut State, ca_id: &str, body: &Value) -> Res
         error: "BadRequest",
         message: "Invalid TTL format".into(),
     })?;
-    let now = state.now;
+    let now = issued_at(state);
     let ca = state.pki.cas.get(ca_id).ok_or_else(ca_not_found)?;
     let alt_names: Vec<(String, String)> = names
         .iter()
@@ -379,6 +383,11 @@ pub(super) fn issue_from_ca(state: &mut State, ca_id: &str, body: &Value) -> Res
     Ok(out)
 }
 
+/// When a certificate issued now starts: the virtual now, less any backdating.
+fn issued_at(state: &State) -> u64 {
+    state.now - state.pki.backdate
+}
+
 fn profile_ca<'a>(state: &'a State, profile_id: &str) -> Result<&'a Ca, Fail> {
     state
         .pki
@@ -395,7 +404,7 @@ fn mint_issued(state: &State, id: &str, issued: &Issued) -> Result<Value, Fail> 
     let ca = profile_ca(state, &issued.profile_id)?;
     let mut out = mint(
         ca,
-        state.now,
+        issued_at(state),
         &issued.common_name,
         &issued.alt_names,
         issued.ttl,

@@ -290,7 +290,7 @@ impl State {
     pub fn may_write(&self, identity_id: &str, project_id: &str) -> bool {
         self.roles
             .get(&(identity_id.to_owned(), project_id.to_owned()))
-            .map_or(true, |role| role != "viewer")
+            .is_none_or(|role| role != "viewer")
     }
 
     pub fn add_project(&mut self, id: &str, name: &str, slug: &str) -> &Project {
