@@ -523,10 +523,12 @@ impl Captured {
             .json()
             .flatten_event(true)
             .finish();
-        (
-            Captured(buffer),
-            tracing::subscriber::set_default(subscriber),
-        )
+        let guard = tracing::subscriber::set_default(subscriber);
+        // A callsite another test thread registered first, while no subscriber wanted it,
+        // keeps that cached interest: rebuilt here, the retry events reach this thread's
+        // subscriber whatever ran before.
+        tracing::callsite::rebuild_interest_cache();
+        (Captured(buffer), guard)
     }
 
     fn text(&self) -> String {
