@@ -509,62 +509,16 @@ async fn retry_after_is_honoured_in_both_forms() {
     );
 }
 
-/// The log lines of `psi`'s events at the default level (info), as `psi` writes them to a
-/// journal or a pipe, from this thread only (no process-global subscriber).
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,psi=info"))
-            .with_writer(move || Sink(writer.clone()))
-            .json()
-            .flatten_event(true)
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        // A callsite another test thread registered first, while no subscriber wanted it,
-        // keeps that cached interest: rebuilt here, the retry events reach this thread's
-        // subscriber whatever ran before.
-        tracing::callsite::rebuild_interest_cache();
-        (Captured(buffer), guard)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    fn warnings(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-            .filter(|event| event["level"] == "WARN")
-            .collect()
-    }
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A wait is never silent at the default level: each retry is a warning naming the route
-/// (the path, never its query), the reason and the wait.
+/// A 429 waits what its `Retry-After` says, then a 503 backs off, on the injected clock.
+/// What the user sees of each wait (a warning naming the route, the reason and the wait) is
+/// checked on the real binary's stderr (`infisical_cli::a_retry_is_a_warning_at_the_default_level`):
+/// a subscriber scoped to one test thread misses events when other threads register the
+/// same callsites concurrently, so it cannot be asserted here without flaking.
 #[tokio::test]
-async fn retries_are_warnings_with_route_reason_and_wait() {
+async fn retry_after_and_backoff_decide_the_waits() {
     let world = World::new(Generation::Legacy2024, 600, 6000);
     let client = world.client();
     lookup(&client, "/app", "DB_HOST").await.unwrap();
-    let (log, _guard) = Captured::start();
     world.fake.inject(
         "GET",
         "/api/v3/secrets/raw",
@@ -587,43 +541,12 @@ async fn retries_are_warnings_with_route_reason_and_wait() {
     );
     let slept = world.clock.slept();
     assert_eq!(slept[0], Duration::from_secs(51));
-    let warnings = log.warnings();
-    assert_eq!(warnings.len(), 2, "{}", log.text());
-    let limited = &warnings[0];
-    assert_eq!(limited["route"], "GET /api/v3/secrets/raw/DB_HOST");
-    assert_eq!(limited["wait_ms"], 51_000);
-    assert_eq!(limited["attempt"], 1);
-    assert_eq!(
-        limited["reason"],
-        "HTTP 429 Too Many Requests: Rate limit exceeded, retry in 1 minute"
-    );
-    assert_eq!(
-        limited["message"],
-        "GET /api/v3/secrets/raw/DB_HOST was rate-limited (HTTP 429); waiting 51 s (Retry-After) before retry 1 of 3"
-    );
-    let busy = &warnings[1];
-    assert_eq!(busy["route"], "GET /api/v3/secrets/raw/DB_HOST");
-    assert_eq!(busy["attempt"], 2);
-    assert_eq!(busy["wait_ms"], slept[1].as_millis() as u64);
-    assert_eq!(busy["reason"], "HTTP 503 Service Unavailable: busy");
-    let message = busy["message"].as_str().unwrap();
+    assert_eq!(slept.len(), 2, "{slept:?}");
+    // The second retry's backoff: 2 s within its ±20 % jitter.
     assert!(
-        message.starts_with(
-            "GET /api/v3/secrets/raw/DB_HOST failed (HTTP 503 Service Unavailable); waiting "
-        ) && message.ends_with(" s (backoff) before retry 2 of 3"),
-        "{message}"
+        slept[1] >= Duration::from_millis(1600) && slept[1] <= Duration::from_millis(2400),
+        "{slept:?}"
     );
-    // Neither the query (folder, environment, project), nor the token, nor the value.
-    let text = log.text();
-    for hidden in [
-        "secretPath",
-        "workspaceId",
-        "environment=",
-        "Bearer",
-        "db.internal",
-    ] {
-        assert!(!text.contains(hidden), "{hidden} in {text}");
-    }
 }
 
 #[tokio::test]
