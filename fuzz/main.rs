@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example fuzz -- <target|all> (--inputs N | --seconds S) [--seed X]
+//! cargo run --release --example fuzz -- <target> --replay FILE
 //! ```
 //!
 //! Each target (`targets.rs`) starts from its corpus, `fuzz/corpus/<target>/` (inputs taken
@@ -123,11 +124,13 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], dictionary: &[
     input.truncate(MAX_INPUT);
 }
 
-/// How long a target runs.
-#[derive(Clone, Copy)]
+/// How long a target runs, or the one saved input to run again (with the panic's backtrace
+/// and the time it takes).
+#[derive(Clone)]
 enum Budget {
     Inputs(u64),
     Seconds(f64),
+    Replay(PathBuf),
 }
 
 struct Options {
@@ -139,7 +142,7 @@ struct Options {
 fn usage() -> ! {
     let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
     eprintln!(
-        "usage: fuzz <target|all> (--inputs N | --seconds S) [--seed X]\n\
+        "usage: fuzz <target|all> (--inputs N | --seconds S | --replay FILE) [--seed X]\n\
          targets: {}\n\
          --seconds applies to each target.",
         names.join(", ")
@@ -165,6 +168,7 @@ fn parse_args() -> Options {
         match flag.as_str() {
             "--inputs" => budget = value.parse().ok().map(Budget::Inputs),
             "--seconds" => budget = value.parse().ok().map(Budget::Seconds),
+            "--replay" => budget = Some(Budget::Replay(PathBuf::from(value))),
             "--seed" => seed = value.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
@@ -271,10 +275,11 @@ fn run(target: Target, options: &Options, progress: &Progress) -> Totals {
     };
     let mut input = Vec::with_capacity(MAX_INPUT);
     loop {
-        let done = match options.budget {
-            Budget::Inputs(n) => totals.inputs >= n,
+        let done = match &options.budget {
+            Budget::Inputs(n) => totals.inputs >= *n,
             // Checking the clock every 256 inputs keeps it off the hot path.
-            Budget::Seconds(s) => totals.inputs % 256 == 0 && start.elapsed().as_secs_f64() >= s,
+            Budget::Seconds(s) => totals.inputs % 256 == 0 && start.elapsed().as_secs_f64() >= *s,
+            Budget::Replay(_) => unreachable!("main replays without the loop"),
         };
         if done {
             break;
@@ -318,8 +323,26 @@ fn run(target: Target, options: &Options, progress: &Progress) -> Totals {
     totals
 }
 
+/// Runs one saved input, unguarded, so a panic prints its message and backtrace.
+fn replay(target: Target, path: &Path) {
+    let input = std::fs::read(path).unwrap_or_else(|err| {
+        eprintln!("cannot read {}: {err}", path.display());
+        std::process::exit(66);
+    });
+    let mut state = target.setup();
+    let began = Instant::now();
+    state.run(&input);
+    println!("{}: no panic, {:?}", target.name(), began.elapsed());
+}
+
 fn main() {
     let options = parse_args();
+    if let Budget::Replay(path) = &options.budget {
+        for &target in &options.targets {
+            replay(target, path);
+        }
+        return;
+    }
     let progress = Arc::new(Progress {
         target: Mutex::new(None),
         input: Mutex::new(Vec::new()),
