@@ -141,4 +141,13 @@ mod tests {
             r#"["\ud83d\ude00\u0001"]"#
         );
     }
+
+    #[test]
+    fn numbers_read_back_as_written() {
+        // Found by the fuzzer: without serde_json's float_roundtrip, "10.5e300" parsed one
+        // bit off, and the text written for it then read back as another number.
+        let value: Value = serde_json::from_str(r#"{"n": 10.5e300}"#).unwrap();
+        let again: Value = serde_json::from_str(&dumps(&value, Style::DEFAULT)).unwrap();
+        assert_eq!(again, value);
+    }
 }
