@@ -278,7 +278,9 @@ fn run(target: Target, options: &Options, progress: &Progress) -> Totals {
         let done = match &options.budget {
             Budget::Inputs(n) => totals.inputs >= *n,
             // Checking the clock every 256 inputs keeps it off the hot path.
-            Budget::Seconds(s) => totals.inputs % 256 == 0 && start.elapsed().as_secs_f64() >= *s,
+            Budget::Seconds(s) => {
+                totals.inputs.is_multiple_of(256) && start.elapsed().as_secs_f64() >= *s
+            }
             Budget::Replay(_) => unreachable!("main replays without the loop"),
         };
         if done {
