@@ -302,9 +302,13 @@ async fn hsm_backend_reads_the_originals_envelope_and_writes_version_2() {
     if !softhsm::available() {
         return;
     }
+    let Some(hsm) =
+        softhsm::in_child("cache::hsm_backend_reads_the_originals_envelope_and_writes_version_2")
+    else {
+        return;
+    };
+    hsm.init_token_with_key();
     let sandbox = Sandbox::new();
-    let hsm = SoftHsm::with_key(sandbox.path());
-    let _guard = softhsm::in_process(&hsm).await;
     let provider = std::sync::Arc::new(softhsm::provider(
         softhsm::options(softhsm::PIN, OaepHash::Sha256),
         sandbox.path().join("pubkey.der"),

@@ -80,9 +80,12 @@ async fn round_trips_in_process_on_the_fallback_path() {
     if !softhsm::available() {
         return;
     }
+    let Some(hsm) = softhsm::in_child("nitrokeyhsm::round_trips_in_process_on_the_fallback_path")
+    else {
+        return;
+    };
+    hsm.init_token_with_key();
     let sandbox = Sandbox::new();
-    let hsm = SoftHsm::with_key(sandbox.path());
-    let guard = softhsm::in_process(&hsm).await;
     let cache = sandbox.state_dir().join("nitrokeyhsm-pubkey.der");
     let provider = softhsm::provider(options(PIN, OaepHash::Sha256), cache.clone());
     assert_eq!(provider.mechanism(), None, "nothing touched the token yet");
@@ -115,7 +118,6 @@ async fn round_trips_in_process_on_the_fallback_path() {
     let key = status.key.unwrap();
     assert_eq!((key.found_by, key.id_hex.as_str()), ("id", "02"));
     drop(provider);
-    drop(guard);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,9 +125,11 @@ async fn sha1_oaep_takes_the_native_path() {
     if !softhsm::available() {
         return;
     }
+    let Some(hsm) = softhsm::in_child("nitrokeyhsm::sha1_oaep_takes_the_native_path") else {
+        return;
+    };
+    hsm.init_token_with_key();
     let sandbox = Sandbox::new();
-    let hsm = SoftHsm::with_key(sandbox.path());
-    let guard = softhsm::in_process(&hsm).await;
     let provider = softhsm::provider(options(PIN, OaepHash::Sha1), sandbox.path().join("pub.der"));
     let public = PublicKey::from_der(&provider.public_key_from_token().await.unwrap()).unwrap();
     let blob = envelope::seal_with(&public, b"native", OaepHash::Sha1).unwrap();
@@ -133,7 +137,6 @@ async fn sha1_oaep_takes_the_native_path() {
     assert_eq!(value.expose(), b"native");
     assert_eq!(provider.mechanism(), Some(Mechanism::Oaep));
     drop(provider);
-    drop(guard);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,9 +144,13 @@ async fn hand_built_envelopes_open_and_tampered_ones_fail_clearly() {
     if !softhsm::available() {
         return;
     }
+    let Some(hsm) =
+        softhsm::in_child("nitrokeyhsm::hand_built_envelopes_open_and_tampered_ones_fail_clearly")
+    else {
+        return;
+    };
+    hsm.init_token_with_key();
     let sandbox = Sandbox::new();
-    let hsm = SoftHsm::with_key(sandbox.path());
-    let guard = softhsm::in_process(&hsm).await;
     let provider = softhsm::provider(
         options(PIN, OaepHash::Sha256),
         sandbox.path().join("pub.der"),
@@ -198,7 +205,6 @@ async fn hand_built_envelopes_open_and_tampered_ones_fail_clearly() {
     // The token still works after all of that.
     assert!(provider.lookup(&mapping(&good)).await.is_ok());
     drop(provider);
-    drop(guard);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,6 +212,9 @@ async fn failures_say_what_to_fix() {
     if !softhsm::available() {
         return;
     }
+    let Some(hsm) = softhsm::in_child("nitrokeyhsm::failures_say_what_to_fix") else {
+        return;
+    };
     let sandbox = Sandbox::new();
     let blob = {
         let key = Rsa::generate(2048).unwrap().public_key_to_der().unwrap();
@@ -220,8 +229,6 @@ async fn failures_say_what_to_fix() {
     };
 
     // Empty slot list: a SoftHSM with no initialised token.
-    let empty = SoftHsm::new(&sandbox.path().join("empty"));
-    let guard = softhsm::in_process(&empty).await;
     let mut opts = options(PIN, OaepHash::Sha256);
     opts.token_label = None;
     let (provider, err) = lookup_error(softhsm::provider(opts, sandbox.path().join("a"))).await;
@@ -233,7 +240,6 @@ async fn failures_say_what_to_fix() {
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(err.to_string().contains("next attempt in"), "{err}");
     drop(provider);
-    drop(guard);
 
     // Missing module.
     let mut opts = options(PIN, OaepHash::Sha256);
@@ -245,10 +251,9 @@ async fn failures_say_what_to_fix() {
         "{err}"
     );
 
-    // A token without the key.
-    let keyless = SoftHsm::new(&sandbox.path().join("keyless"));
-    keyless.init_token();
-    let guard = softhsm::in_process(&keyless).await;
+    // A token without the key (the provider above finalised the library when dropped, so
+    // the next one sees the new token).
+    hsm.init_token();
     let (provider, err) = lookup_error(softhsm::provider(
         options(PIN, OaepHash::Sha256),
         sandbox.path().join("c"),
@@ -293,9 +298,8 @@ async fn failures_say_what_to_fix() {
     let err = provider.lookup(&blob).await.unwrap_err();
     assert!(err.to_string().contains("already rejected"), "{err}");
     drop(provider);
-    drop(guard);
     // Only one wrong attempt reached the token: the right PIN still logs in.
-    let out = keyless.pkcs11_tool(&["--list-objects"]);
+    let out = hsm.pkcs11_tool(&["--list-objects"]);
     assert!(out.status.success());
 }
 

@@ -2,10 +2,11 @@
 //! token directory under the test's sandbox, set up with the real `softhsm2-util` and
 //! `pkcs11-tool`.
 //!
-//! `SOFTHSM2_CONF` is read by the module at `C_Initialize`, so it is process-wide: tests that
-//! use the provider in-process hold [`in_process`] while the variable points at their token
-//! (the provider finalises the library when dropped); tests through `psi serve` set it on
-//! the child only.
+//! `SOFTHSM2_CONF` is read by the module at `C_Initialize` from the process environment, and
+//! changing the environment while other test threads run is undefined behaviour. So tests
+//! through `psi serve` set it on the child only, and tests that use the provider in-process
+//! run themselves again in a child process of the test binary whose environment names their
+//! token from the start ([`in_child`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,7 +18,6 @@ use psi::config::CredentialSource;
 use psi::crypto::oaep::OaepHash;
 use psi::provider::nitrokeyhsm::{NitrokeyHsm, PinInfo, TokenOptions};
 use psi::secret::SecretString;
-use tokio::sync::{Mutex, MutexGuard};
 
 use super::require;
 
@@ -28,7 +28,8 @@ pub const SO_PIN: &str = "5678";
 pub const KEY_LABEL: &str = "podman-secrets";
 pub const KEY_ID: &str = "02";
 
-static IN_PROCESS: Mutex<()> = Mutex::const_new(());
+/// Set on the child process of [`in_child`] to the name of the test it re-runs.
+const CHILD: &str = "PSI_IT_SOFTHSM_CHILD";
 
 /// Whether SoftHSM and pkcs11-tool are installed (a failure under `CI=true`).
 pub fn available() -> bool {
@@ -53,10 +54,13 @@ pub struct SoftHsm {
 impl SoftHsm {
     /// A configuration under `dir`; no token yet.
     pub fn new(dir: &Path) -> SoftHsm {
-        let root = dir.join("softhsm");
-        let tokens = root.join("tokens");
+        SoftHsm::at(dir.join("softhsm").join("softhsm2.conf"))
+    }
+
+    /// A configuration file at `conf` with its token directory beside it; no token yet.
+    fn at(conf: PathBuf) -> SoftHsm {
+        let tokens = conf.parent().unwrap().join("tokens");
         std::fs::create_dir_all(&tokens).unwrap();
-        let conf = root.join("softhsm2.conf");
         std::fs::write(
             &conf,
             format!(
@@ -71,8 +75,14 @@ impl SoftHsm {
     /// A token labelled `psi` (PIN 1234) with an RSA-2048 key pair generated on it.
     pub fn with_key(dir: &Path) -> SoftHsm {
         let hsm = SoftHsm::new(dir);
-        hsm.init_token();
-        hsm.pkcs11_tool(&[
+        hsm.init_token_with_key();
+        hsm
+    }
+
+    /// Initialises the `psi` token (PIN 1234) and generates an RSA-2048 key pair on it.
+    pub fn init_token_with_key(&self) {
+        self.init_token();
+        self.pkcs11_tool(&[
             "--keypairgen",
             "--key-type",
             "rsa:2048",
@@ -81,7 +91,6 @@ impl SoftHsm {
             "--id",
             KEY_ID,
         ]);
-        hsm
     }
 
     /// `softhsm2-util --init-token --free --label psi`.
@@ -190,15 +199,39 @@ pub fn options(pin: &str, hash: OaepHash) -> TokenOptions {
     }
 }
 
-/// The in-process lock, with `SOFTHSM2_CONF` pointing at `hsm` while it is held. Drop every
-/// provider before the guard.
-pub async fn in_process(hsm: &SoftHsm) -> MutexGuard<'static, ()> {
-    let guard = IN_PROCESS.lock().await;
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    guard
+/// Runs the test `name` (its path in this binary, such as `cache::hsm_backend`) again, alone,
+/// in a child process of the test binary whose environment names a fresh SoftHSM
+/// configuration from the start. In that child this returns the configuration (no token
+/// yet) for the test to go on with; in the parent it returns `None` once the child passed.
+pub fn in_child(name: &str) -> Option<SoftHsm> {
+    if std::env::var(CHILD).as_deref() == Ok(name) {
+        let conf = std::env::var_os("SOFTHSM2_CONF").expect("SOFTHSM2_CONF set by the parent");
+        return Some(SoftHsm::at(PathBuf::from(conf)));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("psi-softhsm.")
+        .tempdir()
+        .unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(CHILD, name)
+        .env("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // "1 passed" also catches a misspelt name, which would run nothing and pass.
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in its child process ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    None
 }
 
-/// An in-process provider on `hsm`'s token (call with the [`in_process`] guard held).
+/// An in-process provider on the token that `SOFTHSM2_CONF` names (in an [`in_child`] child).
 pub fn provider(options: TokenOptions, cache: PathBuf) -> NitrokeyHsm {
     NitrokeyHsm::new(options, cache).unwrap()
 }
