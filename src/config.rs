@@ -736,6 +736,9 @@ pub struct CacheConfig {
     pub refresh_interval: String,
     #[serde(default = "default_refresh_delay")]
     pub refresh_randomized_delay: String,
+    /// New: how often `psi serve` looks at `cache.enc` for a new version that setup wrote.
+    #[serde(default = "default_watch_interval", deserialize_with = "duration")]
+    pub watch_interval: Duration,
 }
 
 impl Default for CacheConfig {
@@ -746,8 +749,14 @@ impl Default for CacheConfig {
             path: None,
             refresh_interval: default_refresh_interval(),
             refresh_randomized_delay: default_refresh_delay(),
+            watch_interval: default_watch_interval(),
         }
     }
+}
+
+/// A `stat` every two seconds costs nothing, and setup runs hourly.
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_refresh_interval() -> String {
@@ -1051,6 +1060,9 @@ impl Settings {
 
 /// Checks that need more than one key: references between blocks.
 fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String> {
+    if file.cache.watch_interval.is_zero() {
+        return Err("cache.watch_interval: must be more than 0 (default: 2s)".into());
+    }
     if let Some(infisical) = &providers.infisical {
         infisical.validate()?;
     }

@@ -15,10 +15,6 @@ use tokio::sync::oneshot;
 use super::{load, Backend, Digest, Entries};
 use crate::secret::{Mapping, SecretValue};
 
-/// How often the watcher looks at the file's modification time and size: a `stat` every
-/// two seconds costs nothing, and setup runs hourly.
-const POLL: Duration = Duration::from_secs(2);
-
 /// What the snapshot holds, and where it came from.
 pub struct Snapshot {
     entries: Entries,
@@ -54,10 +50,15 @@ pub struct LiveCache {
 
 impl LiveCache {
     /// Starts the cache: a task loads the file (a missing file is an empty cache), then
-    /// watches it. The receiver fires after that first load, so `psi serve` can wait for it
-    /// a little before taking requests without ever blocking on a slow token. A failed load
-    /// is reported and leaves lookups to the providers.
-    pub fn start(path: PathBuf, backend: Backend) -> (Arc<LiveCache>, oneshot::Receiver<()>) {
+    /// looks at its modification time and size every `watch` (`cache.watch_interval`) and
+    /// loads it again when they change. The receiver fires after that first load, so
+    /// `psi serve` can wait for it a little before taking requests without ever blocking on
+    /// a slow token. A failed load is reported and leaves lookups to the providers.
+    pub fn start(
+        path: PathBuf,
+        backend: Backend,
+        watch: Duration,
+    ) -> (Arc<LiveCache>, oneshot::Receiver<()>) {
         let cache = Arc::new(LiveCache {
             path,
             backend,
@@ -76,7 +77,7 @@ impl LiveCache {
             task.reload().await;
             let _ = loaded.send(());
             loop {
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(watch).await;
                 let now = stamp(&task.path);
                 // A file that failed stays failed until it changes again: no retry loop.
                 if now.is_some() && now != last_tried {

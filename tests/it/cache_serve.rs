@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -39,7 +39,7 @@ fn env_with_cache(
         std::fs::write(creds.path().join("psi-cache-key"), key).unwrap();
     }
     let config = format!(
-        "providers:\n  infisical:\n    api_url: {}\n    retries: 0\n    timeout: 2s\n    auth: {{method: universal-auth, client_id: client-1, client_secret: secret-1}}\n    projects:\n      web: {{id: {PROJECT}, environment: prod}}\ncache:\n  enabled: true\n  backend: tpm\nworkloads:\n  myapp:\n    secrets:\n      - project: web\n        path: /app\n",
+        "providers:\n  infisical:\n    api_url: {}\n    retries: 0\n    timeout: 2s\n    auth: {{method: universal-auth, client_id: client-1, client_secret: secret-1}}\n    projects:\n      web: {{id: {PROJECT}, environment: prod}}\ncache:\n  enabled: true\n  backend: tpm\n  watch_interval: 100ms\nworkloads:\n  myapp:\n    secrets:\n      - project: web\n        path: /app\n",
         fake.url()
     );
     let mut env = PodmanEnv::with_env(
@@ -61,20 +61,17 @@ fn cache_health(env: &PodmanEnv) -> (u16, Value) {
     (reply.status, serde_json::from_slice(&reply.body).unwrap())
 }
 
-/// Waits until serve reports `entries` cache entries (it polls the file every 2 s).
-fn wait_for_entries(env: &PodmanEnv, entries: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = cache_health(env);
-        if status == 200 && body["entries"] == entries {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cache never reached {entries} entries: {status} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits until serve has loaded the cache file `loads` times (the load at start counts; it
+/// looks at the file every 100 ms here) and returns that load's log line.
+fn wait_for_load(env: &PodmanEnv, loads: usize) -> String {
+    const LOADED: &str = r#""event":"cache.load","outcome":"success""#;
+    let log = env.serve.wait_for_log(
+        &format!("cache load {loads}"),
+        Duration::from_secs(30),
+        |log| log.matches(LOADED).count() >= loads,
+    );
+    let line = log.lines().filter(|l| l.contains(LOADED)).nth(loads - 1);
+    line.unwrap().to_owned()
 }
 
 fn setup(env: &PodmanEnv) -> Value {
@@ -110,9 +107,10 @@ fn containers_start_from_the_cache_while_infisical_is_down() {
         0o600
     );
     crate::support::assert_not_on_disk(env.sandbox.path(), b"pass-1");
-    wait_for_entries(&env, 2);
+    let loaded = wait_for_load(&env, 2);
+    assert!(loaded.contains(r#""entries":2"#), "{loaded}");
     let (_, body) = cache_health(&env);
-    assert_eq!(body["version"], 2);
+    assert_eq!((&body["entries"], &body["version"]), (&2.into(), &2.into()));
 
     // Infisical goes away: containers still get their values, from memory.
     fake.stop();
@@ -182,7 +180,7 @@ fn setup_prunes_removed_secrets_and_serve_reloads_without_a_restart() {
         return;
     };
     setup(&env);
-    wait_for_entries(&env, 2);
+    wait_for_load(&env, 2);
     fake.set_secret(PROJECT, "prod", "/app", "DB_PASS", "pass-2");
     fake.set_secret(PROJECT, "prod", "/app", "NEW_KEY", "new");
     fake.delete_secret(PROJECT, "prod", "/app", "DB_HOST");
@@ -190,22 +188,14 @@ fn setup_prunes_removed_secrets_and_serve_reloads_without_a_restart() {
     // DB_HOST's entry is pruned even though its Podman secret stays (drift, no --prune).
     assert_eq!(report["cache"]["entries"], 2, "{report}");
     assert_eq!(report["cache"]["previous"], 2, "{report}");
-    // Serve notices the new file by itself (it polls every 2 s) and swaps it in.
+    // Serve notices the new file by itself and swaps it in.
+    wait_for_load(&env, 3);
     let ids = secret_ids(env.podman());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = get(
-            &env.sandbox.socket(),
-            &format!("/lookup/{}", ids["myapp--DB_PASS"]),
-        );
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        if reply.body == b"pass-2" {
-            break;
-        }
-        assert_eq!(reply.body, b"pass-1");
-        assert!(Instant::now() < deadline, "serve never reloaded the cache");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let reply = get(
+        &env.sandbox.socket(),
+        &format!("/lookup/{}", ids["myapp--DB_PASS"]),
+    );
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"pass-2"[..]));
     let (_, body) = cache_health(&env);
     assert_eq!(body["entries"], 2, "{body}");
 
@@ -214,13 +204,17 @@ fn setup_prunes_removed_secrets_and_serve_reloads_without_a_restart() {
     let socket = env.sandbox.socket();
     let id = ids["myapp--DB_PASS"].clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The rounds start once every thread has had an answer, so all of them overlap the
+    // reloads.
+    let running = std::sync::Arc::new(std::sync::Barrier::new(5));
     let lookups: Vec<_> = (0..4)
         .map(|_| {
             let (socket, id, stop) = (socket.clone(), id.clone(), stop.clone());
+            let running = running.clone();
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Runtime::new().unwrap();
                 let mut seen = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while seen == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let reply = runtime.block_on(http::get(&socket, &format!("/lookup/{id}")));
                     assert_eq!(reply.status, 200, "{}", reply.text());
                     assert!(
@@ -229,11 +223,15 @@ fn setup_prunes_removed_secrets_and_serve_reloads_without_a_restart() {
                         reply.text()
                     );
                     seen += 1;
+                    if seen == 1 {
+                        running.wait();
+                    }
                 }
                 seen
             })
         })
         .collect();
+    running.wait();
     for round in 0..3 {
         fake.set_secret(
             PROJECT,
@@ -243,11 +241,12 @@ fn setup_prunes_removed_secrets_and_serve_reloads_without_a_restart() {
             if round % 2 == 0 { "pass-3" } else { "pass-2" },
         );
         setup(&env);
-        std::thread::sleep(Duration::from_millis(2500));
+        wait_for_load(&env, 4 + round);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let total: usize = lookups.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(total > 100, "only {total} lookups ran");
+    for lookups in lookups {
+        assert!(lookups.join().unwrap() > 0);
+    }
 }
 
 #[test]

@@ -499,3 +499,27 @@ fn tls_outputs_and_hooks_are_validated_at_load() {
         .unwrap_or_else(|e| panic!("{mode}: {e}"));
     }
 }
+
+#[test]
+fn cache_watch_interval_is_a_positive_duration() {
+    let settings = load_text("cache:\n  watch_interval: 250ms\n").unwrap();
+    assert_eq!(
+        settings.file.cache.watch_interval,
+        std::time::Duration::from_millis(250)
+    );
+    let settings = load_text("cache: {}\n").unwrap();
+    assert_eq!(
+        settings.file.cache.watch_interval,
+        std::time::Duration::from_secs(2)
+    );
+    let msg = config_error("cache:\n  watch_interval: 0s\n");
+    assert!(
+        msg.ends_with("cache.watch_interval: must be more than 0 (default: 2s)"),
+        "{msg}"
+    );
+    let msg = config_error("cache:\n  watch_interval: often\n");
+    assert!(
+        msg.contains("cache.watch_interval: 'often' is not a duration"),
+        "{msg}"
+    );
+}

@@ -17,7 +17,7 @@ async fn any_bytes_round_trip_exactly() {
         return;
     }
     let sandbox = Sandbox::new();
-    let provider = sandbox.creds_provider(0);
+    let provider = sandbox.creds_provider();
     let mut big = vec![0u8; 1024 * 1024];
     openssl::rand::rand_bytes(&mut big).unwrap();
     for value in [
@@ -51,7 +51,7 @@ async fn tampering_and_renaming_fail_with_a_reason() {
         return;
     }
     let sandbox = Sandbox::new();
-    let provider = sandbox.creds_provider(0);
+    let provider = sandbox.creds_provider();
     let mapping = provider.seal(&id("alpha"), b"value").await.unwrap();
     let text = String::from_utf8(mapping.to_bytes()).unwrap();
 
@@ -65,7 +65,7 @@ async fn tampering_and_renaming_fail_with_a_reason() {
     );
 
     // Another host key cannot open it.
-    let other = Sandbox::new().creds_provider(0);
+    let other = Sandbox::new().creds_provider();
     assert!(other
         .lookup(&Mapping::parse(text.as_bytes()).unwrap())
         .await
@@ -124,7 +124,7 @@ fn systemd_creds_does_not_inherit_psi_secrets() {
         format!(
             "#!/bin/sh\nenv -0 > '{}'\nexec '{}' \"$@\"\n",
             dump.display(),
-            sandbox.creds_wrapper(0).display()
+            sandbox.creds_wrapper().display()
         ),
     )
     .unwrap();

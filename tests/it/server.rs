@@ -23,12 +23,22 @@ struct Running {
     sandbox: Sandbox,
     socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
+    /// Fires when the server has taken the stop signal (its shutdown future completed).
+    stopping: Option<oneshot::Receiver<()>>,
     task: JoinHandle<psi::error::Result<server::Stopped>>,
 }
 
 impl Running {
-    async fn shutdown(mut self) -> Sandbox {
+    /// Tells the server to stop and returns once it has taken the signal.
+    async fn begin_shutdown(&mut self) {
         self.stop.take().unwrap().send(()).unwrap();
+        self.stopping.take().unwrap().await.unwrap();
+    }
+
+    async fn shutdown(mut self) -> Sandbox {
+        if self.stop.is_some() {
+            self.begin_shutdown().await;
+        }
         assert_eq!(self.task.await.unwrap().unwrap(), server::Stopped::Drained);
         self.sandbox
     }
@@ -44,25 +54,19 @@ fn limits() -> Limits {
     }
 }
 
-/// Starts the server on the sandbox socket with the systemd-creds provider (credentials
-/// named `slow` take `slow_secs` longer) and the given token and raw-value policy.
-async fn start(token: Option<&str>, policy: RawPolicy, slow_secs: u32) -> Option<Running> {
-    start_with(token, policy, slow_secs, limits()).await
+/// Starts the server on the sandbox socket with the systemd-creds provider (the credential
+/// named `slow` waits at the sandbox's [`SlowGate`](crate::support::SlowGate)) and the given
+/// token and raw-value policy.
+async fn start(token: Option<&str>, policy: RawPolicy) -> Option<Running> {
+    start_with(token, policy, limits()).await
 }
 
-async fn start_with(
-    token: Option<&str>,
-    policy: RawPolicy,
-    slow_secs: u32,
-    limits: Limits,
-) -> Option<Running> {
+async fn start_with(token: Option<&str>, policy: RawPolicy, limits: Limits) -> Option<Running> {
     if !require("systemd-creds") {
         return None;
     }
     let sandbox = Sandbox::new();
-    let registry = Registry::new(vec![Provider::SystemdCreds(
-        sandbox.creds_provider(slow_secs),
-    )]);
+    let registry = Registry::new(vec![Provider::SystemdCreds(sandbox.creds_provider())]);
     let service = Service::new(StateDir::new(sandbox.state_dir()), registry, policy);
     let app = Arc::new(App::new(
         service,
@@ -72,13 +76,16 @@ async fn start_with(
     let socket = sandbox.socket();
     let bound = server::bind(&socket).unwrap();
     let (stop, stopped) = oneshot::channel();
+    let (took_it, stopping) = oneshot::channel();
     let task = tokio::spawn(server::run(bound.listener, app, async {
         let _ = stopped.await;
+        let _ = took_it.send(());
     }));
     Some(Running {
         sandbox,
         socket,
         stop: Some(stop),
+        stopping: Some(stopping),
         task,
     })
 }
@@ -86,8 +93,8 @@ async fn start_with(
 const SEAL: RawPolicy = RawPolicy::Seal(SealWith::SystemdCreds);
 
 /// Seals `value` as credential `name` and stores its mapping under `id`.
-async fn seal(running: &Running, slow: u32, name: &str, id: &str, value: &[u8]) {
-    let provider = running.sandbox.creds_provider(slow);
+async fn seal(running: &Running, name: &str, id: &str, value: &[u8]) {
+    let provider = running.sandbox.creds_provider();
     let mapping = provider
         .seal(&SecretId::parse(name).unwrap(), value)
         .await
@@ -99,11 +106,11 @@ async fn seal(running: &Running, slow: u32, name: &str, id: &str, value: &[u8]) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lookup_returns_the_exact_bytes_with_no_content_type() {
-    let Some(running) = start(None, SEAL, 0).await else {
+    let Some(running) = start(None, SEAL).await else {
         return;
     };
     let value: Vec<u8> = (0..=255u8).chain(*b"\n\r\0end").collect();
-    seal(&running, 0, "binary", "0123456789abcdef012345678", &value).await;
+    seal(&running, "binary", "0123456789abcdef012345678", &value).await;
     let reply = get(&running.socket, "/lookup/0123456789abcdef012345678?x=1").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, value);
@@ -126,7 +133,7 @@ async fn lookup_returns_the_exact_bytes_with_no_content_type() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_is_0600_and_no_staging_is_left() {
-    let Some(running) = start(None, SEAL, 0).await else {
+    let Some(running) = start(None, SEAL).await else {
         return;
     };
     let meta = std::fs::symlink_metadata(&running.socket).unwrap();
@@ -145,39 +152,40 @@ async fn socket_is_0600_and_no_staging_is_left() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_lookup_delays_neither_healthz_nor_other_lookups() {
-    let Some(running) = start(None, SEAL, 3).await else {
+    let Some(running) = start(None, SEAL).await else {
         return;
     };
-    seal(&running, 0, "slow", "slowid", b"slow value").await;
-    seal(&running, 0, "fast", "fastid", b"fast value").await;
+    seal(&running, "slow", "slowid", b"slow value").await;
+    seal(&running, "fast", "fastid", b"fast value").await;
     let socket = running.socket.clone();
-    let started = Instant::now();
     let slow = tokio::spawn(async move { get(&socket, "/lookup/slowid").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slow lookup is inside the provider and stays there until released.
+    let gate = running.sandbox.slow_gate();
+    tokio::task::block_in_place(|| gate.started());
     let health = get(&running.socket, "/healthz").await;
     let fast = get(&running.socket, "/lookup/fastid").await;
-    let others_done = started.elapsed();
     assert_eq!((health.status, fast.status), (200, 200));
     assert_eq!(fast.body, b"fast value");
-    assert!(
-        others_done < Duration::from_secs(2),
-        "healthz/lookup waited for the slow one: {others_done:?}"
-    );
+    assert!(!slow.is_finished());
+    tokio::task::block_in_place(|| gate.release());
     let slow = slow.await.unwrap();
     assert_eq!(slow.body, b"slow value");
-    assert!(started.elapsed() >= Duration::from_secs(3));
     running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let Some(running) = start(None, SEAL, 2).await else {
+    let Some(mut running) = start(None, SEAL).await else {
         return;
     };
-    seal(&running, 0, "slow", "slowid", b"still delivered").await;
+    seal(&running, "slow", "slowid", b"still delivered").await;
     let socket = running.socket.clone();
     let slow = tokio::spawn(async move { get(&socket, "/lookup/slowid").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gate = running.sandbox.slow_gate();
+    tokio::task::block_in_place(|| gate.started());
+    // The server stops while the lookup is still inside the provider.
+    running.begin_shutdown().await;
+    tokio::task::block_in_place(|| gate.release());
     let socket = running.socket.clone();
     running.shutdown().await;
     let reply = slow.await.unwrap();
@@ -193,7 +201,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
-    let Some(running) = start(None, SEAL, 0).await else {
+    let Some(running) = start(None, SEAL).await else {
         return;
     };
     let mapping =
@@ -277,7 +285,7 @@ async fn store_keeps_mappings_verbatim_and_seals_raw_values() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_stores_are_refused_and_write_nothing() {
-    let Some(running) = start(None, RawPolicy::Reject, 0).await else {
+    let Some(running) = start(None, RawPolicy::Reject).await else {
         return;
     };
     let reply = request(&running.socket, "POST", "/store/raw", &[], b"plaintext").await;
@@ -309,7 +317,7 @@ async fn bad_stores_are_refused_and_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_body_over_the_limit_is_413() {
-    let Some(running) = start(None, SEAL, 0).await else {
+    let Some(running) = start(None, SEAL).await else {
         return;
     };
     let mut stream = tokio::net::UnixStream::connect(&running.socket)
@@ -337,10 +345,10 @@ async fn chunked_body_over_the_limit_is_413() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_guards_everything_but_healthz() {
-    let Some(running) = start(Some("test-token-123"), SEAL, 0).await else {
+    let Some(running) = start(Some("test-token-123"), SEAL).await else {
         return;
     };
-    seal(&running, 0, "guarded", "guarded", b"v").await;
+    seal(&running, "guarded", "guarded", b"v").await;
     for (method, target) in [
         ("GET", "/lookup/guarded"),
         ("POST", "/store/x"),
@@ -397,7 +405,7 @@ async fn token_guards_everything_but_healthz() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_clients_are_cut_off() {
-    let Some(running) = start(None, SEAL, 0).await else {
+    let Some(running) = start(None, SEAL).await else {
         return;
     };
     // Headers never finished: the connection is closed after the header timeout.
@@ -458,7 +466,7 @@ async fn a_silent_connection_is_closed_after_the_first_byte_limit() {
         header: Duration::from_secs(30),
         ..limits()
     };
-    let Some(running) = start_with(None, SEAL, 0, limits).await else {
+    let Some(running) = start_with(None, SEAL, limits).await else {
         return;
     };
     let mut silent = tokio::net::UnixStream::connect(&running.socket)
@@ -475,7 +483,7 @@ async fn a_silent_connection_is_closed_after_the_first_byte_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_half_closes_gets_its_answer() {
-    let Some(running) = start(None, SEAL, 0).await else {
+    let Some(running) = start(None, SEAL).await else {
         return;
     };
     let mut stream = tokio::net::UnixStream::connect(&running.socket)
@@ -519,13 +527,8 @@ fn serve_process_notifies_systemd_and_stops_gracefully() {
     }
     let sandbox = Sandbox::new();
     let config = sandbox.config("");
-    let notify_path = sandbox.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     // A slow systemd-creds first on PATH for the serve process.
-    let wrapper = sandbox.creds_wrapper(2);
+    let wrapper = sandbox.creds_wrapper();
     let path = format!(
         "{}:{}",
         wrapper.parent().unwrap().display(),
@@ -545,20 +548,27 @@ fn serve_process_notifies_systemd_and_stops_gracefully() {
 
     let mut cmd = sandbox.psi();
     cmd.args(["-c", config.to_str().unwrap(), "serve"])
-        .env("NOTIFY_SOCKET", &notify_path)
         .env("PATH", &path);
+    // Returns after READY=1 on its notify socket.
     let mut serve = ServeProcess::start(cmd, &sandbox.socket(), sandbox.path().join("serve.log"));
-    let mut buf = [0u8; 64];
-    let n = notify.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
 
     let socket = sandbox.socket();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let lookup = runtime.spawn(async move { get(&socket, "/lookup/slow").await });
-    std::thread::sleep(Duration::from_millis(500));
-    let status = serve.stop();
-    let n = notify.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    let gate = sandbox.slow_gate();
+    gate.started();
+    // SIGTERM while the lookup is inside the provider; it goes on once serve is stopping.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        serve.notification(Duration::from_secs(10)).as_deref(),
+        Some("STOPPING=1")
+    );
+    gate.release();
+    let status = serve.child.wait().unwrap();
     let reply = runtime.block_on(lookup).unwrap();
     assert_eq!(
         (reply.status, reply.body.as_slice()),
@@ -607,20 +617,12 @@ fn serve_process_adopts_a_systemd_socket() {
     let mut child = cmd.spawn().unwrap();
     drop(listener);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let reply = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), async {
-                Ok::<_, ()>(get(&path, "/healthz").await)
-            })
-            .await
-            {
-                break reply;
-            }
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    // The socket listens already: the request waits in its backlog until psi accepts it.
+    let reply = runtime
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), get(&path, "/healthz")).await
+        })
+        .expect("psi never answered on the socket it was given");
     assert_eq!(reply.status, 200);
     // psi did not bind its configured socket, and leaves systemd's socket file in place.
     assert!(!sandbox.socket().exists());
@@ -779,16 +781,15 @@ fn a_fifo_mapping_blocks_neither_healthz_nor_sigterm() {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let log = serve.stderr_path.clone();
-    let log = move || std::fs::read_to_string(&log).unwrap_or_default();
     let (exited, exit) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut serve = serve;
-        exited.send(serve.child.wait().unwrap())
+        let status = serve.child.wait().unwrap();
+        exited.send((status, serve))
     });
-    let status = exit
+    let (status, serve) = exit
         .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("serve still running 10 s after SIGTERM: {}", log()));
-    assert!(status.success(), "exit {status}: {}", log());
+        .unwrap_or_else(|_| panic!("serve still running 10 s after SIGTERM"));
+    assert!(status.success(), "exit {status}: {}", serve.log());
     assert!(!socket.exists(), "socket left behind");
 }

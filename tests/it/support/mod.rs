@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use psi::config::WithKey;
@@ -94,15 +95,19 @@ impl Sandbox {
         path
     }
 
-    /// A wrapper around the real systemd-creds that uses this sandbox's host key and, for
-    /// credentials named `slow`, first sleeps `slow_secs` (a deliberately slow provider).
-    pub fn creds_wrapper(&self, slow_secs: u32) -> PathBuf {
+    /// A wrapper around the real systemd-creds that uses this sandbox's host key. Decrypting
+    /// the credential named `slow` first waits at this sandbox's [`SlowGate`]: a provider
+    /// exactly as slow as the test needs, with no timing in it.
+    pub fn creds_wrapper(&self) -> PathBuf {
         // Its own directory, named `systemd-creds`, so it can also go first on a PATH.
-        let dir = self.path().join(format!("creds-slow-{slow_secs}"));
+        let dir = self.path().join("creds-wrapper");
         std::fs::create_dir_all(&dir).unwrap();
+        let gate = self.slow_gate();
         let path = dir.join("systemd-creds");
         let script = format!(
-            "#!/bin/sh\ncase \"$*\" in *--name=slow*) sleep {slow_secs} ;; esac\nSYSTEMD_CREDENTIAL_SECRET={} exec {} \"$@\"\n",
+            "#!/bin/sh\ncase \"$*\" in decrypt*--name=slow*) echo > '{}'; read _ < '{}' ;; esac\nSYSTEMD_CREDENTIAL_SECRET={} exec {} \"$@\"\n",
+            gate.started.display(),
+            gate.release.display(),
             self.credential_secret().display(),
             real_systemd_creds()
         );
@@ -111,13 +116,23 @@ impl Sandbox {
         path
     }
 
+    /// Where a `slow` credential's call waits (see [`Sandbox::creds_wrapper`]).
+    pub fn slow_gate(&self) -> SlowGate {
+        let gate = SlowGate {
+            started: self.path().join("slow-started"),
+            release: self.path().join("slow-release"),
+        };
+        for fifo in [&gate.started, &gate.release] {
+            if !fifo.exists() {
+                nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            }
+        }
+        gate
+    }
+
     /// The systemd-creds provider on this sandbox's host key.
-    pub fn creds_provider(&self, slow_secs: u32) -> SystemdCreds {
-        SystemdCreds::new(
-            OsString::from(self.creds_wrapper(slow_secs)),
-            WithKey::Host,
-            None,
-        )
+    pub fn creds_provider(&self) -> SystemdCreds {
+        SystemdCreds::new(OsString::from(self.creds_wrapper()), WithKey::Host, None)
     }
 
     /// A `psi` command with this sandbox's environment (host key, no inherited psi vars).
@@ -167,7 +182,8 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
     output
 }
 
-/// Every file under `dir`, recursively, with its bytes.
+/// Every regular file under `dir`, recursively, with its bytes (sockets and FIFOs hold
+/// nothing on disk, and reading a FIFO would block).
 pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -175,10 +191,15 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
             out.extend(files_under(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path, bytes));
+        } else if kind.is_file() {
+            if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
         }
     }
     out
@@ -195,39 +216,132 @@ pub fn assert_not_on_disk(dir: &Path, needle: &[u8]) {
     }
 }
 
-/// A running `psi serve` child, stopped (SIGTERM) on drop.
-pub struct ServeProcess {
-    pub child: std::process::Child,
-    pub stderr_path: PathBuf,
+/// Two FIFOs in a sandbox: a call for the `slow` credential writes a line to `started`, then
+/// waits for a line on `release`. Opening a FIFO blocks until the other side opens it, so
+/// each step waits for the other, with nothing timed.
+pub struct SlowGate {
+    started: PathBuf,
+    release: PathBuf,
 }
 
+impl SlowGate {
+    /// Blocks until a `slow` call has reached the provider and is waiting.
+    pub fn started(&self) {
+        std::fs::read(&self.started).unwrap();
+    }
+
+    /// Lets the waiting `slow` call go on.
+    pub fn release(&self) {
+        std::fs::write(&self.release, b"\n").unwrap();
+    }
+}
+
+/// A running `psi serve` child, stopped (SIGTERM) on drop. It is started the way systemd
+/// starts it: with a `NOTIFY_SOCKET` of ours, so "ready" is its `READY=1` rather than a
+/// guess, and its stderr is read line by line as it comes, so a test can wait for an event
+/// in the log.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    notify: std::os::unix::net::UnixDatagram,
+    log: Arc<Log>,
+}
+
+/// Serve's stderr so far, and whether it has ended.
+#[derive(Default)]
+struct Log {
+    text: Mutex<(String, bool)>,
+    grew: Condvar,
+}
+
+/// What the stderr reader sends on the notify socket when serve's stderr ends, so a wait
+/// for `READY=1` ends at once when serve exits instead.
+const STDERR_CLOSED: &[u8] = b"psi-test: stderr closed";
+
 impl ServeProcess {
-    /// Starts `psi -c <config> serve` from `sandbox`'s command with extra env, waiting for
-    /// `socket` to appear.
+    /// Starts `psi -c <config> serve` from `sandbox`'s command with extra env and waits for
+    /// its `READY=1` (sent once `socket` is bound). Its stderr is also copied to `log`, for
+    /// a look after a failure.
     pub fn start(mut cmd: Command, socket: &Path, log: PathBuf) -> ServeProcess {
-        let stderr = std::fs::File::create(&log).unwrap();
-        let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
-        let mut serve = ServeProcess {
+        let notify_path = log.with_extension("notify");
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        let mut child = cmd
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let shared = Arc::new(Log::default());
+        let stderr = child.stderr.take().unwrap();
+        let (reader_log, file) = (Arc::clone(&shared), std::fs::File::create(&log).unwrap());
+        std::thread::spawn(move || follow_stderr(stderr, file, &reader_log, &notify_path));
+        let serve = ServeProcess {
             child,
-            stderr_path: log,
+            notify,
+            log: shared,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("psi serve exited with {status}: {}", serve.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "psi serve did not bind: {}",
-                serve.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        match serve.notification(Duration::from_secs(30)).as_deref() {
+            Some("READY=1") => {}
+            other => panic!("psi serve did not get ready ({other:?}): {}", serve.log()),
         }
+        assert!(
+            socket.exists(),
+            "READY=1 before {} existed",
+            socket.display()
+        );
         serve
     }
 
+    /// The next message serve sent on its notify socket (`READY=1`, `STOPPING=1`), or None
+    /// when its stderr closed (it exited) or nothing came within `timeout`.
+    pub fn notification(&self, timeout: Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 256];
+        let n = self.notify.recv(&mut buf).ok()?;
+        (&buf[..n] != STDERR_CLOSED).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Everything serve has written to stderr so far; once serve has exited and been
+    /// waited for, everything it wrote (the reader may still be copying the last lines).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        let guard = lock(&self.log.text);
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if guard.1 || nix::sys::signal::kill(pid, None).is_ok() {
+            return guard.0.clone();
+        }
+        // A child that serve started and that outlives it can hold the pipe open: bounded.
+        self.log
+            .grew
+            .wait_timeout_while(guard, Duration::from_secs(5), |(_, closed)| !*closed)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+             .0
+            .clone()
+    }
+
+    /// Waits until `done` holds for serve's stderr so far (checked at every new line), and
+    /// returns the log; fails the test if serve exits or `timeout` passes first.
+    pub fn wait_for_log(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut guard = lock(&self.log.text);
+        loop {
+            if done(&guard.0) {
+                return guard.0.clone();
+            }
+            let now = Instant::now();
+            assert!(!guard.1, "psi serve exited before {what}: {}", guard.0);
+            assert!(now < deadline, "no {what} within {timeout:?}: {}", guard.0);
+            guard = self
+                .log
+                .grew
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -236,6 +350,36 @@ impl ServeProcess {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         self.child.wait().unwrap()
     }
+}
+
+/// Copies serve's stderr to `file` and `log` line by line, waking waiters at each line; at
+/// the end, marks the log closed and wakes a wait for a notification too.
+fn follow_stderr(
+    stderr: std::process::ChildStderr,
+    mut file: std::fs::File,
+    log: &Log,
+    notify_path: &Path,
+) {
+    use std::io::{BufRead, Write};
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        let _ = file.write_all(&line);
+        lock(&log.text).0.push_str(&String::from_utf8_lossy(&line));
+        log.grew.notify_all();
+        line.clear();
+    }
+    lock(&log.text).1 = true;
+    log.grew.notify_all();
+    if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = socket.send_to(STDERR_CLOSED, notify_path);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for ServeProcess {
