@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::support::http;
 use crate::support::{require, Sandbox, ServeProcess};
@@ -50,6 +51,11 @@ fn mkfifo(path: &Path) {
 /// A sandbox with the TPM cache backend, its key delivered as a systemd credential, and a
 /// sparse `cache.enc` of 64 GiB behind a valid header.
 fn sparse_cache() -> (Sandbox, std::path::PathBuf, std::path::PathBuf) {
+    sparse_cache_with(b"PSIC\x02\x01", 64 << 30)
+}
+
+/// [`sparse_cache`] with another header and size.
+fn sparse_cache_with(header: &[u8], len: u64) -> (Sandbox, std::path::PathBuf, std::path::PathBuf) {
     let sandbox = Sandbox::new();
     let config = sandbox.config("cache:\n  backend: tpm\n");
     let creds = sandbox.path().join("creds");
@@ -57,12 +63,12 @@ fn sparse_cache() -> (Sandbox, std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(creds.join("psi-cache-key"), [0x42u8; 32]).unwrap();
     std::fs::create_dir_all(sandbox.state_dir()).unwrap();
     let cache = sandbox.state_dir().join("cache.enc");
-    std::fs::write(&cache, b"PSIC\x02\x01").unwrap();
+    std::fs::write(&cache, header).unwrap();
     std::fs::File::options()
         .write(true)
         .open(&cache)
         .unwrap()
-        .set_len(64 << 30)
+        .set_len(len)
         .unwrap();
     (sandbox, config, creds)
 }
@@ -84,6 +90,33 @@ fn sparse_64_gib_cache_is_refused_by_status_verify() {
     );
 }
 
+/// The header is judged before the body is read: a 1 GiB file with a bad magic fails
+/// `status --verify` (exit 1) without reading the gigabyte.
+#[test]
+fn bad_magic_is_refused_before_the_body_is_read() {
+    let (sandbox, config, creds) = sparse_cache_with(b"XSIC\x02\x01", 1 << 30);
+    let mut cmd = sandbox.psi();
+    cmd.arg("-c")
+        .arg(&config)
+        .args(["cache", "status", "--verify"])
+        .env("CREDENTIALS_DIRECTORY", &creds);
+    let out = bounded(&cmd);
+    refused(
+        &out,
+        1,
+        &sandbox.state_dir().join("cache.enc"),
+        "has bad magic b'XSIC', expected b'PSIC'",
+    );
+    // The largest child this test process has waited for (any test's): far below the file.
+    let children = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .unwrap()
+        .max_rss();
+    assert!(
+        children < 512 * 1024,
+        "a child reached {children} KiB of RSS"
+    );
+}
+
 #[test]
 fn serve_starts_with_a_sparse_64_gib_cache_and_reports_it() {
     if !require("systemd-creds") {
@@ -96,14 +129,12 @@ fn serve_starts_with_a_sparse_64_gib_cache_and_reports_it() {
         .arg("serve")
         .env("CREDENTIALS_DIRECTORY", &creds);
     let serve = ServeProcess::start(cmd, &sandbox.socket(), sandbox.path().join("serve.log"));
+    // The first load may finish after READY=1: wait for its outcome in the log.
+    serve.wait_for_log("the first cache load", Duration::from_secs(30), |log| {
+        log.contains(r#""event":"cache.load","outcome":"error""#)
+    });
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    // The first load runs in the background: ask until it has an outcome.
-    let reply = loop {
-        let reply = runtime.block_on(http::get(&sandbox.socket(), "/healthz/cache"));
-        if !reply.text().contains("\"loading\"") {
-            break reply;
-        }
-    };
+    let reply = runtime.block_on(http::get(&sandbox.socket(), "/healthz/cache"));
     assert_eq!(reply.status, 503, "{}", reply.text());
     let body = reply.text();
     assert!(body.contains("\"unavailable\""), "{body}");
