@@ -48,7 +48,10 @@ fn write_value(out: &mut String, value: &Value, style: Style) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+            Some(float) => write_float(out, float),
+            None => out.push_str(&n.to_string()),
+        },
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             out.push('[');
@@ -108,6 +111,49 @@ pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A float as Python's `repr` writes it (and so `json.dumps`): the shortest digits that read
+/// back as the same double, positional while the decimal point falls within 4 places left
+/// and 16 right of the first digit (whole numbers keep `.0`), otherwise `d.ddde+XX`, with
+/// the exponent's sign and at least two of its digits. serde_json writes `1e16` where
+/// Python writes `1e+16`, and the canonical mapping form must match the original's bytes.
+fn write_float(out: &mut String, float: f64) {
+    // Rust's `{:e}` gives the same shortest digits: "d.ddd" or "d", an "e", the exponent.
+    let scientific = format!("{float:e}");
+    let (mantissa, exponent) = scientific.split_at(scientific.find('e').unwrap_or(0));
+    let exponent: i32 = exponent[1..].parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    out.push_str(sign);
+    // Where the decimal point goes, counted from the left of the first digit.
+    let point = exponent + 1;
+    if -4 < point && point <= 16 {
+        if point <= 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', point.unsigned_abs() as usize));
+            out.push_str(&digits);
+        } else if point as usize >= digits.len() {
+            out.push_str(&digits);
+            out.extend(std::iter::repeat_n('0', point as usize - digits.len()));
+            out.push_str(".0");
+        } else {
+            let (whole, fraction) = digits.split_at(point as usize);
+            let _ = write!(out, "{whole}.{fraction}");
+        }
+    } else {
+        let (first, rest) = digits.split_at(1);
+        out.push_str(first);
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_str(rest);
+        }
+        let exponent_sign = if exponent < 0 { '-' } else { '+' };
+        let _ = write!(out, "e{exponent_sign}{:02}", exponent.unsigned_abs());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +195,35 @@ mod tests {
         let value: Value = serde_json::from_str(r#"{"n": 10.5e300}"#).unwrap();
         let again: Value = serde_json::from_str(&dumps(&value, Style::DEFAULT)).unwrap();
         assert_eq!(again, value);
+    }
+
+    #[test]
+    fn floats_are_written_as_python_writes_them() {
+        // Each pair: the float, and Python 3's `json.dumps` of it.
+        let cases = [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (123.456, "123.456"),
+            (1.5e300, "1.5e+300"),
+            (-2.5e-7, "-2.5e-07"),
+            (1e22, "1e+22"),
+            (10.5e300, "1.05e+301"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (0.1, "0.1"),
+            (100.0, "100.0"),
+            (1234567890123456.7, "1234567890123456.8"),
+        ];
+        for (float, python) in cases {
+            assert_eq!(dumps(&json!(float), Style::DEFAULT), python, "{float:e}");
+            // And the text reads back as the same number.
+            let back: f64 = serde_json::from_str(python).unwrap();
+            assert_eq!(back.to_bits(), float.to_bits(), "{python}");
+        }
+        assert_eq!(dumps(&json!([7, -3]), Style::DEFAULT), "[7, -3]");
     }
 }
