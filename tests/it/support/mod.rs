@@ -6,6 +6,7 @@ pub mod debian;
 pub mod http;
 pub mod infisical;
 pub mod machine;
+pub mod notify;
 pub mod podman;
 pub mod podman5;
 pub mod softhsm;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 use psi::config::WithKey;
 use psi::provider::creds::SystemdCreds;
 use tempfile::TempDir;
+
+use notify::NotifySocket;
 
 /// The psi binary cargo built for these tests.
 pub fn psi_bin() -> &'static str {
@@ -242,7 +245,7 @@ impl SlowGate {
 /// in the log.
 pub struct ServeProcess {
     pub child: std::process::Child,
-    notify: std::os::unix::net::UnixDatagram,
+    notify: NotifySocket,
     log: Arc<Log>,
 }
 
@@ -253,19 +256,14 @@ struct Log {
     grew: Condvar,
 }
 
-/// What the stderr reader sends on the notify socket when serve's stderr ends, so a wait
-/// for `READY=1` ends at once when serve exits instead.
-const STDERR_CLOSED: &[u8] = b"psi-test: stderr closed";
-
 impl ServeProcess {
     /// Starts `psi -c <config> serve` from `sandbox`'s command with extra env and waits for
     /// its `READY=1` (sent once `socket` is bound). Its stderr is also copied to `log`, for
     /// a look after a failure.
     pub fn start(mut cmd: Command, socket: &Path, log: PathBuf) -> ServeProcess {
-        let notify_path = log.with_extension("notify");
-        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        let notify = NotifySocket::bind(log.with_extension("notify"));
         let mut child = cmd
-            .env("NOTIFY_SOCKET", &notify_path)
+            .env("NOTIFY_SOCKET", notify.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -273,16 +271,19 @@ impl ServeProcess {
         let shared = Arc::new(Log::default());
         let stderr = child.stderr.take().unwrap();
         let (reader_log, file) = (Arc::clone(&shared), std::fs::File::create(&log).unwrap());
-        std::thread::spawn(move || follow_stderr(stderr, file, &reader_log, &notify_path));
-        let serve = ServeProcess {
+        std::thread::spawn(move || follow_stderr(stderr, file, &reader_log));
+        let mut serve = ServeProcess {
             child,
             notify,
             log: shared,
         };
-        match serve.notification(Duration::from_secs(30)).as_deref() {
-            Some("READY=1") => {}
-            other => panic!("psi serve did not get ready ({other:?}): {}", serve.log()),
-        }
+        let log = Arc::clone(&serve.log);
+        serve.notify.wait_ready(
+            &mut serve.child,
+            "psi serve",
+            Duration::from_secs(30),
+            || lock(&log.text).0.clone(),
+        );
         assert!(
             socket.exists(),
             "READY=1 before {} existed",
@@ -291,13 +292,10 @@ impl ServeProcess {
         serve
     }
 
-    /// The next message serve sent on its notify socket (`READY=1`, `STOPPING=1`), or None
-    /// when its stderr closed (it exited) or nothing came within `timeout`.
+    /// The next message serve sent on its notify socket after `READY=1` (`STOPPING=1`), or
+    /// None when nothing came within `timeout`.
     pub fn notification(&self, timeout: Duration) -> Option<String> {
-        self.notify.set_read_timeout(Some(timeout)).unwrap();
-        let mut buf = [0u8; 256];
-        let n = self.notify.recv(&mut buf).ok()?;
-        (&buf[..n] != STDERR_CLOSED).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+        self.notify.recv(timeout)
     }
 
     /// Everything serve has written to stderr so far; once serve has exited and been
@@ -353,13 +351,8 @@ impl ServeProcess {
 }
 
 /// Copies serve's stderr to `file` and `log` line by line, waking waiters at each line; at
-/// the end, marks the log closed and wakes a wait for a notification too.
-fn follow_stderr(
-    stderr: std::process::ChildStderr,
-    mut file: std::fs::File,
-    log: &Log,
-    notify_path: &Path,
-) {
+/// the end, marks the log closed.
+fn follow_stderr(stderr: std::process::ChildStderr, mut file: std::fs::File, log: &Log) {
     use std::io::{BufRead, Write};
     let mut reader = std::io::BufReader::new(stderr);
     let mut line = Vec::new();
@@ -371,9 +364,6 @@ fn follow_stderr(
     }
     lock(&log.text).1 = true;
     log.grew.notify_all();
-    if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
-        let _ = socket.send_to(STDERR_CLOSED, notify_path);
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -5,12 +5,12 @@
 //! The storage is chosen through `CONTAINERS_STORAGE_CONF` rather than flags because
 //! `psi creds store --register` runs plain `podman secret create` itself.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use super::notify::NotifySocket;
 
 use super::{require_all, run_with_stdin, Sandbox, ServeProcess};
 
@@ -209,10 +209,13 @@ impl PodmanEnv {
         let log = self.sandbox.path().join("podman-service.log");
         // Shell driver commands run inside the service and write here.
         let log_file = std::fs::File::create(&log).unwrap();
+        // Podman sends READY=1 once its socket answers, as it does to systemd.
+        let notify = NotifySocket::bind(self.sandbox.path().join("podman-service.notify"));
         let child = self
             .podman()
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
+            .env("NOTIFY_SOCKET", notify.path())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
@@ -221,21 +224,12 @@ impl PodmanEnv {
             child,
             socket: socket.clone(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !pings(&socket) {
-            if let Ok(Some(status)) = api.child.try_wait() {
-                panic!(
-                    "podman system service exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "podman system service did not answer on {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        notify.wait_ready(
+            &mut api.child,
+            "podman system service",
+            Duration::from_secs(30),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
         self.api = Some(api);
         socket
     }
@@ -266,23 +260,6 @@ impl Drop for ApiService {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// Whether a libpod API service answers `GET /_ping` with 200 on `socket`.
-pub fn pings(socket: &Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut reply = Vec::new();
-    let _ = stream.read_to_end(&mut reply);
-    reply.starts_with(b"HTTP/1.1 200") || reply.starts_with(b"HTTP/1.0 200")
 }
 
 /// A busybox-static root file system as a tarball, built once per test run.

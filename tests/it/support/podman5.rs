@@ -31,7 +31,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::podman::pings;
+use super::notify::NotifySocket;
 use super::{require, require_all, Sandbox, ServeProcess};
 
 /// The busybox image every Podman 5 test imports.
@@ -366,27 +366,20 @@ impl Service {
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file);
         chroot_env(&mut cmd, sandbox);
+        // The sandbox is at the same path inside the chroot, so Podman's READY=1 reaches us.
+        let notify = NotifySocket::bind(sandbox.join("podman5-service.notify"));
+        cmd.env("NOTIFY_SOCKET", notify.path());
         let child = cmd.spawn().unwrap();
         let mut service = Service {
             child,
             namespace: (0, 0),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !pings(&socket) {
-            if let Ok(Some(status)) = service.child.try_wait() {
-                panic!(
-                    "Podman 5 service exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Podman 5 service did not answer on {}: {}",
-                socket.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        notify.wait_ready(
+            &mut service.child,
+            "Podman 5 service",
+            Duration::from_secs(30),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
         service.namespace = mount_namespace(service.child.id()).expect("the service's mount ns");
         service
     }

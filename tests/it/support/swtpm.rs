@@ -38,7 +38,9 @@ impl SoftTpm {
             .args(["--flags", "not-need-init,startup-clear"])
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // swtpm tells no one when it listens (and its --server fd= takes a connection, not
+        // a listening socket), so this is the one readiness wait that polls.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(std::time::Instant::now() < deadline, "swtpm did not start");
             std::thread::sleep(std::time::Duration::from_millis(20));

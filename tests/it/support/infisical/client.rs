@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
@@ -42,7 +43,18 @@ pub fn send(
         _ => return Err(format!("not an http(s) URL: {base_url}")),
     };
     let tcp = TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // A hung exchange ends after 30 s by a shutdown from a watchdog thread, not by a socket
+    // timeout: with one set, a signal (SIGCHLD from any test's child) ends a blocked read
+    // with EINTR whatever SA_RESTART says (signal(7)), and OpenSSL's handshake gives up on it.
+    let watchdog = tcp
+        .try_clone()
+        .map_err(|e| format!("connect {host}: {e}"))?;
+    let (_done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if finished.recv_timeout(Duration::from_secs(30)) == Err(RecvTimeoutError::Timeout) {
+            let _ = watchdog.shutdown(std::net::Shutdown::Both);
+        }
+    });
     let body = body
         .map(|b| serde_json::to_vec(b).unwrap())
         .unwrap_or_default();
