@@ -73,15 +73,20 @@ fn sparse_cache_with(header: &[u8], len: u64) -> (Sandbox, std::path::PathBuf, s
     (sandbox, config, creds)
 }
 
+/// `psi cache status --verify`, bounded, with the cache key in `creds`.
+fn status_verify(sandbox: &Sandbox, config: &Path, creds: &Path) -> Output {
+    let mut cmd = sandbox.psi();
+    cmd.arg("-c")
+        .arg(config)
+        .args(["cache", "status", "--verify"])
+        .env("CREDENTIALS_DIRECTORY", creds);
+    bounded(&cmd)
+}
+
 #[test]
 fn sparse_64_gib_cache_is_refused_by_status_verify() {
     let (sandbox, config, creds) = sparse_cache();
-    let mut cmd = sandbox.psi();
-    cmd.arg("-c")
-        .arg(&config)
-        .args(["cache", "status", "--verify"])
-        .env("CREDENTIALS_DIRECTORY", &creds);
-    let out = bounded(&cmd);
+    let out = status_verify(&sandbox, &config, &creds);
     refused(
         &out,
         1,
@@ -95,12 +100,7 @@ fn sparse_64_gib_cache_is_refused_by_status_verify() {
 #[test]
 fn bad_magic_is_refused_before_the_body_is_read() {
     let (sandbox, config, creds) = sparse_cache_with(b"XSIC\x02\x01", 1 << 30);
-    let mut cmd = sandbox.psi();
-    cmd.arg("-c")
-        .arg(&config)
-        .args(["cache", "status", "--verify"])
-        .env("CREDENTIALS_DIRECTORY", &creds);
-    let out = bounded(&cmd);
+    let out = status_verify(&sandbox, &config, &creds);
     refused(
         &out,
         1,
