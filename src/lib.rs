@@ -26,7 +26,8 @@
 //! - [`provider`]: the `Provider` enum and registry; one module per provider: `creds`
 //!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings),
 //!   `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
-//! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
+//! - [`resolver`]: the one resolver: secret ID -> value (cache in front, provider behind),
+//!   store/delete/list; shared by the server, the one-shot driver and `psi run`.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
 //! - [`systemd`]: `systemctl [--user]`: daemon-reload, enable, start.
@@ -54,9 +55,9 @@ pub mod podman;
 pub mod process;
 pub mod provider;
 pub mod pyjson;
+pub mod resolver;
 pub mod secret;
 pub mod server;
-pub mod service;
 pub mod setup;
 pub mod state;
 pub mod systemd;

@@ -1,6 +1,7 @@
-//! What psi does with a secret ID: lookup, store, delete, list. Shared by the HTTP server and
-//! the one-shot `psi secret ...` driver commands, so both behave the same, log the same
-//! audit events and never write plaintext.
+//! The one resolver: what psi does with a secret ID (lookup, store, delete, list), with the
+//! cache in front and the provider behind. Shared by the HTTP server and the one-shot
+//! `psi secret ...` driver commands, so both behave the same, log the same audit events and
+//! never write plaintext.
 //!
 //! The state directory is read and written on tokio's blocking pool: a file that blocks
 //! (a FIFO, a hung network mount) then holds one pool thread and its own request, never
@@ -22,7 +23,9 @@ use crate::state::StateDir;
 /// gets an error. Podman waits for the driver at container start; an answer beats a hang.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
 
-pub struct Service {
+/// Turns secret IDs into values (and stores, deletes, lists their mappings): the state dir
+/// says which provider, the cache answers first, the provider on a miss.
+pub struct Resolver {
     /// Shared with the blocking-pool tasks that touch it.
     state: Arc<StateDir>,
     registry: Registry,
@@ -31,7 +34,7 @@ pub struct Service {
     cache: CacheState,
 }
 
-/// The encrypted cache as the service sees it.
+/// The encrypted cache as the resolver sees it.
 pub enum CacheState {
     /// `cache.enabled` is false or no backend is configured.
     Disabled,
@@ -41,9 +44,9 @@ pub enum CacheState {
     Live(Arc<LiveCache>),
 }
 
-impl Service {
-    pub fn new(state: StateDir, registry: Registry, raw_values: RawPolicy) -> Service {
-        Service {
+impl Resolver {
+    pub fn new(state: StateDir, registry: Registry, raw_values: RawPolicy) -> Resolver {
+        Resolver {
             state: Arc::new(state),
             registry,
             raw_values,
@@ -60,10 +63,10 @@ impl Service {
         &self.cache
     }
 
-    pub fn from_settings(settings: &Settings) -> Result<Service> {
+    pub fn from_settings(settings: &Settings) -> Result<Resolver> {
         let state = StateDir::new(&settings.state_dir);
         state.warn_if_shared();
-        Ok(Service::new(
+        Ok(Resolver::new(
             state,
             Registry::from_config(&settings.providers, &settings.state_dir)?,
             settings.raw_values,
