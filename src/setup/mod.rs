@@ -12,6 +12,7 @@
 
 mod cached;
 pub mod desired;
+pub mod discover;
 pub mod plan;
 mod report;
 
@@ -23,15 +24,15 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::podman::Podman;
-use crate::provider::infisical::{self, Infisical};
 use crate::provider::Registry;
 use crate::secret::SecretId;
-use crate::secret::SecretValue;
 use crate::state::StateDir;
 use crate::unitgen::dropin::{self, DropIn};
 use crate::unitgen::units;
 
-use desired::{Desired, Found, Missing};
+use desired::Desired;
+pub use discover::DiscoverError;
+use discover::Discoverer;
 use plan::{Action, Existing, WorkloadPlan};
 pub use report::{CheckReport, Classification, SetupReport, WorkloadReport};
 
@@ -81,124 +82,8 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-/// Why one workload could not be discovered.
-#[derive(Debug)]
-pub enum DiscoverError {
-    /// A source could not be listed.
-    Source {
-        source: usize,
-        location: String,
-        error: Error,
-    },
-    /// Keys named in `env`/`files` that the sources do not have.
-    Missing(Vec<Missing>),
-    /// The workload's provider has nothing to discover (its secrets are registered one by
-    /// one, as with the original's nitrokeyhsm workloads): not a failure.
-    Skipped(String),
-    /// Discovery cannot run at all.
-    Unsupported(String),
-}
-
-impl std::fmt::Display for DiscoverError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DiscoverError::Source {
-                source,
-                location,
-                error,
-            } => write!(f, "secrets[{source}] ({location}): {error}"),
-            DiscoverError::Missing(missing) => {
-                let keys: Vec<String> = missing
-                    .iter()
-                    .map(|m| format!("{} (secrets[{}], {})", m.key, m.source, m.location))
-                    .collect();
-                write!(f, "not found in Infisical: {}", keys.join(", "))
-            }
-            DiscoverError::Skipped(message) | DiscoverError::Unsupported(message) => {
-                f.write_str(message)
-            }
-        }
-    }
-}
-
-/// Lists sources once per run, however many workloads read them.
-struct Discoverer<'a> {
-    infisical: Option<&'a Infisical>,
-    listings: HashMap<(String, String, bool, bool), Vec<Found>>,
-    /// Every listed value by its mapping's bytes: what setup writes into the cache, so the
-    /// cache costs no extra API call.
-    values: HashMap<Vec<u8>, SecretValue>,
-}
-
-impl<'a> Discoverer<'a> {
-    fn new(infisical: Option<&'a Infisical>) -> Discoverer<'a> {
-        Discoverer {
-            infisical,
-            listings: HashMap::new(),
-            values: HashMap::new(),
-        }
-    }
-
-    async fn workload(
-        &mut self,
-        name: &str,
-        config: &WorkloadConfig,
-    ) -> std::result::Result<Desired, DiscoverError> {
-        if config.provider != infisical::NAME {
-            return Err(DiscoverError::Skipped(format!(
-                "provider '{}' has nothing to discover; its secrets are created with 'psi {} store NAME --register'",
-                config.provider,
-                match config.provider.as_str() {
-                    "systemd-creds" => "creds",
-                    other => other,
-                }
-            )));
-        }
-        let client = self.infisical.ok_or_else(|| {
-            DiscoverError::Unsupported("providers.infisical is not configured".into())
-        })?;
-        let mut listings = Vec::with_capacity(config.secrets.len());
-        for (index, source) in config.secrets.iter().enumerate() {
-            let key = (
-                source.project.clone(),
-                source.path.clone(),
-                source.recursive,
-                source.include_imports,
-            );
-            if !self.listings.contains_key(&key) {
-                tracing::info!(workload = name, project = %source.project, path = %source.path, recursive = source.recursive, "listing");
-                let listed = client
-                    .list(
-                        &source.project,
-                        &source.path,
-                        source.recursive,
-                        source.include_imports,
-                    )
-                    .await
-                    .map_err(|error| DiscoverError::Source {
-                        source: index,
-                        location: format!("{}:{}", source.project, source.path),
-                        error,
-                    })?;
-                let mut found = Vec::with_capacity(listed.len());
-                for l in listed {
-                    let mapping = infisical::mapping(&source.project, &l.path, &l.key);
-                    self.values.insert(mapping.to_bytes(), l.value);
-                    found.push(Found {
-                        key: l.key,
-                        path: l.path,
-                    });
-                }
-                self.listings.insert(key.clone(), found);
-            }
-            listings.push(self.listings[&key].clone());
-        }
-        desired::desired(name, config, &listings).map_err(DiscoverError::Missing)
-    }
-}
-
-/// The configured providers (nothing connects until used): Infisical for discovery, and
-/// the HSM when it keys the cache.
+/// The configured providers (nothing connects until used): discovery asks them, and the
+/// HSM keys the cache when configured so.
 fn registry(settings: &Settings) -> Result<Registry> {
     Registry::from_config(&settings.providers, &settings.state_dir)
 }
@@ -208,7 +93,7 @@ fn registry(settings: &Settings) -> Result<Registry> {
 pub async fn check(settings: &Settings, names: &[String]) -> Result<CheckReport> {
     let workloads = selected(settings, None, names)?;
     let registry = registry(settings)?;
-    let mut discoverer = Discoverer::new(registry.infisical());
+    let mut discoverer = Discoverer::new(&registry);
     let mut report = CheckReport::default();
     for (name, config) in workloads {
         let outcome = discoverer.workload(name, config).await;
@@ -217,44 +102,10 @@ pub async fn check(settings: &Settings, names: &[String]) -> Result<CheckReport>
     Ok(report)
 }
 
-/// The secrets of workload `name` as `psi run` uses them: every key its sources yield, by
-/// key, and the environment variables setup would deliver (`VAR -> KEY`). Resolved through
-/// the same discovery as `psi check`, so both agree on what the config asks for.
-pub async fn workload_values(
-    settings: &Settings,
-    name: &str,
-) -> Result<(BTreeMap<String, SecretValue>, Vec<(String, String)>)> {
+/// The configuration of workload `name`; a usage error names the configured ones.
+pub fn workload_config<'a>(settings: &'a Settings, name: &str) -> Result<&'a WorkloadConfig> {
     let workloads = selected(settings, None, &[name.to_owned()])?;
-    let registry = registry(settings)?;
-    let mut discoverer = Discoverer::new(registry.infisical());
-    let (name, config) = workloads[0];
-    let desired = discoverer
-        .workload(name, config)
-        .await
-        .map_err(|why| Error::Failed(format!("workload {name}: {why}")))?;
-    let prefix = desired::secret_name(name, "");
-    let mut values = BTreeMap::new();
-    for (secret, mapping) in &desired.secrets {
-        let key = secret.strip_prefix(&prefix).unwrap_or(secret);
-        if let Some(value) = discoverer.values.remove(mapping) {
-            values.insert(key.to_owned(), value);
-        }
-    }
-    let env = desired
-        .lines
-        .iter()
-        .filter_map(|line| match &line.delivery {
-            dropin::Delivery::Env { var } => Some((
-                var.clone(),
-                line.name
-                    .strip_prefix(&prefix)
-                    .unwrap_or(&line.name)
-                    .to_owned(),
-            )),
-            dropin::Delivery::Mount { .. } => None,
-        })
-        .collect();
-    Ok((values, env))
+    Ok(workloads[0].1)
 }
 
 /// `psi setup`.
@@ -279,7 +130,7 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     };
     // Podman first: without it there is nothing to apply, so fail before asking Infisical.
     let shell = shell_secrets(&podman, &state).await?;
-    let mut discoverer = Discoverer::new(registry.infisical());
+    let mut discoverer = Discoverer::new(&registry);
     let mut discovered = Vec::new();
     for (name, config) in &workloads {
         tracing::info!(workload = name, "discovering");
@@ -376,7 +227,7 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         }
     };
     if !options.dry_run {
-        report.cache = cached::write(settings, &registry, &discoverer.values, &fresh, &keep).await;
+        report.cache = cached::write(settings, &registry, discoverer.values(), &fresh, &keep).await;
     }
     if reload {
         match crate::systemd::daemon_reload(settings.scope).await {
