@@ -44,10 +44,7 @@ fn selections(args: &[String]) -> Result<Vec<(String, String)>> {
 /// serve answering, no drop-in, no Podman API): then the provider is asked directly.
 async fn via_serve(settings: &Settings, workload: &str) -> Option<Result<WorkloadSecrets>> {
     crate::client::healthcheck(&settings.socket_path, false, None).ok()?;
-    let path = settings
-        .systemd_dir
-        .join(dropin::dir_name(workload))
-        .join(dropin::FILE_NAME);
+    let path = crate::setup::dropin_path(settings, workload);
     let text = crate::fsutil::read_capped_text(&path, crate::fsutil::CONFIG).ok()?;
     let podman = crate::podman::Podman::new(crate::podman::configured_socket(settings).ok()?);
     let ids: BTreeMap<String, String> = podman

@@ -1,39 +1,43 @@
 //! `psi setup` and `psi check`: discover -> plan -> apply (DESIGN.md section 2).
 //!
-//! - **discover** asks each workload's provider for its sources (one listing per distinct
-//!   source per run, shared between workloads) and builds the [`Desired`] state;
-//! - **plan** ([`plan`]) diffs it against Podman's secrets, their mapping files and the
-//!   drop-ins on disk: pure data;
-//! - **apply** carries the plan out through the libpod API and atomic writes, then reloads
-//!   systemd once if a drop-in changed.
+//! - **discover** ([`discover`]) asks each workload's provider for its sources (one listing
+//!   per distinct source per run, shared between workloads) and builds the [`Desired`] state;
+//! - **plan** reads Podman's secrets, their mapping files and the drop-ins on disk, and
+//!   diffs them per workload ([`plan::plan`]) into the whole run's [`SetupPlan`]: pure data;
+//! - **apply** (`apply.rs`) carries the plan out through the libpod API and atomic writes,
+//!   rebuilds the cache, then reloads systemd once if a drop-in changed;
+//! - **report** ([`SetupReport::of`]) tells what the plan would do (`--dry-run`) or what
+//!   apply did, as text or `--json`.
 //!
 //! Workloads are independent: one that fails is reported and the others still run; its
 //! Podman secrets and drop-in are left as they were.
 
+mod apply;
 mod cached;
 pub mod desired;
 pub mod discover;
 pub mod plan;
 mod report;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{Settings, WorkloadConfig};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::podman::Podman;
 use crate::provider::Registry;
 use crate::secret::SecretId;
 use crate::state::StateDir;
+use crate::unitgen::driver_conf::DriverOpts;
 use crate::unitgen::dropin::{self, DropIn};
 use crate::unitgen::units;
 
 use desired::Desired;
 pub use discover::DiscoverError;
 use discover::Discoverer;
-use plan::{Action, Existing, WorkloadPlan};
+pub use plan::SetupPlan;
+use plan::{Existing, Step, WorkloadStep};
 pub use report::{CheckReport, Classification, SetupReport, WorkloadReport};
 
 /// What `psi setup` was asked to do.
@@ -108,7 +112,7 @@ pub fn workload_config<'a>(settings: &'a Settings, name: &str) -> Result<&'a Wor
     Ok(workloads[0].1)
 }
 
-/// `psi setup`.
+/// `psi setup`: plan the whole run, apply it unless this is a dry run, report.
 pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport> {
     let workloads = selected(settings, options.provider.as_deref(), &[])?;
     let registry = registry(settings)?;
@@ -119,8 +123,6 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     if !options.dry_run {
         driver.write_token_file()?;
     }
-    let current_opts = driver.opts(options.fix_opts);
-
     // One setup at a time (a timer and an operator may start one together): two runs would
     // both create the same secret names. Held until this function returns.
     let _lock = if options.dry_run {
@@ -128,116 +130,108 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
     } else {
         Some(state.lock_setup().await?)
     };
-    // Podman first: without it there is nothing to apply, so fail before asking Infisical.
-    let shell = shell_secrets(&podman, &state).await?;
     let mut discoverer = Discoverer::new(&registry);
-    let mut discovered = Vec::new();
-    for (name, config) in &workloads {
-        tracing::info!(workload = name, "discovering");
-        discovered.push((*name, *config, discoverer.workload(name, config).await));
+    let plan = plan_run(
+        settings,
+        options,
+        &workloads,
+        driver.opts(options.fix_opts),
+        &podman,
+        &state,
+        &mut discoverer,
+    )
+    .await?;
+    if options.dry_run {
+        return Ok(SetupReport::of(&plan, None));
     }
+    let applied = apply::apply(
+        settings,
+        &plan,
+        &podman,
+        &state,
+        &registry,
+        discoverer.values(),
+    )
+    .await;
+    Ok(SetupReport::of(&plan, Some(applied)))
+}
 
-    let names: Vec<&str> = settings.file.workloads.keys().map(String::as_str).collect();
-    let mut report = SetupReport::new(options.dry_run);
-    report.classification = Some(Classification::of(&shell, &current_opts, &names, |w| {
-        read_dropin(settings, w)
-    }));
-    let mut reload = false;
-    // For a dry run's projection of the state after it: the shell secrets and drop-ins as
-    // each workload's plan would leave them.
-    let mut projected = shell.clone();
-    let mut planned_dropins: HashMap<&str, String> = HashMap::new();
-    // For the cache: the mappings whose fresh values go in, and those of failed workloads,
-    // whose previous entries stay.
-    let mut fresh: Vec<Vec<u8>> = Vec::new();
-    let mut keep: Vec<Vec<u8>> = Vec::new();
-    for (name, config, outcome) in discovered {
-        let owned: Vec<Existing> = shell
-            .iter()
-            .filter(|e| plan::owner(&e.name, names.iter().copied()) == Some(name))
-            .cloned()
-            .collect();
-        let desired = match outcome {
-            Ok(desired) => desired,
+/// The plan step: reads what is (Podman's secrets and their mappings, the drop-ins),
+/// discovers what should be, and diffs the two per workload.
+async fn plan_run(
+    settings: &Settings,
+    options: &Options,
+    workloads: &[(&str, &WorkloadConfig)],
+    opts: DriverOpts,
+    podman: &Podman,
+    state: &StateDir,
+    discoverer: &mut Discoverer<'_>,
+) -> Result<SetupPlan> {
+    // Podman first: without it there is nothing to apply, so fail before asking a provider.
+    let shell = shell_secrets(podman, state).await?;
+    let names: Vec<String> = settings.file.workloads.keys().cloned().collect();
+    let dropins: BTreeMap<String, String> = names
+        .iter()
+        .filter_map(|name| Some((name.clone(), read_dropin(settings, name)?)))
+        .collect();
+    let mut plan = SetupPlan {
+        dry_run: options.dry_run,
+        names,
+        shell,
+        dropins,
+        opts,
+        workloads: Vec::with_capacity(workloads.len()),
+    };
+    for (name, config) in workloads {
+        tracing::info!(workload = name, "discovering");
+        let step = match discoverer.workload(name, config).await {
+            Ok(desired) => plan_workload(settings, options, &plan, name, config, desired),
             Err(DiscoverError::Skipped(why)) => {
                 tracing::info!(workload = name, "{why}");
-                report.skipped(name, why);
-                continue;
+                Step::Skipped(why)
             }
             Err(err) => {
                 tracing::error!(workload = name, error = %err, "workload failed");
-                report.failed(name, err.to_string());
-                keep.extend(owned.into_iter().filter_map(|e| e.mapping));
-                continue;
+                Step::Failed(err.to_string())
             }
         };
-        fresh.extend(desired.secrets.values().cloned());
-        let rendered = dropin::render(&DropIn {
-            psi_units: &units::secret_units(&config.provider),
-            depends_on: &config.depends_on,
-            secrets: &desired.lines,
+        plan.workloads.push(WorkloadStep {
+            name: (*name).to_owned(),
+            step,
         });
-        let current = read_dropin(settings, name);
-        let plan = plan::plan(
-            &desired,
-            &owned,
-            &current_opts,
-            &config.provider,
-            &rendered,
-            current.as_deref(),
-            options.prune,
-        );
-        let path = dropin_path(settings, name);
-        if options.dry_run {
-            report.planned(name, &desired, &plan, &path);
-            plan.project(&mut projected, &desired, &current_opts.commands);
-            if let Some(text) = plan.dropin {
-                planned_dropins.insert(name, text);
-            }
-            continue;
-        }
-        match apply(&podman, &desired, &plan, &current_opts.commands, &path).await {
-            Ok(()) => {
-                reload |= plan.dropin.is_some();
-                report.applied(name, &desired, &plan, &path);
-            }
-            Err((done, err)) => {
-                tracing::error!(workload = name, error = %err, "workload failed");
-                report.partly_applied(name, &desired, &plan, done, err.to_string());
-                keep.extend(owned.into_iter().filter_map(|e| e.mapping));
-            }
-        }
     }
-    // A real run reports what Podman holds now, not what it meant to do.
-    let after = if options.dry_run {
-        Ok(projected)
-    } else {
-        shell_secrets(&podman, &state).await
-    };
-    report.after = match after {
-        Ok(secrets) => Some(Classification::of(&secrets, &current_opts, &names, |w| {
-            planned_dropins
-                .get(w)
-                .cloned()
-                .or_else(|| read_dropin(settings, w))
-        })),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot list Podman's secrets after the run; the report leaves out the state after it");
-            None
-        }
-    };
-    if !options.dry_run {
-        report.cache = cached::write(settings, &registry, discoverer.values(), &fresh, &keep).await;
+    Ok(plan)
+}
+
+/// One workload's step, from what it should have and what the run found.
+fn plan_workload(
+    settings: &Settings,
+    options: &Options,
+    run: &SetupPlan,
+    name: &str,
+    config: &WorkloadConfig,
+    desired: Desired,
+) -> Step {
+    let owned: Vec<Existing> = run.owned(name).cloned().collect();
+    let rendered = dropin::render(&DropIn {
+        psi_units: &units::secret_units(&config.provider),
+        depends_on: &config.depends_on,
+        secrets: &desired.lines,
+    });
+    let plan = plan::plan(
+        &desired,
+        &owned,
+        &run.opts,
+        &config.provider,
+        &rendered,
+        run.dropins.get(name).map(String::as_str),
+        options.prune,
+    );
+    Step::Planned {
+        desired,
+        plan,
+        dropin_path: dropin_path(settings, name),
     }
-    if reload {
-        match crate::systemd::daemon_reload(settings.scope).await {
-            Ok(()) => report.reloaded = true,
-            Err(err) => {
-                tracing::warn!(error = %err, "drop-ins changed, but systemd could not be reloaded; run 'systemctl daemon-reload' before starting the containers")
-            }
-        }
-    }
-    Ok(report)
 }
 
 /// Podman's shell-driver secrets with their mapping files.
@@ -264,7 +258,8 @@ async fn shell_secrets(podman: &Podman, state: &StateDir) -> Result<Vec<Existing
         .collect())
 }
 
-fn dropin_path(settings: &Settings, workload: &str) -> PathBuf {
+/// Where workload `workload`'s drop-in is.
+pub fn dropin_path(settings: &Settings, workload: &str) -> PathBuf {
     settings
         .systemd_dir
         .join(dropin::dir_name(workload))
@@ -275,63 +270,4 @@ fn read_dropin(settings: &Settings, workload: &str) -> Option<String> {
     crate::fsutil::read_capped_text(&dropin_path(settings, workload), crate::fsutil::CONFIG)
         .ok()
         .map(|text| text.to_string())
-}
-
-/// Carries out one workload's plan. Podman first, then the drop-in, and the drop-in only when
-/// every Podman change worked, so a container is never pointed at a secret that is not
-/// there. On failure, returns how many actions were done.
-async fn apply(
-    podman: &Podman,
-    desired: &Desired,
-    plan: &WorkloadPlan,
-    opts: &BTreeMap<String, String>,
-    dropin_path: &std::path::Path,
-) -> std::result::Result<(), (usize, Error)> {
-    for (done, action) in plan.actions.iter().enumerate() {
-        let result = match action {
-            Action::Create { name } => create(podman, name, desired, opts).await,
-            Action::Replace { name, id, .. } => {
-                // Podman 4 has no replace: remove, then create under the same name.
-                match podman.remove_secret(id).await {
-                    Ok(_) => create(podman, name, desired, opts).await,
-                    Err(err) => Err(err),
-                }
-            }
-            Action::Remove { id, .. } => podman.remove_secret(id).await.map(drop),
-            Action::Keep { .. } | Action::Drift { .. } => Ok(()),
-        };
-        if let Err(err) = result {
-            return Err((
-                done,
-                err.context(format!("podman secret {}", action.name())),
-            ));
-        }
-        if action.changes_podman() {
-            tracing::info!(event = "setup.apply", secret = action.name(), action = ?action, outcome = "success");
-        }
-    }
-    if let Some(text) = &plan.dropin {
-        let write = || -> Result<()> {
-            if let Some(dir) = dropin_path.parent() {
-                fsutil::ensure_dir(dir, 0o755)?;
-            }
-            fsutil::write_atomic(dropin_path, text.as_bytes(), 0o644)
-        };
-        write().map_err(|err| (plan.actions.len(), err))?;
-        tracing::info!(event = "setup.apply", path = %dropin_path.display(), outcome = "success", "drop-in written");
-    }
-    Ok(())
-}
-
-async fn create(
-    podman: &Podman,
-    name: &str,
-    desired: &Desired,
-    opts: &BTreeMap<String, String>,
-) -> Result<()> {
-    let mapping = &desired.secrets[name];
-    podman
-        .create_secret(name, "shell", opts, mapping)
-        .await
-        .map(drop)
 }
