@@ -28,7 +28,7 @@ use crate::config::validate_socket_token;
 use crate::server::routes::MAX_BODY;
 
 /// How long the client waits on the socket. psi answers a stalled provider with a 503
-/// after 30 seconds (`service::LOOKUP_DEADLINE`); this only stops a wedged server from
+/// after 30 seconds (`resolver::LOOKUP_DEADLINE`); this only stops a wedged server from
 /// holding a container start forever.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -23,16 +23,21 @@
 //! - [`state`]: the state directory, the one place that knows its layout.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
-//! - [`provider`]: the `Provider` enum and registry; one module per provider: `creds`
-//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings),
-//!   `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
-//! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
+//! - [`provider`]: the `Provider` enum (lookup, seal, and `discover` where it applies) and
+//!   registry; one module per provider: `creds` (systemd-creds), `infisical/` (HTTP client,
+//!   auth and token cache, SigV4, listings), `nitrokeyhsm/` (PKCS#11 token on its own
+//!   thread, hybrid envelope).
+//! - [`resolver`]: the one resolver: secret ID -> value (cache in front, provider behind),
+//!   store/delete/list, and a workload's secrets; shared by the server, the one-shot driver
+//!   and `psi run`.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
-//! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
+//! - [`setup`]: `psi setup` and `psi check`: discover (through the providers) -> a whole-run
+//!   plan (pure data, what `--dry-run` prints) -> apply -> report.
 //! - [`systemd`]: `systemctl [--user]`: daemon-reload, enable, start.
-//! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins, the pcscd
-//!   sidecar's Containerfile and quadlets, `units`: the appliance's services, quadlets and
-//!   timers for `psi systemd install`, `butane`: Butane YAML and Ignition JSON).
+//! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins and their
+//!   reader, the pcscd sidecar's Containerfile and quadlets, `units`: the appliance's
+//!   services, quadlets and timers for `psi systemd install`, `butane`: Butane YAML and
+//!   Ignition JSON).
 //! - [`commands`]: one module per command group; the only place that builds a runtime.
 //! - [`client`]: `psi client`, the driver commands as a minimal blocking HTTP client (no
 //!   runtime, no logging), which `main.rs` dispatches first; also `psi healthcheck`.
@@ -54,9 +59,9 @@ pub mod podman;
 pub mod process;
 pub mod provider;
 pub mod pyjson;
+pub mod resolver;
 pub mod secret;
 pub mod server;
-pub mod service;
 pub mod setup;
 pub mod state;
 pub mod systemd;

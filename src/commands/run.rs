@@ -1,5 +1,6 @@
-//! `psi run`: resolve secrets (a workload's, or a project folder's) and `exec` a command with
-//! them added to its environment. psi is replaced by the command, so signals reach it and
+//! `psi run`: resolve secrets (a workload's, or a project folder's) through the
+//! [`Resolver`] (or, for a workload, through a running `psi serve`, as its container gets
+//! them) and `exec` a command with them added to its environment. psi is replaced by the command, so signals reach it and
 //! its exit status is the caller's; nothing is written to disk, and values appear in neither
 //! argv nor logs (only in the new process's environment).
 
@@ -11,7 +12,10 @@ use std::os::unix::process::CommandExt;
 use crate::cli::RunArgs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::provider::{infisical, Source};
+use crate::resolver::{Resolver, WorkloadSecrets};
 use crate::secret::SecretValue;
+use crate::unitgen::dropin;
 
 /// The environment to add: variable name -> value.
 type Env = Vec<(String, SecretValue)>;
@@ -37,17 +41,10 @@ fn selections(args: &[String]) -> Result<Vec<(String, String)>> {
 /// A workload's secrets through a running `psi serve`, as its container would get them: the
 /// drop-in names the Podman secrets and their variables, Podman gives their IDs, serve the
 /// values (from its cache when the provider is down). `None` when that path is not there (no
-/// serve answering, no drop-in, no Podman API): then the providers are asked directly.
-async fn via_serve(
-    settings: &Settings,
-    workload: &str,
-) -> Option<Result<(BTreeMap<String, SecretValue>, Vec<(String, String)>)>> {
-    use crate::unitgen::dropin;
+/// serve answering, no drop-in, no Podman API): then the provider is asked directly.
+async fn via_serve(settings: &Settings, workload: &str) -> Option<Result<WorkloadSecrets>> {
     crate::client::healthcheck(&settings.socket_path, false, None).ok()?;
-    let path = settings
-        .systemd_dir
-        .join(dropin::dir_name(workload))
-        .join(dropin::FILE_NAME);
+    let path = crate::setup::dropin_path(settings, workload);
     let text = crate::fsutil::read_capped_text(&path, crate::fsutil::CONFIG).ok()?;
     let podman = crate::podman::Podman::new(crate::podman::configured_socket(settings).ok()?);
     let ids: BTreeMap<String, String> = podman
@@ -57,77 +54,80 @@ async fn via_serve(
         .into_iter()
         .map(|s| (s.name, s.id))
         .collect();
-    let prefix = crate::setup::desired::secret_name(workload, "");
     let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
-    let mut values = BTreeMap::new();
-    let mut env = Vec::new();
-    for line in text.lines() {
-        let Some(fields) = line.trim().strip_prefix("Secret=") else {
-            continue;
-        };
-        let mut parts = fields.split(',');
-        let name = parts.next().unwrap_or_default().trim();
-        let key = name.strip_prefix(&prefix).unwrap_or(name).to_owned();
-        let options: Vec<&str> = parts.collect();
-        let var = options
-            .iter()
-            .find_map(|o| o.strip_prefix("target="))
-            .filter(|_| options.contains(&"type=env"));
-        if !values.contains_key(&key) {
-            let Some(id) = ids.get(name) else {
-                return Some(Err(Error::Failed(format!(
+    Some(WorkloadSecrets::from_lines(
+        workload,
+        &dropin::read(&text),
+        |name| {
+            let id = ids.get(name).ok_or_else(|| {
+                Error::Failed(format!(
                     "the drop-in of {workload} names the Podman secret {name}, which Podman does not have; run psi setup"
-                ))));
-            };
-            match crate::client::lookup(&settings.socket_path, token, id) {
-                Ok(value) => {
-                    values.insert(key.clone(), value);
-                }
-                Err(why) => return Some(Err(Error::Failed(format!("{name}: {why}")))),
-            }
-        }
-        if let Some(var) = var {
-            env.push((var.to_owned(), key));
-        }
-    }
-    Some(Ok((values, env)))
+                ))
+            })?;
+            crate::client::lookup(&settings.socket_path, token, id)
+                .map_err(|why| Error::Failed(format!("{name}: {why}")))
+        },
+    ))
 }
 
-/// Resolves what `psi run` adds to the environment (async: it asks Infisical).
+/// The keys of an Infisical folder (`--project ALIAS --path /p`), each as the variable of its
+/// own name when that is a valid one (the others are only selectable with `--env`).
+async fn folder(
+    settings: &Settings,
+    project: &str,
+    path: &str,
+    warn: bool,
+) -> Result<WorkloadSecrets> {
+    let config = settings
+        .providers
+        .infisical
+        .as_ref()
+        .ok_or_else(|| Error::Usage("providers.infisical is not configured".into()))?;
+    super::infisical::check_project(config, project)?;
+    let source = Source {
+        project,
+        path,
+        recursive: false,
+        include_imports: true,
+    };
+    let listed = Resolver::from_settings(settings)?
+        .discover(infisical::NAME, &source)
+        .await?;
+    let mut secrets = WorkloadSecrets {
+        values: BTreeMap::new(),
+        env: Vec::new(),
+    };
+    for found in listed {
+        if super::infisical::is_shell_name(&found.key) {
+            secrets.env.push((found.key.clone(), found.key.clone()));
+        } else if warn {
+            eprintln!(
+                "warning: skipping '{}': not a valid environment variable name (select it with --env VAR={})",
+                found.key, found.key
+            );
+        }
+        secrets.values.insert(found.key, found.value);
+    }
+    Ok(secrets)
+}
+
+/// Resolves what `psi run` adds to the environment (async: it asks serve or the provider).
 pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
     let wanted = selections(&args.env)?;
-    let (values, default_env): (BTreeMap<String, SecretValue>, Vec<(String, String)>) = match (
-        &args.workload,
-        &args.project,
-    ) {
+    let WorkloadSecrets {
+        values,
+        env: default_env,
+    } = match (&args.workload, &args.project) {
         (Some(workload), _) => match via_serve(settings, workload).await {
             Some(found) => found?,
-            None => crate::setup::workload_values(settings, workload).await?,
-        },
-        (None, Some(project)) => {
-            let config = settings
-                .providers
-                .infisical
-                .as_ref()
-                .ok_or_else(|| Error::Usage("providers.infisical is not configured".into()))?;
-            super::infisical::check_project(config, project)?;
-            let client = super::infisical::client(settings)?;
-            let listed = client.list(project, &args.path, false, true).await?;
-            let mut values = BTreeMap::new();
-            let mut env = Vec::new();
-            for l in listed {
-                if super::infisical::is_shell_name(&l.key) {
-                    env.push((l.key.clone(), l.key.clone()));
-                } else if wanted.is_empty() {
-                    eprintln!(
-                            "warning: skipping '{}': not a valid environment variable name (select it with --env VAR={})",
-                            l.key, l.key
-                        );
-                }
-                values.insert(l.key, l.value);
+            None => {
+                let config = crate::setup::workload_config(settings, workload)?;
+                Resolver::from_settings(settings)?
+                    .workload(workload, config)
+                    .await?
             }
-            (values, env)
-        }
+        },
+        (None, Some(project)) => folder(settings, project, &args.path, wanted.is_empty()).await?,
         (None, None) => {
             return Err(Error::Usage(
                 "psi run needs --workload NAME or --project ALIAS".into(),

@@ -1,30 +1,30 @@
 //! `psi secret store|lookup|delete|list`: the shell driver as one process per call, with
-//! `SECRET_ID` from the environment. Same service and audit events as `psi serve`.
+//! `SECRET_ID` from the environment. Same resolver and audit events as `psi serve`.
 
 use crate::cli::SecretCommand;
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::resolver::Resolver;
 use crate::secret::{secret_id_from_env, SecretId};
 use crate::server::routes::MAX_BODY;
-use crate::service::Service;
 
 pub async fn run(settings: &Settings, command: SecretCommand) -> Result<()> {
-    let service = Service::from_settings(settings)?;
+    let resolver = Resolver::from_settings(settings)?;
     match command {
         SecretCommand::Store => {
             let id = secret_id()?;
             let body = super::read_stdin(MAX_BODY)?;
-            service.store(&id, &body).await
+            resolver.store(&id, &body).await
         }
         SecretCommand::Lookup => {
             let id = secret_id()?;
-            let value = service.lookup(&id).await?;
+            let value = resolver.lookup(&id).await?;
             super::write_stdout(value.expose())
         }
-        SecretCommand::Delete => service.delete(&secret_id()?).await,
+        SecretCommand::Delete => resolver.delete(&secret_id()?).await,
         SecretCommand::List => {
             let mut text = String::new();
-            for id in service.list().await? {
+            for id in resolver.list().await? {
                 text.push_str(&id);
                 text.push('\n');
             }

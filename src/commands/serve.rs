@@ -9,8 +9,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cache::{self, live::LiveCache};
 use crate::config::{process_env, CredentialSource, Settings};
 use crate::error::{Error, Result};
+use crate::resolver::{CacheState, Resolver};
 use crate::server::{self, App};
-use crate::service::{CacheState, Service};
 
 /// How long start-up waits for the first cache load before taking requests anyway (a TPM
 /// key loads a 10,000-entry cache in milliseconds; a slow token must not hold up `/healthz`:
@@ -25,11 +25,11 @@ pub async fn run(settings: Settings) -> Result<()> {
             "no config file; running with defaults (provider: systemd-creds)"
         );
     }
-    let mut service = Service::from_settings(&settings)?;
-    service.set_cache(open_cache(&settings, &service).await);
+    let mut resolver = Resolver::from_settings(&settings)?;
+    resolver.set_cache(open_cache(&settings, &resolver).await);
     // Configured, not yet connected: Infisical logs in and the HSM opens its session on the
     // first lookup (they log their own `provider.open`), so start-up never waits on them.
-    for name in service.registry().names() {
+    for name in resolver.registry().names() {
         tracing::info!(
             event = "provider.ready",
             provider = name,
@@ -71,7 +71,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         tracing::info!(signal = name, "stopping: finishing in-flight requests");
         server::notify(&process_env, "STOPPING=1");
     };
-    let app = Arc::new(App::new(service, token, server::Limits::default()));
+    let app = Arc::new(App::new(resolver, token, server::Limits::default()));
     let result = server::run(bound.listener, app, shutdown).await;
     bound.file.remove();
     // A request that outlived the grace period was cut off: psi still stops as asked (the
@@ -98,8 +98,8 @@ fn raise_open_file_limit() {
 }
 
 /// The encrypted cache, if configured: its backend opened and its first load started.
-async fn open_cache(settings: &Settings, service: &Service) -> CacheState {
-    match cache::Backend::from_settings(settings, service.registry()) {
+async fn open_cache(settings: &Settings, resolver: &Resolver) -> CacheState {
+    match cache::Backend::from_settings(settings, resolver.registry()) {
         Ok(None) => {
             tracing::info!(
                 event = "cache.open",

@@ -1,6 +1,7 @@
-//! Providers resolve a mapping to a value. `Provider` is an enum, not a trait object: the set
-//! is closed, a `match` is exhaustive when one is added (one module plus one arm), and async
-//! methods need no boxing.
+//! Providers resolve a mapping to a value, seal values (where they can) and discover what a
+//! source holds (where they can: Infisical lists folders). `Provider` is an enum, not a trait
+//! object: the set is closed, a `match` is exhaustive when one is added (one module plus one
+//! arm), and async methods need no boxing.
 
 pub mod creds;
 pub mod infisical;
@@ -9,9 +10,41 @@ pub mod nitrokeyhsm;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{ProvidersConfig, SealWith};
+use crate::config::{ProvidersConfig, SealWith, SecretSource};
 use crate::error::{Error, Result};
 use crate::secret::{Mapping, SecretId, SecretValue};
+
+/// Where discovery looks: one source of a workload (`secrets[i]`), or `psi run --project`'s
+/// folder.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub project: &'a str,
+    pub path: &'a str,
+    pub recursive: bool,
+    pub include_imports: bool,
+}
+
+impl<'a> From<&'a SecretSource> for Source<'a> {
+    fn from(source: &'a SecretSource) -> Source<'a> {
+        Source {
+            project: &source.project,
+            path: &source.path,
+            recursive: source.recursive,
+            include_imports: source.include_imports,
+        }
+    }
+}
+
+/// One key a provider found in a source: the mapping that resolves it, and its value now
+/// (the listing carries it, so setup fills the cache and `psi run` starts a command without
+/// one more call per key).
+pub struct Discovered {
+    pub key: String,
+    /// The folder a lookup asks (own secrets: their folder; imports: the importing folder).
+    pub path: String,
+    pub mapping: Mapping,
+    pub value: SecretValue,
+}
 
 pub enum Provider {
     SystemdCreds(creds::SystemdCreds),
@@ -37,6 +70,41 @@ impl Provider {
             Provider::SystemdCreds(p) => p.lookup(mapping).await,
             Provider::Infisical(p) => p.lookup(mapping).await,
             Provider::NitrokeyHsm(p) => p.lookup(mapping).await,
+        }
+    }
+
+    /// Whether [`Provider::discover`] applies: the other providers' secrets are registered
+    /// one by one (`psi creds store NAME --register`), so setup has nothing to list for them.
+    pub fn discovers(&self) -> bool {
+        matches!(self, Provider::Infisical(_))
+    }
+
+    /// Every key `source` holds, with its mapping and value.
+    pub async fn discover(&self, source: &Source<'_>) -> Result<Vec<Discovered>> {
+        match self {
+            Provider::Infisical(p) => {
+                let listed = p
+                    .list(
+                        source.project,
+                        source.path,
+                        source.recursive,
+                        source.include_imports,
+                    )
+                    .await?;
+                Ok(listed
+                    .into_iter()
+                    .map(|l| Discovered {
+                        mapping: infisical::mapping(source.project, &l.path, &l.key),
+                        key: l.key,
+                        path: l.path,
+                        value: l.value,
+                    })
+                    .collect())
+            }
+            Provider::SystemdCreds(_) | Provider::NitrokeyHsm(_) => Err(Error::Provider {
+                provider: self.name(),
+                detail: "it has nothing to discover; its secrets are registered one by one".into(),
+            }),
         }
     }
 
@@ -85,14 +153,6 @@ impl Registry {
             )));
         }
         Ok(Registry::new(providers))
-    }
-
-    /// The Infisical client, when Infisical is configured (setup lists through it).
-    pub fn infisical(&self) -> Option<&infisical::Infisical> {
-        self.providers.iter().find_map(|p| match p {
-            Provider::Infisical(client) => Some(client),
-            _ => None,
-        })
     }
 
     /// The Nitrokey HSM provider, when configured (the cache's HSM backend shares it).

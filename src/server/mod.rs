@@ -4,7 +4,7 @@
 //!
 //! Concurrency: every connection runs on its own task and provider calls are async, so a
 //! slow provider delays only the lookups waiting on it, never `/healthz` or other lookups.
-//! File access runs on the blocking pool (see [`crate::service`]), never on these workers.
+//! File access runs on the blocking pool (see [`crate::resolver`]), never on these workers.
 //!
 //! Exhaustion: at most [`Limits::max_connections`] connections are served at once. One that
 //! has sent nothing yet is closed after [`Limits::first_byte`], and gives its slot up at
@@ -39,8 +39,8 @@ use crate::body::{collect_capped, Collect};
 use crate::config::EnvLookup;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::resolver::{CacheState, Resolver};
 use crate::secret::SecretString;
-use crate::service::{CacheState, Service};
 use routes::Route;
 
 /// Limits that keep a stalled client, a flood of connections or a stuck request from
@@ -82,7 +82,7 @@ impl Default for Limits {
 
 /// Everything a request handler needs, shared by all connections (read-only: no lock).
 pub struct App {
-    pub service: Service,
+    pub resolver: Resolver,
     /// The bearer token; `None` disables auth.
     pub token: Option<SecretString>,
     pub limits: Limits,
@@ -91,9 +91,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(service: Service, token: Option<SecretString>, limits: Limits) -> App {
+    pub fn new(resolver: Resolver, token: Option<SecretString>, limits: Limits) -> App {
         App {
-            service,
+            resolver,
             token,
             bodies: Semaphore::new(limits.body_budget),
             limits,
@@ -421,8 +421,8 @@ async fn serve_connection(
 /// Largest read buffer of one connection.
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
-/// Handles one request: route, auth, then the service call. Writes exactly one audit line
-/// for secret operations (the service does) or for refusals (here).
+/// Handles one request: route, auth, then the resolver call. Writes exactly one audit line
+/// for secret operations (the resolver does) or for refusals (here).
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let route = routes::route(req.method(), req.uri().path());
     let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
@@ -448,14 +448,14 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
             Ok(Bytes::from_static(b"ok"))
         }
         Route::HealthzCache => {
-            return match app.service.cache() {
+            return match app.resolver.cache() {
                 CacheState::Disabled => routes::cache_health(None, None),
                 CacheState::Unavailable(why) => routes::cache_health(None, Some(why)),
                 CacheState::Live(live) => routes::cache_health(Some(&live.health()), None),
             };
         }
         Route::Lookup(id) => app
-            .service
+            .resolver
             .lookup(&id)
             .await
             .map(|value| Bytes::from_owner(Outgoing(value))),
@@ -463,15 +463,15 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
         // the driver command's stdout into its own, so a body would precede the ID that
         // `podman secret create` and `podman secret rm` print.
         Route::Store(id) => match read_body(app, req).await {
-            Ok(body) => app.service.store(&id, &body).await.map(|()| Bytes::new()),
+            Ok(body) => app.resolver.store(&id, &body).await.map(|()| Bytes::new()),
             Err(err) => {
                 tracing::warn!(event = "secret.store", secret_id = %id, outcome = "error", error = %err);
                 Err(err)
             }
         },
-        Route::Delete(id) => app.service.delete(&id).await.map(|()| Bytes::new()),
+        Route::Delete(id) => app.resolver.delete(&id).await.map(|()| Bytes::new()),
         Route::List => app
-            .service
+            .resolver
             .list()
             .await
             .map(|ids| Bytes::from(ids.join("\n"))),

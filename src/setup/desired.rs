@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use crate::config::{FileSecret, SecretKind, SecretSource, WorkloadConfig};
-use crate::provider::infisical;
 use crate::unitgen::dropin::{Delivery, SecretLine};
 
 /// One key as a provider listed it for a source: where a lookup finds it.
@@ -15,6 +14,8 @@ pub struct Found {
     pub key: String,
     /// The folder a lookup asks (own secrets: their folder; imports: the importing folder).
     pub path: String,
+    /// The mapping that resolves it (the body Podman hands psi's store).
+    pub mapping: Vec<u8>,
 }
 
 /// The state a workload should have in Podman and in its drop-in.
@@ -104,7 +105,7 @@ pub fn desired(
         for key in keys {
             let found = seen[key];
             let name = secret_name(workload, key);
-            let mapping = infisical::mapping(&source.project, &found.path, key).to_bytes();
+            let mapping = found.mapping.clone();
             let here = location(found);
             if let Some(before) = origin.insert(key.to_owned(), here.clone()) {
                 if before != here {
@@ -175,15 +176,17 @@ fn mount(file: &FileSecret, key: &str) -> Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::infisical;
 
     fn workload(yaml: &str) -> WorkloadConfig {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    fn found(key: &str, path: &str) -> Found {
+    fn found(project: &str, key: &str, path: &str) -> Found {
         Found {
             key: key.into(),
             path: path.into(),
+            mapping: infisical::mapping(project, path, key).to_bytes(),
         }
     }
 
@@ -192,11 +195,11 @@ mod tests {
         let w = workload("secrets:\n  - {project: a, path: /one, recursive: true}\n  - {project: b, path: /two}\n");
         let listings = [
             vec![
-                found("X", "/one"),
-                found("X", "/one/sub"),
-                found("Y", "/one"),
+                found("a", "X", "/one"),
+                found("a", "X", "/one/sub"),
+                found("a", "Y", "/one"),
             ],
-            vec![found("Y", "/two")],
+            vec![found("b", "Y", "/two")],
         ];
         let d = desired("app", &w, &listings).unwrap();
         assert_eq!(
@@ -220,7 +223,7 @@ mod tests {
     #[test]
     fn named_keys_must_exist() {
         let w = workload("secrets:\n  - {project: a, path: /p, env: {V: GONE, W: HERE}, files: {ALSO_GONE: {}}}\n");
-        let missing = desired("app", &w, &[vec![found("HERE", "/p")]]).unwrap_err();
+        let missing = desired("app", &w, &[vec![found("a", "HERE", "/p")]]).unwrap_err();
         let keys: Vec<&str> = missing.iter().map(|m| m.key.as_str()).collect();
         assert_eq!(keys, ["GONE", "ALSO_GONE"]);
         assert_eq!(missing[0].location, "a:/p");
@@ -229,7 +232,7 @@ mod tests {
     #[test]
     fn mount_sources_put_each_key_in_the_target_directory() {
         let w = workload("secrets:\n  - {project: a, path: /tls, type: mount, target: /etc/tls/, mode: '0400'}\n");
-        let d = desired("app", &w, &[vec![found("CERT", "/tls")]]).unwrap();
+        let d = desired("app", &w, &[vec![found("a", "CERT", "/tls")]]).unwrap();
         assert_eq!(
             d.lines,
             [SecretLine {

@@ -1,13 +1,15 @@
 //! The diff between what a workload should have ([`Desired`]) and what Podman and the
 //! systemd dir hold now: which secrets to create, keep, replace or remove, and whether the
-//! drop-in changes. Pure data in, pure data out; `apply` carries it out and `--dry-run`
-//! prints it.
+//! drop-in changes; and [`SetupPlan`], the whole run's plan (every workload's step, with the
+//! state it was planned against). Pure data in, pure data out; `apply` carries it out and
+//! `--dry-run` prints it.
 //!
 //! A secret is kept (same Podman ID) when its mapping file holds exactly the desired mapping
 //! and its driver options are the current psi.conf commands. Secrets of the workload that
 //! are no longer desired are drift: reported, and removed only with `--prune`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -130,6 +132,73 @@ impl WorkloadPlan {
                 Action::Keep { .. } | Action::Drift { .. } => {}
             }
         }
+    }
+}
+
+/// The whole run, planned: what `psi setup --dry-run` reports (as text or `--json`) and a real
+/// run applies. No `Debug`: the driver options hold the socket token.
+pub struct SetupPlan {
+    pub dry_run: bool,
+    /// Every configured workload, selected or not: they own secret names and are classified.
+    pub names: Vec<String>,
+    /// Podman's shell-driver secrets with their mapping files, as the run found them.
+    pub shell: Vec<Existing>,
+    /// The drop-ins on disk as the run found them, by workload (those that have one).
+    pub dropins: BTreeMap<String, String>,
+    /// The driver options setup gives the secrets it creates, and accepts on those it keeps.
+    pub opts: DriverOpts,
+    /// One step per selected workload, in config order.
+    pub workloads: Vec<WorkloadStep>,
+}
+
+/// What the run does with one workload.
+#[derive(Debug)]
+pub struct WorkloadStep {
+    pub name: String,
+    pub step: Step,
+}
+
+#[derive(Debug)]
+pub enum Step {
+    /// Its provider has nothing to discover; the note says how its secrets are made.
+    Skipped(String),
+    /// Discovery failed: its secrets and drop-in stay as they are.
+    Failed(String),
+    Planned {
+        desired: Desired,
+        plan: WorkloadPlan,
+        /// Where its drop-in is.
+        dropin_path: PathBuf,
+    },
+}
+
+impl SetupPlan {
+    /// The names as `&str`, for the classification.
+    pub fn names(&self) -> Vec<&str> {
+        self.names.iter().map(String::as_str).collect()
+    }
+
+    /// The shell secrets that workload `name` owns (see [`owner`]).
+    pub fn owned<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Existing> + 'a {
+        self.shell
+            .iter()
+            .filter(move |e| owner(&e.name, self.names.iter().map(String::as_str)) == Some(name))
+    }
+
+    /// Podman's shell secrets and the drop-ins as they would be once every planned workload
+    /// is carried out: a dry run's projection of the state after it.
+    pub fn projection(&self) -> (Vec<Existing>, BTreeMap<String, String>) {
+        let mut secrets = self.shell.clone();
+        let mut dropins = self.dropins.clone();
+        for w in &self.workloads {
+            if let Step::Planned { desired, plan, .. } = &w.step {
+                plan.project(&mut secrets, desired, &self.opts.commands);
+                if let Some(text) = &plan.dropin {
+                    dropins.insert(w.name.clone(), text.clone());
+                }
+            }
+        }
+        (secrets, dropins)
     }
 }
 

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::apply::Applied;
 use super::desired::{Collision, Desired};
-use super::plan::{self, Action, Existing, WorkloadPlan};
+use super::plan::{self, Action, Existing, SetupPlan, Step, WorkloadPlan};
 use super::DiscoverError;
 use crate::unitgen::dropin;
 
@@ -94,7 +95,57 @@ pub struct DropinReport {
 }
 
 impl SetupReport {
-    pub fn new(dry_run: bool) -> SetupReport {
+    /// The report of a run. For a dry run (`applied` is `None`) the plan itself, with the
+    /// state it would leave; for a real run what apply did and the state it left.
+    pub fn of(plan: &SetupPlan, applied: Option<Applied>) -> SetupReport {
+        let mut report = SetupReport::new(plan.dry_run);
+        let names = plan.names();
+        report.classification = Some(Classification::of(&plan.shell, &plan.opts, &names, |w| {
+            plan.dropins.get(w).cloned()
+        }));
+        let mut outcomes = applied.as_ref().map(|a| a.outcomes.iter());
+        for w in &plan.workloads {
+            let outcome = outcomes
+                .as_mut()
+                .and_then(|o| o.next())
+                .and_then(Option::as_ref);
+            let name = w.name.as_str();
+            match (&w.step, outcome) {
+                (Step::Skipped(why), _) => report.skipped(name, why.clone()),
+                (Step::Failed(error), _) => report.failed(name, error.clone()),
+                (
+                    Step::Planned {
+                        desired,
+                        plan,
+                        dropin_path,
+                    },
+                    outcome,
+                ) => match outcome {
+                    None => report.planned(name, desired, plan, dropin_path),
+                    Some(Ok(())) => report.applied(name, desired, plan, dropin_path),
+                    Some(Err((done, error))) => {
+                        report.partly_applied(name, desired, plan, *done, error.to_string())
+                    }
+                },
+            }
+        }
+        match applied {
+            None => {
+                let (secrets, dropins) = plan.projection();
+                report.after = Some(Classification::of(&secrets, &plan.opts, &names, |w| {
+                    dropins.get(w).cloned()
+                }));
+            }
+            Some(applied) => {
+                report.after = applied.after;
+                report.reloaded = applied.reloaded;
+                report.cache = applied.cache;
+            }
+        }
+        report
+    }
+
+    fn new(dry_run: bool) -> SetupReport {
         SetupReport {
             dry_run,
             workloads: Vec::new(),
@@ -113,7 +164,7 @@ impl SetupReport {
             .count()
     }
 
-    pub(super) fn failed(&mut self, workload: &str, error: String) {
+    fn failed(&mut self, workload: &str, error: String) {
         self.workloads.push(WorkloadReport {
             workload: workload.to_owned(),
             status: "failed",
@@ -124,7 +175,7 @@ impl SetupReport {
         });
     }
 
-    pub(super) fn skipped(&mut self, workload: &str, why: String) {
+    fn skipped(&mut self, workload: &str, why: String) {
         self.workloads.push(WorkloadReport {
             workload: workload.to_owned(),
             status: "skipped",
@@ -135,23 +186,11 @@ impl SetupReport {
         });
     }
 
-    pub(super) fn planned(
-        &mut self,
-        workload: &str,
-        desired: &Desired,
-        plan: &WorkloadPlan,
-        path: &Path,
-    ) {
+    fn planned(&mut self, workload: &str, desired: &Desired, plan: &WorkloadPlan, path: &Path) {
         self.push(workload, "planned", None, desired, plan, 0, path, false);
     }
 
-    pub(super) fn applied(
-        &mut self,
-        workload: &str,
-        desired: &Desired,
-        plan: &WorkloadPlan,
-        path: &Path,
-    ) {
+    fn applied(&mut self, workload: &str, desired: &Desired, plan: &WorkloadPlan, path: &Path) {
         let all = plan.actions.len();
         self.push(
             workload,
@@ -165,7 +204,7 @@ impl SetupReport {
         );
     }
 
-    pub(super) fn partly_applied(
+    fn partly_applied(
         &mut self,
         workload: &str,
         desired: &Desired,

@@ -12,6 +12,9 @@
 //!
 //! Lines are sorted so that the same plan always renders the same bytes: the file is
 //! rewritten, and systemd reloaded, only when something really changed.
+//!
+//! [`read`] is the reader beside the writer: it turns `Secret=` lines back into
+//! [`SecretLine`]s, for `psi run` and for comparing a drop-in with what Podman holds.
 
 use std::collections::BTreeSet;
 
@@ -37,6 +40,14 @@ pub struct SecretLine {
 }
 
 impl SecretLine {
+    /// Where the value lands: the environment variable, or the file's target.
+    pub fn target(&self) -> &str {
+        match &self.delivery {
+            Delivery::Env { var } => var,
+            Delivery::Mount { target, .. } => target,
+        }
+    }
+
     fn render(&self) -> String {
         match &self.delivery {
             Delivery::Env { var } => format!("Secret={},type=env,target={var}", self.name),
@@ -101,15 +112,52 @@ pub fn render(spec: &DropIn<'_>) -> String {
     out
 }
 
-/// The Podman secret names a drop-in references (the first field of each `Secret=` line),
-/// for comparing a workload's drop-in with what Podman holds.
-pub fn referenced_secrets(text: &str) -> BTreeSet<String> {
+/// The `Secret=` lines of a drop-in (or any quadlet), in file order: the reader for what
+/// [`render`] writes, so `psi run` and the comparison with Podman read the file the way it
+/// was written. Pure: text in, lines out.
+pub fn read(text: &str) -> Vec<SecretLine> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("Secret="))
-        .filter_map(|rest| rest.split(',').next())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
+        .filter_map(parse_secret)
         .collect()
+}
+
+/// One `Secret=` value (the text after `Secret=`): `NAME[,type=env|mount][,target=...]
+/// [,mode=...][,uid=...][,gid=...]`, with Podman's defaults: type `mount`, and the target
+/// the secret's name. `None` when the name is empty. Unknown options, and a `uid`/`gid`
+/// that is not a number, are left out: psi never writes them, and no reader here needs them.
+pub fn parse_secret(value: &str) -> Option<SecretLine> {
+    let mut fields = value.split(',').map(str::trim);
+    let name = fields.next().filter(|name| !name.is_empty())?.to_owned();
+    let (mut env, mut target, mut mode, mut uid, mut gid) = (false, None, None, None, None);
+    for field in fields {
+        match field.split_once('=') {
+            Some(("type", kind)) => env = kind == "env",
+            Some(("target", value)) => target = Some(value.to_owned()),
+            Some(("mode", value)) => mode = Some(value.to_owned()),
+            Some(("uid", value)) => uid = value.parse().ok(),
+            Some(("gid", value)) => gid = value.parse().ok(),
+            _ => {}
+        }
+    }
+    let target = target.unwrap_or_else(|| name.clone());
+    let delivery = if env {
+        Delivery::Env { var: target }
+    } else {
+        Delivery::Mount {
+            target,
+            mode,
+            uid,
+            gid,
+        }
+    };
+    Some(SecretLine { name, delivery })
+}
+
+/// The Podman secret names a drop-in references, for comparing a workload's drop-in with
+/// what Podman holds.
+pub fn referenced_secrets(text: &str) -> BTreeSet<String> {
+    read(text).into_iter().map(|line| line.name).collect()
 }
 
 #[cfg(test)]
@@ -141,6 +189,57 @@ mod tests {
         assert_eq!(
             referenced_secrets(&text).into_iter().collect::<Vec<_>>(),
             ["myapp--DB_HOST", "myapp--DB_PASS"]
+        );
+    }
+
+    #[test]
+    fn reads_back_what_it_renders() {
+        let secrets = [
+            env("w--A", "VAR_A"),
+            SecretLine {
+                name: "w--CERT".into(),
+                delivery: Delivery::Mount {
+                    target: "/etc/tls/cert.pem".into(),
+                    mode: Some("0400".into()),
+                    uid: Some(1000),
+                    gid: Some(0),
+                },
+            },
+            SecretLine {
+                name: "w--KEY".into(),
+                delivery: Delivery::Mount {
+                    target: "KEY".into(),
+                    mode: None,
+                    uid: None,
+                    gid: None,
+                },
+            },
+        ];
+        let text = render(&DropIn {
+            psi_units: &["psi-secrets.service".into()],
+            depends_on: &[],
+            secrets: &secrets,
+        });
+        assert_eq!(read(&text), secrets);
+    }
+
+    #[test]
+    fn podman_defaults_when_options_are_left_out() {
+        let text = "[Container]\n  Secret= db ,target=DB_PASS \nSecret=plain\nSecret=e,type=env\nSecret=\n# Secret=x\n";
+        let got: Vec<(String, bool, String)> = read(text)
+            .iter()
+            .map(|l| {
+                let env = matches!(l.delivery, Delivery::Env { .. });
+                (l.name.clone(), env, l.target().to_owned())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("db".into(), false, "DB_PASS".into()),
+                ("plain".into(), false, "plain".into()),
+                ("e".into(), true, "e".into()),
+            ]
         );
     }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use psi::config::RawPolicy;
 use psi::provider::Registry;
+use psi::resolver::Resolver;
 use psi::server::{self, App, Limits};
-use psi::service::Service;
 use psi::state::StateDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -54,12 +54,12 @@ struct Running {
 /// A server on `sandbox`'s state directory with no providers and raw values refused:
 /// mappings are stored as sent, which is all these tests need.
 fn serve(sandbox: &Sandbox) -> Running {
-    let service = Service::new(
+    let resolver = Resolver::new(
         StateDir::new(sandbox.state_dir()),
         Registry::new(Vec::new()),
         RawPolicy::Reject,
     );
-    let app = Arc::new(App::new(service, None, Limits::default()));
+    let app = Arc::new(App::new(resolver, None, Limits::default()));
     let socket = sandbox.socket();
     let bound = server::bind(&socket).unwrap();
     let (stop, stopped) = oneshot::channel();

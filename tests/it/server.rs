@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use psi::config::{RawPolicy, SealWith};
 use psi::provider::{Provider, Registry};
+use psi::resolver::Resolver;
 use psi::secret::{SecretId, SecretString};
 use psi::server::{self, App, Limits};
-use psi::service::Service;
 use psi::state::StateDir;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
@@ -67,9 +67,9 @@ async fn start_with(token: Option<&str>, policy: RawPolicy, limits: Limits) -> O
     }
     let sandbox = Sandbox::new();
     let registry = Registry::new(vec![Provider::SystemdCreds(sandbox.creds_provider())]);
-    let service = Service::new(StateDir::new(sandbox.state_dir()), registry, policy);
+    let resolver = Resolver::new(StateDir::new(sandbox.state_dir()), registry, policy);
     let app = Arc::new(App::new(
-        service,
+        resolver,
         token.map(|t| SecretString::new(t.into())),
         limits,
     ));

@@ -562,6 +562,7 @@ fn dropin_golden_files() {
                     .map(|(key, path)| Found {
                         key: (*key).into(),
                         path: (*path).into(),
+                        mapping: psi::provider::infisical::mapping("web", path, key).to_bytes(),
                     })
                     .collect()
             })

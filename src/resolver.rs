@@ -1,28 +1,36 @@
-//! What psi does with a secret ID: lookup, store, delete, list. Shared by the HTTP server and
-//! the one-shot `psi secret ...` driver commands, so both behave the same, log the same
-//! audit events and never write plaintext.
+//! The one resolver: what psi does with a secret ID (lookup, store, delete, list), with the
+//! cache in front and the provider behind. Shared by the HTTP server and the one-shot
+//! `psi secret ...` driver commands, so both behave the same, log the same audit events and
+//! never write plaintext. It also gives `psi run` a workload's secrets
+//! ([`WorkloadSecrets`]): from the drop-in through serve, or straight from the provider.
 //!
 //! The state directory is read and written on tokio's blocking pool: a file that blocks
 //! (a FIFO, a hung network mount) then holds one pool thread and its own request, never
 //! the async workers that answer everyone else.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::cache::live::LiveCache;
-use crate::config::{RawPolicy, Settings};
+use crate::config::{RawPolicy, Settings, WorkloadConfig};
 use crate::error::{Error, Result};
-use crate::provider::Registry;
+use crate::provider::{Discovered, Registry, Source};
 use crate::secret::{Mapping, SecretId, SecretValue};
+use crate::setup::desired::secret_name;
+use crate::setup::discover::Discoverer;
 use crate::state::StateDir;
+use crate::unitgen::dropin::{Delivery, SecretLine};
 
 /// How long one lookup (reading its mapping, then the provider) may take before the caller
 /// gets an error. Podman waits for the driver at container start; an answer beats a hang.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
 
-pub struct Service {
+/// Turns secret IDs into values (and stores, deletes, lists their mappings): the state dir
+/// says which provider, the cache answers first, the provider on a miss.
+pub struct Resolver {
     /// Shared with the blocking-pool tasks that touch it.
     state: Arc<StateDir>,
     registry: Registry,
@@ -31,7 +39,7 @@ pub struct Service {
     cache: CacheState,
 }
 
-/// The encrypted cache as the service sees it.
+/// The encrypted cache as the resolver sees it.
 pub enum CacheState {
     /// `cache.enabled` is false or no backend is configured.
     Disabled,
@@ -41,9 +49,9 @@ pub enum CacheState {
     Live(Arc<LiveCache>),
 }
 
-impl Service {
-    pub fn new(state: StateDir, registry: Registry, raw_values: RawPolicy) -> Service {
-        Service {
+impl Resolver {
+    pub fn new(state: StateDir, registry: Registry, raw_values: RawPolicy) -> Resolver {
+        Resolver {
             state: Arc::new(state),
             registry,
             raw_values,
@@ -60,10 +68,10 @@ impl Service {
         &self.cache
     }
 
-    pub fn from_settings(settings: &Settings) -> Result<Service> {
+    pub fn from_settings(settings: &Settings) -> Result<Resolver> {
         let state = StateDir::new(&settings.state_dir);
         state.warn_if_shared();
-        Ok(Service::new(
+        Ok(Resolver::new(
             state,
             Registry::from_config(&settings.providers, &settings.state_dir)?,
             settings.raw_values,
@@ -122,6 +130,31 @@ impl Service {
             cache.fill(&mapping, &value);
         }
         Ok((value, provider.name(), "provider"))
+    }
+
+    /// The secrets of workload `name` straight from its provider, by the same discovery as
+    /// `psi check` and `psi setup` (so all three agree on what the config asks for), with
+    /// the environment variables setup's drop-in would deliver.
+    pub async fn workload(&self, name: &str, config: &WorkloadConfig) -> Result<WorkloadSecrets> {
+        let mut discoverer = Discoverer::new(&self.registry);
+        let desired = discoverer
+            .workload(name, config)
+            .await
+            .map_err(|why| Error::Failed(format!("workload {name}: {why}")))?;
+        WorkloadSecrets::from_lines(name, &desired.lines, |secret| {
+            desired
+                .secrets
+                .get(secret)
+                .and_then(|mapping| discoverer.take_value(mapping))
+                .ok_or_else(|| {
+                    Error::Failed(format!("workload {name}: {secret} was not in the listing"))
+                })
+        })
+    }
+
+    /// Every key of `source`, asked of `provider` (`psi run --project`).
+    pub async fn discover(&self, provider: &str, source: &Source<'_>) -> Result<Vec<Discovered>> {
+        self.registry.get(provider)?.discover(source).await
     }
 
     /// Stores what Podman handed the driver for `id`. A mapping of a known shape is kept byte
@@ -199,6 +232,40 @@ impl Service {
         let state = Arc::clone(&self.state);
         let id = id.clone();
         blocking(move || op(&state, &id)).await
+    }
+}
+
+/// A workload's secrets as `psi run` hands them to a command: every value by key (the
+/// Podman secret's name without the `{workload}--` prefix), and the environment variables
+/// its drop-in delivers (`VAR -> KEY`; files are not delivered to a process).
+pub struct WorkloadSecrets {
+    pub values: BTreeMap<String, SecretValue>,
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkloadSecrets {
+    /// Reads `lines` (a drop-in's, or those setup would write), asking `value` once for each
+    /// Podman secret they name. Pure apart from what `value` does; its first error ends it.
+    pub fn from_lines(
+        workload: &str,
+        lines: &[SecretLine],
+        mut value: impl FnMut(&str) -> Result<SecretValue>,
+    ) -> Result<WorkloadSecrets> {
+        let prefix = secret_name(workload, "");
+        let mut out = WorkloadSecrets {
+            values: BTreeMap::new(),
+            env: Vec::new(),
+        };
+        for line in lines {
+            let key = line.name.strip_prefix(&prefix).unwrap_or(&line.name);
+            if !out.values.contains_key(key) {
+                out.values.insert(key.to_owned(), value(&line.name)?);
+            }
+            if let Delivery::Env { var } = &line.delivery {
+                out.env.push((var.clone(), key.to_owned()));
+            }
+        }
+        Ok(out)
     }
 }
 
