@@ -21,15 +21,18 @@
 //!   directories; reads capped by kind of file that never block on a FIFO or device.
 //! - [`body`]: HTTP bodies collected into a zeroizing buffer with a cap.
 //! - [`state`]: the state directory, the one place that knows its layout.
+//! - [`import`]: the pure half of `psi infisical import`: the env-file and quadlet readers,
+//!   the planner (each key's fate from what the target folder holds) and the report.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
 //! - [`provider`]: the `Provider` enum and registry; one module per provider: `creds`
-//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings),
+//!   (systemd-creds), `infisical/` (HTTP client, auth and token cache, SigV4, listings,
+//!   PKI and the inspection of the certificates it issues),
 //!   `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
 //! - [`service`]: lookup/store/delete/list, shared by the server and the one-shot driver.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover -> plan (pure) -> apply.
-//! - [`systemd`]: `systemctl [--user]`: daemon-reload, enable, start.
+//! - [`systemd`]: `systemctl [--user]`: daemon-reload, enable, start, unit properties.
 //! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins, the pcscd
 //!   sidecar's Containerfile and quadlets, `units`: the appliance's services, quadlets and
 //!   timers for `psi systemd install`, `butane`: Butane YAML and Ignition JSON).
@@ -50,6 +53,7 @@ pub mod driver;
 pub mod duration;
 pub mod error;
 pub mod fsutil;
+pub mod import;
 pub mod podman;
 pub mod process;
 pub mod provider;
