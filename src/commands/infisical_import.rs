@@ -30,81 +30,18 @@ use crate::provider::infisical::Infisical;
 
 /// Runs `psi infisical import ...`.
 pub async fn run(settings: &Settings, command: ImportCommand) -> Result<()> {
-    let (options, found, unreadable, warnings) = match command {
-        ImportCommand::EnvFile { file, options } => {
-            let (text, source) = match &file {
-                Some(path) => (read_text(path)?, path.display().to_string()),
-                None => {
-                    let bytes = super::read_stdin(16 << 20)?;
-                    let text = String::from_utf8(bytes.to_vec())
-                        .map_err(|_| Error::Usage("stdin is not UTF-8 text".into()))?;
-                    (Zeroizing::new(text), "stdin".to_owned())
-                }
-            };
-            let (found, warnings) = parse_env(&text, &source);
-            (options, found, Vec::new(), warnings)
-        }
-        ImportCommand::PodmanSecret {
-            names,
-            all,
-            options,
-        } => {
-            let names = if all {
-                all_podman_names(settings).await?
-            } else {
-                names
-            };
-            let pairs: Vec<(String, String)> = names.into_iter().map(|n| (n.clone(), n)).collect();
-            let (found, unreadable) = read_podman(settings, &pairs, "podman secret").await?;
-            (options, found, unreadable, Vec::new())
-        }
-        ImportCommand::Quadlet {
-            files,
-            resolve_secrets,
-            options,
-        } => {
-            let mut found = Vec::new();
-            let mut unreadable = Vec::new();
-            let mut warnings = Vec::new();
-            for file in &files {
-                let text = read_text(file)?;
-                let source = file.display().to_string();
-                let (env, refs, warn) = parse_quadlet(&text, &source);
-                found.extend(env);
-                warnings.extend(warn);
-                if refs.is_empty() {
-                    continue;
-                }
-                if !resolve_secrets {
-                    for r in &refs {
-                        warnings.push(format!(
-                            "{source}: skipped Secret={} (use --resolve-secrets to import its value)",
-                            r.name
-                        ));
-                    }
-                    continue;
-                }
-                let pairs: Vec<(String, String)> =
-                    refs.into_iter().map(|r| (r.name, r.key)).collect();
-                let (f, u) =
-                    read_podman(settings, &pairs, &format!("{source}: podman secret")).await?;
-                found.extend(f);
-                unreadable.extend(u);
-            }
-            (options, found, unreadable, warnings)
-        }
-    };
-    for warning in &warnings {
+    let (options, sources) = read_sources(settings, command).await?;
+    for warning in &sources.warnings {
         eprintln!("psi: {warning}");
     }
     let config = settings.providers.infisical.as_ref().ok_or_else(|| {
         Error::Usage("no Infisical provider configured (providers.infisical)".into())
     })?;
     let client = Infisical::new(config, &settings.state_dir)?;
-    if found.is_empty() && unreadable.is_empty() {
+    if sources.found.is_empty() && sources.unreadable.is_empty() {
         eprintln!("psi: no secrets found to import");
     }
-    let report = import(&client, &options, found, unreadable).await?;
+    let report = import(&client, &options, sources.found, sources.unreadable).await?;
     let s = &report.summary;
     tracing::info!(
         event = "infisical.import",
@@ -121,20 +58,99 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> Result<()> {
         "import finished"
     );
     super::print_report(&report, options.json, human)?;
-    let mut problems = Vec::new();
-    if s.conflicts > 0 {
-        problems.push(format!(
-            "{} of {} keys hold other values in Infisical, so nothing was written (--conflict fail)",
-            s.conflicts, s.total
-        ));
+    match s.problems() {
+        Some(problems) => Err(Error::Failed(problems)),
+        None => Ok(()),
     }
-    if s.failed > 0 {
-        problems.push(format!("{} of {} keys failed to import", s.failed, s.total));
+}
+
+/// What the sources gave: keys with values, keys that could not be read, and warnings
+/// (they name lines and secrets, never values).
+#[derive(Default)]
+struct Sources {
+    found: Vec<Found>,
+    unreadable: Vec<Unreadable>,
+    warnings: Vec<String>,
+}
+
+/// Reads the command's sources: files and stdin through the pure readers, Podman secrets
+/// through [`read_podman`].
+async fn read_sources(
+    settings: &Settings,
+    command: ImportCommand,
+) -> Result<(ImportOptions, Sources)> {
+    match command {
+        ImportCommand::EnvFile { file, options } => {
+            let (text, source) = match &file {
+                Some(path) => (read_text(path)?, path.display().to_string()),
+                None => {
+                    let bytes = super::read_stdin(16 << 20)?;
+                    let text = String::from_utf8(bytes.to_vec())
+                        .map_err(|_| Error::Usage("stdin is not UTF-8 text".into()))?;
+                    (Zeroizing::new(text), "stdin".to_owned())
+                }
+            };
+            let (found, warnings) = parse_env(&text, &source);
+            let sources = Sources {
+                found,
+                warnings,
+                ..Sources::default()
+            };
+            Ok((options, sources))
+        }
+        ImportCommand::PodmanSecret {
+            names,
+            all,
+            options,
+        } => {
+            let names = if all {
+                all_podman_names(settings).await?
+            } else {
+                names
+            };
+            let pairs: Vec<(String, String)> = names.into_iter().map(|n| (n.clone(), n)).collect();
+            let (found, unreadable) = read_podman(settings, &pairs, "podman secret").await?;
+            let sources = Sources {
+                found,
+                unreadable,
+                ..Sources::default()
+            };
+            Ok((options, sources))
+        }
+        ImportCommand::Quadlet {
+            files,
+            resolve_secrets,
+            options,
+        } => {
+            let mut sources = Sources::default();
+            for file in &files {
+                let text = read_text(file)?;
+                let source = file.display().to_string();
+                let (env, refs, warnings) = parse_quadlet(&text, &source);
+                sources.found.extend(env);
+                sources.warnings.extend(warnings);
+                if refs.is_empty() {
+                    continue;
+                }
+                if !resolve_secrets {
+                    for r in &refs {
+                        sources.warnings.push(format!(
+                            "{source}: skipped Secret={} (use --resolve-secrets to import its value)",
+                            r.name
+                        ));
+                    }
+                    continue;
+                }
+                let pairs: Vec<(String, String)> =
+                    refs.into_iter().map(|r| (r.name, r.key)).collect();
+                let (found, unreadable) =
+                    read_podman(settings, &pairs, &format!("{source}: podman secret")).await?;
+                sources.found.extend(found);
+                sources.unreadable.extend(unreadable);
+            }
+            Ok((options, sources))
+        }
     }
-    if !problems.is_empty() {
-        return Err(Error::Failed(problems.join("; ")));
-    }
-    Ok(())
 }
 
 /// An import source file as text (capped, so a huge file or a FIFO cannot hang psi).

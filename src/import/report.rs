@@ -47,6 +47,25 @@ impl Summary {
         }
         summary
     }
+
+    /// Why the import fails (exit status 1, also in a dry run): keys that conflict under
+    /// `--conflict fail`, keys that failed. `None` when neither happened.
+    pub fn problems(&self) -> Option<String> {
+        let mut problems = Vec::new();
+        if self.conflicts > 0 {
+            problems.push(format!(
+                "{} of {} keys hold other values in Infisical, so nothing was written (--conflict fail)",
+                self.conflicts, self.total
+            ));
+        }
+        if self.failed > 0 {
+            problems.push(format!(
+                "{} of {} keys failed to import",
+                self.failed, self.total
+            ));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
 }
 
 /// The report as a table: the folders, one line per key, and the totals.
@@ -94,4 +113,24 @@ pub fn human(report: &Report) -> String {
         s.failed
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_and_failures_are_problems() {
+        assert_eq!(Summary::default().problems(), None);
+        let summary = Summary {
+            total: 5,
+            conflicts: 1,
+            failed: 2,
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary.problems().unwrap(),
+            "1 of 5 keys hold other values in Infisical, so nothing was written (--conflict fail); 2 of 5 keys failed to import"
+        );
+    }
 }

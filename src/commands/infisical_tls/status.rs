@@ -151,3 +151,39 @@ fn table(out_text: &mut String, rows: &[StatusRow]) {
         line(row.to_vec());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: &'static str) -> StatusRow {
+        StatusRow {
+            name: "web".into(),
+            common_name: "web.example".into(),
+            serial_number: Some("0123456789abcdef0123".into()),
+            issued: Some("2026-01-01".into()),
+            expires: Some("2026-04-01".into()),
+            days_left: Some(30),
+            status,
+        }
+    }
+
+    #[test]
+    fn the_timer_then_the_table() {
+        let properties = [
+            ("ActiveState", "active"),
+            ("LastTriggerUSec", "n/a"),
+            ("Unrelated", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let text = human("t.timer", Some(&properties), &[row("needs_renewal")]);
+        assert_eq!(
+            text,
+            "Timer: t.timer\n  State: active\n\nTLS Certificates\n\
+             Name  Common Name  Serial               Issued      Expires     Days Left  Status\n\
+             web   web.example  0123456789abcdef...  2026-01-01  2026-04-01  30         needs renewal\n"
+        );
+        let text = human("t.timer", None, &[]);
+        assert!(text.starts_with("Timer: t.timer\n  State: unknown (systemctl unavailable)\n\n"));
+    }
+}
