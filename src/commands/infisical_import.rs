@@ -79,7 +79,8 @@ async fn read_sources(
     settings: &Settings,
     command: ImportCommand,
 ) -> Result<(ImportOptions, Sources)> {
-    match command {
+    let mut sources = Sources::default();
+    let options = match command {
         ImportCommand::EnvFile { file, options } => {
             let (text, source) = match &file {
                 Some(path) => (read_text(path)?, path.display().to_string()),
@@ -90,13 +91,8 @@ async fn read_sources(
                     (Zeroizing::new(text), "stdin".to_owned())
                 }
             };
-            let (found, warnings) = parse_env(&text, &source);
-            let sources = Sources {
-                found,
-                warnings,
-                ..Sources::default()
-            };
-            Ok((options, sources))
+            (sources.found, sources.warnings) = parse_env(&text, &source);
+            options
         }
         ImportCommand::PodmanSecret {
             names,
@@ -109,20 +105,15 @@ async fn read_sources(
                 names
             };
             let pairs: Vec<(String, String)> = names.into_iter().map(|n| (n.clone(), n)).collect();
-            let (found, unreadable) = read_podman(settings, &pairs, "podman secret").await?;
-            let sources = Sources {
-                found,
-                unreadable,
-                ..Sources::default()
-            };
-            Ok((options, sources))
+            (sources.found, sources.unreadable) =
+                read_podman(settings, &pairs, "podman secret").await?;
+            options
         }
         ImportCommand::Quadlet {
             files,
             resolve_secrets,
             options,
         } => {
-            let mut sources = Sources::default();
             for file in &files {
                 let text = read_text(file)?;
                 let source = file.display().to_string();
@@ -148,9 +139,10 @@ async fn read_sources(
                 sources.found.extend(found);
                 sources.unreadable.extend(unreadable);
             }
-            Ok((options, sources))
+            options
         }
-    }
+    };
+    Ok((options, sources))
 }
 
 /// An import source file as text (capped, so a huge file or a FIFO cannot hang psi).
