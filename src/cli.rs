@@ -95,7 +95,7 @@ pub struct HealthcheckArgs {
     pub cache: bool,
 }
 
-/// `psi infisical ...`.
+/// `psi systemd ...`.
 #[derive(Debug, Subcommand)]
 pub enum SystemdCommand {
     /// Write psi-secrets, the setup units, refresh and TLS timers (only files that changed)
