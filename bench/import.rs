@@ -8,7 +8,7 @@
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use psi::commands::infisical_import::{parse_env, parse_quadlet};
+use psi::import::{parse_env, parse_quadlet};
 
 const LINES: usize = 1_000_000;
 const RUNS: usize = 5;

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use hyper::Method;
 use psi::cache::format::{self, Header, Payload, TAG_TPM, VERSION_AUTHENTICATED};
 use psi::cache::Entries;
-use psi::commands::{infisical_import, infisical_tls};
 use psi::config::{Overrides, Settings};
 use psi::crypto::{aead, envelope::Envelope};
 use psi::error::Error;
+use psi::import;
+use psi::provider::infisical::cert;
 use psi::secret::{Mapping, SecretId, MAX_ID_LEN};
 use psi::server::routes::{route, Route};
 
@@ -465,7 +466,7 @@ struct EnvTarget;
 
 impl Fuzz for EnvTarget {
     fn run(&mut self, input: &[u8]) {
-        let (found, _) = infisical_import::parse_env(&String::from_utf8_lossy(input), "fuzz");
+        let (found, _) = import::parse_env(&String::from_utf8_lossy(input), "fuzz");
         assert!(found.iter().all(|f| valid_key(&f.key)));
     }
 }
@@ -475,8 +476,7 @@ struct QuadletTarget;
 
 impl Fuzz for QuadletTarget {
     fn run(&mut self, input: &[u8]) {
-        let (found, _, _) =
-            infisical_import::parse_quadlet(&String::from_utf8_lossy(input), "fuzz");
+        let (found, _, _) = import::parse_quadlet(&String::from_utf8_lossy(input), "fuzz");
         assert!(found.iter().all(|f| valid_key(&f.key)));
     }
 }
@@ -486,7 +486,7 @@ struct PemTarget(Scratch);
 
 impl Fuzz for PemTarget {
     fn run(&mut self, input: &[u8]) {
-        if let Ok(info) = infisical_tls::read_cert(self.0.write(input)) {
+        if let Ok(info) = cert::read_cert(self.0.write(input)) {
             assert!(!info.serial.is_empty());
         }
     }

@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use std::ffi::OsString;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{DriverClient, FileMode};
+use crate::import::plan::Conflict;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,7 +95,7 @@ pub struct HealthcheckArgs {
     pub cache: bool,
 }
 
-/// `psi infisical ...`.
+/// `psi systemd ...`.
 #[derive(Debug, Subcommand)]
 pub enum SystemdCommand {
     /// Write psi-secrets, the setup units, refresh and TLS timers (only files that changed)
@@ -219,7 +223,25 @@ pub struct InstallArgs {
     pub output: Option<PathBuf>,
     /// What the driver commands run [default: the config's driver.client, else psi, unless inside a container or psi cannot find its own path]
     #[arg(long, value_enum, value_name = "CLIENT")]
-    pub client: Option<crate::config::DriverClient>,
+    pub client: Option<ClientArg>,
+}
+
+/// `psi install --client`: what the driver commands run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientArg {
+    /// `psi client ...` by the absolute path of the psi binary
+    Psi,
+    /// curl, as the original psi's psi.conf
+    Curl,
+}
+
+impl From<ClientArg> for DriverClient {
+    fn from(client: ClientArg) -> DriverClient {
+        match client {
+            ClientArg::Psi => DriverClient::Psi,
+            ClientArg::Curl => DriverClient::Curl,
+        }
+    }
 }
 
 /// `psi client`'s words, parsed by [`crate::client`] itself: `main.rs` runs it before clap
@@ -360,10 +382,10 @@ pub enum InfisicalCommand {
     WriteFile(InfisicalWriteFileArgs),
     /// Copy secrets from env files, Podman secrets or quadlet files into an Infisical folder
     #[command(subcommand)]
-    Import(crate::commands::infisical_import::ImportCommand),
+    Import(ImportCommand),
     /// TLS certificates issued by Infisical PKI: issue, renew (the daily timer), status
     #[command(subcommand)]
-    Tls(crate::commands::infisical_tls::TlsCommand),
+    Tls(TlsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -416,8 +438,107 @@ pub struct InfisicalWriteFileArgs {
     #[arg(long)]
     pub base64: bool,
     /// The file's mode, octal
-    #[arg(long, value_name = "MODE", default_value = "0600")]
-    pub mode: String,
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = FileMode::parse)]
+    pub mode: FileMode,
+}
+
+/// `psi infisical import ...`: where the secrets come from.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// KEY=VALUE lines from FILE (stdin when omitted)
+    EnvFile {
+        /// The env file [default: stdin]
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// Podman secrets, each imported under its name
+    PodmanSecret {
+        /// A secret to import (repeatable)
+        #[arg(long = "name", value_name = "NAME", required_unless_present = "all")]
+        names: Vec<String>,
+        /// Every Podman secret
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// Environment= assignments (and with --resolve-secrets, Secret= values) of quadlet files
+    Quadlet {
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// Also import the values of Secret= references, read from Podman
+        #[arg(long)]
+        resolve_secrets: bool,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+}
+
+/// The options every `psi infisical import` source shares.
+#[derive(Debug, Args)]
+pub struct ImportOptions {
+    /// Project alias from the configuration
+    #[arg(long, value_name = "ALIAS")]
+    pub project: String,
+    /// Target folder
+    #[arg(long, default_value = "/", value_name = "PATH")]
+    pub path: String,
+    /// Environment slug [default: the project's]
+    #[arg(long, value_name = "SLUG")]
+    pub environment: Option<String>,
+    /// What to do with keys that already exist
+    #[arg(long, value_enum, default_value = "fail")]
+    pub conflict: Conflict,
+    /// Show what would happen; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--conflict`'s values. The policy itself ([`Conflict`]) is the import planner's; its
+/// values and their help are spelled out here so that the planner knows no clap.
+impl ValueEnum for Conflict {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Conflict::Fail, Conflict::Skip, Conflict::Overwrite]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Conflict::Fail => PossibleValue::new("fail")
+                .help("Write nothing when any key holds another value in Infisical"),
+            Conflict::Skip => {
+                PossibleValue::new("skip").help("Leave keys that hold other values as they are")
+            }
+            Conflict::Overwrite => {
+                PossibleValue::new("overwrite").help("Update keys that hold other values")
+            }
+        })
+    }
+}
+
+/// `psi infisical tls ...`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Issue every configured certificate anew
+    Issue,
+    /// Renew the certificates whose notAfter is within renew_before (the daily timer)
+    Renew,
+    /// Show each certificate's state: valid, needs renewal, expired, not issued
+    Status(TlsStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TlsStatusArgs {
+    /// Print JSON (the default when stdout is not a terminal)
+    #[arg(long)]
+    pub json: bool,
+    /// The renewal timer to report on (terminal output only)
+    #[arg(long, value_name = "NAME", default_value = "psi-tls-renew.timer")]
+    pub timer: String,
 }
 
 #[derive(Debug, Args)]

@@ -21,19 +21,21 @@
 //!   directories; reads capped by kind of file that never block on a FIFO or device.
 //! - [`body`]: HTTP bodies collected into a zeroizing buffer with a cap.
 //! - [`state`]: the state directory, the one place that knows its layout.
+//! - [`import`]: the pure half of `psi infisical import`: the env-file and quadlet readers,
+//!   the planner (each key's fate from what the target folder holds) and the report.
 //! - [`podman`]: the libpod REST client on the Podman socket (secrets list/create/remove).
 //! - [`process`]: child processes that inherit none of psi's credentials.
 //! - [`provider`]: the `Provider` enum (lookup, seal, and `discover` where it applies) and
 //!   registry; one module per provider: `creds` (systemd-creds), `infisical/` (HTTP client,
-//!   auth and token cache, SigV4, listings), `nitrokeyhsm/` (PKCS#11 token on its own
-//!   thread, hybrid envelope).
+//!   auth and token cache, SigV4, listings, PKI and the inspection of the certificates it
+//!   issues), `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
 //! - [`resolver`]: the one resolver: secret ID -> value (cache in front, provider behind),
 //!   store/delete/list, and a workload's secrets; shared by the server, the one-shot driver
 //!   and `psi run`.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover (through the providers) -> a whole-run
 //!   plan (pure data, what `--dry-run` prints) -> apply -> report.
-//! - [`systemd`]: `systemctl [--user]`: daemon-reload, enable, start.
+//! - [`systemd`]: `systemctl [--user]`: daemon-reload, enable, start, unit properties.
 //! - [`unitgen`]: pure renderers for generated files (`psi.conf`, quadlet drop-ins and their
 //!   reader, the pcscd sidecar's Containerfile and quadlets, `units`: the appliance's
 //!   services, quadlets and timers for `psi systemd install`, `butane`: Butane YAML and
@@ -55,6 +57,7 @@ pub mod driver;
 pub mod duration;
 pub mod error;
 pub mod fsutil;
+pub mod import;
 pub mod podman;
 pub mod process;
 pub mod provider;

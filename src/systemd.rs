@@ -1,5 +1,6 @@
 //! Talking to systemd: `daemon-reload` after psi changed unit files or drop-ins, enabling or
-//! starting the appliance's units, and applying its tmpfiles.d file. Through `systemctl` and
+//! starting the appliance's units, reading a unit's properties (the TLS renewal timer's in
+//! `psi infisical tls status`), and applying its tmpfiles.d file. Through `systemctl` and
 //! `systemd-tmpfiles`, so it works the same natively and in a container that reaches the
 //! host's manager (`unitgen::units`), and psi needs no D-Bus library.
 
@@ -18,7 +19,22 @@ pub async fn daemon_reload(scope: Scope) -> Result<()> {
 
 /// `systemctl [--user] ARGS...`; a failure carries systemctl's stderr.
 pub async fn systemctl(scope: Scope, args: &[&str]) -> Result<()> {
-    run(scope, "systemctl", args.iter().map(OsStr::new)).await
+    run(scope, "systemctl", args.iter().map(OsStr::new))
+        .await
+        .map(drop)
+}
+
+/// `systemctl [--user] show --property=P,... -- UNIT`: the properties as systemd reports
+/// them, `(name, value)` in its order (a unit systemd does not know has empty values).
+pub async fn show(scope: Scope, unit: &str, properties: &[&str]) -> Result<Vec<(String, String)>> {
+    let property = format!("--property={}", properties.join(","));
+    let args = ["show", property.as_str(), "--", unit];
+    let output = run(scope, "systemctl", args.map(OsStr::new)).await?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect())
 }
 
 /// `systemd-tmpfiles [--user] --create FILE`: the directories it lists, now.
@@ -29,14 +45,15 @@ pub async fn tmpfiles_create(scope: Scope, file: &Path) -> Result<()> {
         [OsStr::new("--create"), file.as_os_str()],
     )
     .await
+    .map(drop)
 }
 
-/// `PROGRAM [--user] ARGS...`, an error with its stderr unless it succeeds.
+/// `PROGRAM [--user] ARGS...`: its output, or an error with its stderr unless it succeeds.
 async fn run<'a>(
     scope: Scope,
     program: &str,
     args: impl IntoIterator<Item = &'a OsStr>,
-) -> Result<()> {
+) -> Result<process::Output> {
     let mut all: Vec<&OsStr> = Vec::new();
     if scope == Scope::User {
         all.push(OsStr::new("--user"));
@@ -51,7 +68,7 @@ async fn run<'a>(
         .await
         .map_err(|err| err.context(line.clone()))?;
     if output.success {
-        Ok(())
+        Ok(output)
     } else {
         Err(Error::Failed(format!(
             "{line} failed: {}",

@@ -218,21 +218,7 @@ pub fn json_object(pairs: &[(&str, &[u8])]) -> Result<Zeroizing<Vec<u8>>> {
     Ok(out)
 }
 
-/// An octal file mode (`0600`, `600`, `0o600`), at most `07777`.
-pub fn parse_mode(text: &str) -> Result<u32> {
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    u32::from_str_radix(digits, 8)
-        .ok()
-        .filter(|mode| !digits.is_empty() && *mode <= 0o7777)
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "--mode '{text}' is not an octal file mode such as 0600"
-            ))
-        })
-}
-
 async fn write_file(settings: &Settings, args: &InfisicalWriteFileArgs) -> Result<()> {
-    let mode = parse_mode(&args.mode)?;
     check_project(config(settings)?, &args.project)?;
     let client = client(settings)?;
     let path = infisical::normalize_path(&args.secret_path);
@@ -265,7 +251,7 @@ async fn write_file(settings: &Settings, args: &InfisicalWriteFileArgs) -> Resul
             fsutil::ensure_dir(parent, 0o700)?;
         }
     }
-    fsutil::write_atomic(output, &bytes, mode)?;
+    fsutil::write_atomic(output, &bytes, args.mode.bits())?;
     eprintln!("Wrote {}", display(output));
     Ok(())
 }
@@ -292,16 +278,6 @@ mod tests {
         assert!(!is_shell_name("1X"));
         assert!(!is_shell_name("A-B"));
         assert!(!is_shell_name(""));
-    }
-
-    #[test]
-    fn modes() {
-        assert_eq!(parse_mode("0600").unwrap(), 0o600);
-        assert_eq!(parse_mode("644").unwrap(), 0o644);
-        assert!(parse_mode("0800").is_err());
-        assert!(parse_mode("abc").is_err());
-        assert!(parse_mode("").is_err());
-        assert!(parse_mode("77777").is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::fsutil;
 use crate::unitgen::driver_conf::{self, Client};
 
 pub fn run(settings: &Settings, args: &InstallArgs) -> Result<()> {
-    let driver = Driver::resolve(settings, args.client)?;
+    let driver = Driver::resolve(settings, args.client.map(Into::into))?;
     let spec = driver.conf();
     let text = driver_conf::render(&spec);
     // Also with --stdout: the printed commands name the token file, so it must exist.

@@ -10,6 +10,8 @@
 //!   `sigv4.rs`: AWS request signing (pure).
 //! - `token.rs`: the token record, its renew/login decision, and the cache file shared with
 //!   the original psi.
+//! - `pki.rs`: issuing and renewing TLS certificates; `cert.rs`: what a certificate file
+//!   holds and whether it is due for renewal (pure but for reading the file).
 //! - `http.rs`: the shared HTTP client, retries with backoff and `Retry-After`, and what
 //!   Infisical's error statuses mean.
 //!
@@ -28,6 +30,7 @@
 mod api;
 mod auth;
 mod aws;
+pub mod cert;
 mod http;
 mod listing;
 mod pki;
