@@ -205,8 +205,8 @@ async fn read_podman(
 ) -> Result<(Vec<Found>, Vec<Unreadable>)> {
     let podman = crate::podman::Podman::new(crate::podman::configured_socket(settings)?);
     let listed = podman.list_secrets().await?;
-    let mut registry: Option<crate::provider::Registry> = None;
-    let state = crate::state::StateDir::new(settings.state_dir.clone());
+    // Built on first need: most imports read Podman secrets that reveal their values.
+    let mut resolver: Option<crate::resolver::Resolver> = None;
     let mut found = Vec::new();
     let mut unreadable = Vec::new();
     for (name, key) in names {
@@ -237,28 +237,18 @@ async fn read_podman(
                         continue;
                     }
                 };
-                let mapping = match state.read_mapping(&id) {
-                    Ok(mapping) => mapping,
-                    Err(_) => {
+                let resolver = match &mut resolver {
+                    Some(resolver) => resolver,
+                    None => resolver.insert(crate::resolver::Resolver::from_settings(settings)?),
+                };
+                match resolver.lookup(&id).await {
+                    Ok(value) => value,
+                    Err(Error::NoMapping(_)) => {
                         unreadable.push(fail(
                             "this Podman does not reveal secret values and psi has no mapping for this shell-driver secret".into(),
                         ));
                         continue;
                     }
-                };
-                if registry.is_none() {
-                    registry = Some(crate::provider::Registry::from_config(
-                        &settings.providers,
-                        &settings.state_dir,
-                    )?);
-                }
-                let registry = registry.as_ref().expect("set above");
-                let looked = match registry.get(mapping.provider()) {
-                    Ok(provider) => provider.lookup(&mapping).await,
-                    Err(err) => Err(err),
-                };
-                match looked {
-                    Ok(value) => value,
                     Err(err) => {
                         unreadable.push(fail(format!("psi lookup failed: {err}")));
                         continue;

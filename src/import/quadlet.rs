@@ -64,16 +64,13 @@ pub fn parse_quadlet(text: &str, source: &str) -> (Vec<Found>, Vec<SecretRef>, V
                 None => warnings.push(format!("{source}:{number}: skipped: unclosed quote")),
             }
         } else if let Some(rest) = line.strip_prefix("Secret=") {
-            let mut fields = rest.trim().split(',');
-            let name = fields.next().unwrap_or_default().trim().to_owned();
-            if name.is_empty() {
-                continue;
+            // The drop-in reader's grammar, so `psi run` and import read `Secret=` alike.
+            if let Some(secret) = crate::unitgen::dropin::parse_secret(rest) {
+                refs.push(SecretRef {
+                    key: secret.target().to_owned(),
+                    name: secret.name,
+                });
             }
-            let key = fields
-                .find_map(|f| f.trim().strip_prefix("target="))
-                .map(str::to_owned)
-                .unwrap_or_else(|| name.clone());
-            refs.push(SecretRef { name, key });
         }
     }
     (found, refs, warnings)
