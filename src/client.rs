@@ -25,6 +25,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::config::validate_socket_token;
+use crate::encoding::uri_component;
 use crate::server::routes::MAX_BODY;
 
 /// How long the client waits on the socket. psi answers a stalled provider with a 503
@@ -159,7 +160,7 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
         id = crate::secret::secret_id_from_env()
             .map_err(Failure::Usage)?
             .ok_or_else(|| Failure::Usage("SECRET_ID is not set".into()))?;
-        percent_encode(&id, &mut target);
+        target.extend(uri_component(&id));
     }
     let token = match &invocation.token_file {
         Some(path) => Some(read_token(path)?),
@@ -238,7 +239,7 @@ pub fn lookup(
     id: &str,
 ) -> Result<crate::secret::SecretValue, String> {
     let mut target = String::from("/lookup/");
-    percent_encode(id, &mut target);
+    target.extend(uri_component(id));
     let request = build_request("GET", &target, token, None);
     let reply = exchange(socket, &request).map_err(|failure| match failure {
         Failure::Usage(why) | Failure::Failed(why) => why,
@@ -304,17 +305,6 @@ fn build_request(
         push(body);
     }
     request
-}
-
-/// Percent-encodes all but RFC 3986 unreserved characters (psi serve decodes the ID).
-fn percent_encode(text: &str, out: &mut String) {
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
 }
 
 /// The token from `path`, surrounding whitespace removed, checked against the token
@@ -451,9 +441,10 @@ mod tests {
             &request[..],
             b"POST /store/a%20b HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer tok\r\nContent-Length: 3\r\nConnection: close\r\n\r\nx\0y"
         );
-        let mut target = String::new();
-        percent_encode("3f2a-b.c~d/e f", &mut target);
-        assert_eq!(target, "3f2a-b.c~d%2Fe%20f");
+        assert_eq!(
+            uri_component("3f2a-b.c~d/e f").to_string(),
+            "3f2a-b.c~d%2Fe%20f"
+        );
     }
 
     #[test]

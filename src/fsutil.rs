@@ -283,7 +283,7 @@ fn random_suffix() -> Result<String> {
     let mut bytes = [0u8; SUFFIX_BYTES];
     openssl::rand::rand_bytes(&mut bytes)
         .map_err(|err| Error::Failed(format!("no randomness: {err}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::encoding::hex(&bytes))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@
 //! - [`client`]: `psi client`, the driver commands as a minimal blocking HTTP client (no
 //!   runtime, no logging), which `main.rs` dispatches first; also `psi healthcheck`.
 //! - [`driver`]: which client the driver commands use (psi or curl) and the token file.
+//! - [`encoding`]: hex and percent-encoding, one of each.
 #![deny(unsafe_code)]
 
 pub mod body;
@@ -55,6 +56,7 @@ pub mod config;
 pub mod crypto;
 pub mod driver;
 pub mod duration;
+pub mod encoding;
 pub mod error;
 pub mod fsutil;
 pub mod import;

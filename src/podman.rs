@@ -39,6 +39,7 @@ use zeroize::Zeroizing;
 
 use crate::body::{collect_capped, Collect};
 use crate::config::Scope;
+use crate::encoding::uri_component;
 use crate::error::{Error, Result};
 
 /// The API version in every path (see the module doc).
@@ -195,14 +196,14 @@ impl Podman {
         let what = format!("create Podman secret '{name}'");
         let mut path = format!(
             "{API_PREFIX}/secrets/create?name={}&driver={}",
-            encode(name),
-            encode(driver)
+            uri_component(name),
+            uri_component(driver)
         );
         if !driver_opts.is_empty() {
             let json = serde_json::to_string(driver_opts)
                 .map_err(|err| Error::Failed(format!("cannot encode the driver options: {err}")))?;
             path.push_str("&driveropts=");
-            path.push_str(&encode(&json));
+            path.extend(uri_component(&json));
         }
         let (status, body) = self
             .call(Method::POST, &path, Bytes::copy_from_slice(data), &what)
@@ -225,7 +226,7 @@ impl Podman {
     /// Podman runs its `delete` command, and a failing one leaves the secret in place.
     pub async fn remove_secret(&self, name_or_id: &str) -> Result<bool> {
         let what = format!("remove Podman secret '{name_or_id}'");
-        let path = format!("{API_PREFIX}/secrets/{}", encode(name_or_id));
+        let path = format!("{API_PREFIX}/secrets/{}", uri_component(name_or_id));
         let (status, body) = self
             .call(Method::DELETE, &path, Bytes::new(), &what)
             .await?;
@@ -241,7 +242,10 @@ impl Podman {
     /// A missing secret is an error. The reply body holds the value: it is zeroized.
     pub async fn secret_data(&self, name: &str) -> Result<Option<crate::secret::SecretValue>> {
         let what = format!("read Podman secret '{name}'");
-        let path = format!("{API_PREFIX}/secrets/{}/json?showsecret=true", encode(name));
+        let path = format!(
+            "{API_PREFIX}/secrets/{}/json?showsecret=true",
+            uri_component(name)
+        );
         let (status, body) = self.call(Method::GET, &path, Bytes::new(), &what).await?;
         if status != StatusCode::OK {
             return Err(api_error(status, &body).context(what));
@@ -395,20 +399,6 @@ fn api_message(status: StatusCode, body: &[u8]) -> String {
     format!("Podman answered {status}: {detail}")
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters: safe both as a query
-/// value and as a path segment.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,16 +458,6 @@ mod tests {
         );
         let bare = env_of(&[("CONTAINER_HOST", "unix://")]);
         assert!(default_socket(Scope::System, &bare).is_err());
-    }
-
-    #[test]
-    fn encode_keeps_only_unreserved_characters() {
-        assert_eq!(encode("myapp--DB_HOST.v1~"), "myapp--DB_HOST.v1~");
-        assert_eq!(
-            encode(r#"{"a":"x y/$Z&=@"}"#),
-            "%7B%22a%22%3A%22x%20y%2F%24Z%26%3D%40%22%7D"
-        );
-        assert_eq!(encode("é"), "%C3%A9");
     }
 
     #[test]

@@ -105,10 +105,7 @@ impl CryptoError {
 #[cfg(test)]
 mod hmac_tests {
     use super::*;
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::encoding::hex;
 
     #[test]
     fn rfc4231_vectors() {

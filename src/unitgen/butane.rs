@@ -181,13 +181,7 @@ pub fn ignition(p: &Provision, spec: IgnitionSpec) -> String {
 pub fn data_url(bytes: &[u8]) -> String {
     let mut escaped = String::with_capacity(bytes.len() + 6);
     escaped.push_str("data:,");
-    for &b in bytes {
-        if is_unreserved(b) {
-            escaped.push(b as char);
-        } else {
-            escaped.push_str(&format!("%{b:02X}"));
-        }
-    }
+    escaped.extend(percent_encoding::percent_encode(bytes, DATA_URL));
     let b64 = format!(
         "data:;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -199,10 +193,17 @@ pub fn data_url(bytes: &[u8]) -> String {
     }
 }
 
-/// RFC 2396's unreserved characters, the set Butane's data URL library leaves unescaped.
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
-}
+/// What Butane leaves unescaped in a data URL (Go's `url.PathEscape` set, less `$&+,/:;=@`).
+const DATA_URL: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
 fn push_comment(out: &mut String, indent: &str, line: &str) {
     if line.is_empty() {

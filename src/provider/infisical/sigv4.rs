@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use zeroize::Zeroizing;
 
 use crate::crypto::hmac_sha256;
+use crate::encoding::hex;
 use crate::timefmt::Utc;
 
 /// What one signature covers.
@@ -85,10 +86,6 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 fn hmac(key: &[u8], data: &[u8]) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(hmac_sha256(key, data).to_vec())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

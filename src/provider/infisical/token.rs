@@ -164,7 +164,7 @@ pub(crate) fn cache_key(
         identity_id.unwrap_or(""),
         client_id.unwrap_or("")
     );
-    super::sigv4::hex(&super::sigv4::sha256(text.as_bytes()))[..12].to_owned()
+    crate::encoding::hex(&super::sigv4::sha256(text.as_bytes()))[..12].to_owned()
 }
 
 /// One slot per auth configuration: the async mutex makes concurrent callers that need a

@@ -81,7 +81,7 @@ impl OpenToken {
             "{kind} key not found on token '{}': no object with id '{}' or label '{}' \
              (check key_id/key_label in providers.nitrokeyhsm)",
             self.status.token_label,
-            hex(&options.key_id),
+            crate::encoding::hex(&options.key_id),
             options.key_label
         ))
         .into())
@@ -116,7 +116,7 @@ impl OpenToken {
         for attr in attrs {
             match attr {
                 Attribute::Modulus(m) => modulus = Some(m),
-                Attribute::Id(id) => key.id_hex = hex(&id),
+                Attribute::Id(id) => key.id_hex = crate::encoding::hex(&id),
                 Attribute::Label(l) => key.label = String::from_utf8_lossy(&l).into_owned(),
                 _ => {}
             }
@@ -317,10 +317,6 @@ pub(super) fn ckr_name(rv: RvError) -> String {
         name.push(c.to_ascii_uppercase());
     }
     name
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
