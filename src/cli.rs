@@ -1,14 +1,14 @@
 //! The command tree (clap derive). Parsing only: no I/O, no defaults that need the system.
 
-use std::path::PathBuf;
-
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{DriverClient, FileMode};
 use crate::import::plan::Conflict;
+use crate::unitgen::units::Mode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -102,20 +102,11 @@ pub enum SystemdCommand {
     Install(SystemdInstallArgs),
 }
 
-/// How psi runs on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum UnitMode {
-    /// The psi binary as systemd services
-    Native,
-    /// psi's image as quadlet .container units
-    Container,
-}
-
 #[derive(Debug, Args)]
 pub struct SystemdInstallArgs {
     /// native (this psi binary) or container (quadlets running --image)
     #[arg(long, value_enum, value_name = "MODE")]
-    pub mode: UnitMode,
+    pub mode: Mode,
     /// psi's image (container mode)
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
@@ -313,7 +304,7 @@ pub struct NitrokeyStoreArgs {
 pub struct ButaneArgs {
     /// How psi runs on the machine: as a container (quadlets) or as a native binary
     #[arg(long, value_enum, default_value = "container", value_name = "MODE")]
-    pub mode: ButaneMode,
+    pub mode: Mode,
     /// psi's image in container mode
     #[arg(
         long,
@@ -336,15 +327,6 @@ pub struct ButaneArgs {
     /// Embed the config file (it holds credentials) or leave it to be placed on the machine
     #[arg(long, value_enum, default_value = "embed", value_name = "HOW")]
     pub config_file: ConfigFileMode,
-}
-
-/// How psi runs on the provisioned machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ButaneMode {
-    /// psi's image under quadlets; the host's Podman reaches it with curl
-    Container,
-    /// A psi binary on the host (/usr/local/bin/psi) under systemd units
-    Native,
 }
 
 /// Whether `psi butane` embeds the config file.
@@ -501,6 +483,22 @@ pub struct ImportOptions {
 
 /// `--conflict`'s values. The policy itself ([`Conflict`]) is the import planner's; its
 /// values and their help are spelled out here so that the planner knows no clap.
+/// `--mode` of `psi systemd install` and `psi butane`: the renderers' own type, so no second
+/// enum mirrors it.
+impl ValueEnum for Mode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Mode::Native, Mode::Container]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Mode::Native => PossibleValue::new("native").help("The psi binary under systemd units"),
+            Mode::Container => PossibleValue::new("container")
+                .help("psi's image under quadlets; the host's Podman reaches it with curl"),
+        })
+    }
+}
+
 impl ValueEnum for Conflict {
     fn value_variants<'a>() -> &'a [Self] {
         &[Conflict::Fail, Conflict::Skip, Conflict::Overwrite]

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{ButaneArgs, ButaneMode, ConfigFileMode};
+use crate::cli::{ButaneArgs, ConfigFileMode};
 use crate::config::{Scope, ScopePaths, Settings};
 use crate::error::{Error, Result};
 use crate::state::StateDir;
@@ -82,7 +82,7 @@ pub fn run(settings: &Settings, args: &ButaneArgs) -> Result<()> {
 /// HSM. `config_text` is the file to embed.
 pub fn provision(
     settings: &Settings,
-    mode: ButaneMode,
+    mode: Mode,
     config_file: ConfigFileMode,
     config_text: Option<&str>,
 ) -> Result<Provision> {
@@ -109,8 +109,8 @@ pub fn provision(
     // native mode `psi client` keeps it in a 0600 file in the state directory instead.
     let token_file = StateDir::new(&state_dir).socket_token_path();
     let client = match mode {
-        ButaneMode::Container => Client::Curl { token },
-        ButaneMode::Native => Client::Psi {
+        Mode::Container => Client::Curl { token },
+        Mode::Native => Client::Psi {
             binary: Path::new(NATIVE_BINARY),
             token_file: token.map(|_| token_file.as_path()),
         },
@@ -127,7 +127,7 @@ pub fn provision(
         comment: curl_token
             .then(|| "CREDENTIALS: holds the socket token (curl sends it to psi serve).".into()),
     });
-    if let (ButaneMode::Native, Some(token)) = (mode, token) {
+    if let (Mode::Native, Some(token)) = (mode, token) {
         p.files.push(ProvisionFile {
             path: token_file.clone(),
             mode: 0o600,
@@ -135,7 +135,7 @@ pub fn provision(
             comment: Some("CREDENTIALS: the socket token psi client sends to psi serve.".into()),
         });
     }
-    if mode == ButaneMode::Native {
+    if mode == Mode::Native {
         p.comments.push(format!(
             "Native mode: the psi binary must be at {NATIVE_BINARY} on the machine\n\
              (this config does not carry it)."
@@ -197,13 +197,9 @@ fn pcscd_files(volume: &str, systemd_dir: &Path) -> [ProvisionFile; 2] {
 /// the host units the appliance needs (the Podman API socket) are listed.
 fn appliance_files(
     settings: &Settings,
-    mode: ButaneMode,
+    mode: Mode,
     image: &str,
 ) -> Result<(Vec<ProvisionFile>, Vec<ProvisionUnit>)> {
-    let mode = match mode {
-        ButaneMode::Container => Mode::Container,
-        ButaneMode::Native => Mode::Native,
-    };
     let spec = ApplianceSpec::from_settings(settings, mode, Some(image), Path::new(NATIVE_BINARY))?
         .with_default_config();
     let mut files = Vec::new();

@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{SystemdCommand, SystemdInstallArgs, UnitMode};
+use crate::cli::{SystemdCommand, SystemdInstallArgs};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::unitgen::units::{self, ApplianceSpec, GeneratedFile, Mode, Target};
@@ -36,10 +36,7 @@ pub async fn run(settings: &Settings, command: SystemdCommand) -> Result<()> {
 }
 
 async fn install(settings: &Settings, args: &SystemdInstallArgs) -> Result<()> {
-    let mode = match args.mode {
-        UnitMode::Native => Mode::Native,
-        UnitMode::Container => Mode::Container,
-    };
+    let mode = args.mode;
     // Natively the units run this very binary, by the absolute path the kernel reports.
     let psi_bin = match mode {
         Mode::Native => std::env::current_exe().map_err(|err| Error::Io {
