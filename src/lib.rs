@@ -8,7 +8,10 @@
 //!
 //! - [`cli`]: the clap command tree; no I/O.
 //! - [`error`]: the one error type, with exit codes and HTTP statuses.
-//! - [`config`]: `config.yaml` schema, validation, scope paths, credential resolution.
+//! - [`config`]: settings resolved once: `Settings` and the precedence (`mod.rs`), the
+//!   `config.yaml` schema (`schema`, typed scalars in `values`), the scope path table
+//!   (`scope`), loading and credentials (`load`), checks across keys (`validate`), YAML
+//!   error messages (`yaml_error`).
 //! - [`duration`]: durations in configuration (`30s`, `5m`, `90d`).
 //! - [`timefmt`]: UTC calendar time for the few timestamps psi prints.
 //! - [`secret`]: `SecretId`, `Mapping` (the wire JSON), `SecretValue`.

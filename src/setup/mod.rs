@@ -54,16 +54,15 @@ fn selected<'a>(
     names: &[String],
 ) -> Result<Vec<(&'a str, &'a WorkloadConfig)>> {
     for name in names {
-        if !settings.file.workloads.contains_key(name) {
+        if !settings.workloads.contains_key(name) {
             return Err(Error::Usage(format!(
                 "no workload '{name}' in {} (configured: {})",
                 settings.config_path.display(),
-                list(settings.file.workloads.keys())
+                list(settings.workloads.keys())
             )));
         }
     }
     Ok(settings
-        .file
         .workloads
         .iter()
         .filter(|(name, _)| names.is_empty() || names.contains(name))
@@ -286,7 +285,7 @@ pub async fn setup(settings: &Settings, options: &Options) -> Result<SetupReport
         discovered.push((*name, *config, discoverer.workload(name, config).await));
     }
 
-    let names: Vec<&str> = settings.file.workloads.keys().map(String::as_str).collect();
+    let names: Vec<&str> = settings.workloads.keys().map(String::as_str).collect();
     let mut report = SetupReport::new(options.dry_run);
     report.classification = Some(Classification::of(&shell, &current_opts, &names, |w| {
         read_dropin(settings, w)
