@@ -557,3 +557,56 @@ fn keys_read_late_are_validated_at_load() {
         assert!(msg.contains(expected), "{text}: {msg}");
     }
 }
+
+/// What consumers read is resolved at load: paths with their defaults, durations parsed,
+/// timer text kept for systemd, modes in the form Podman reads.
+#[test]
+fn settings_hold_resolved_typed_values() {
+    let settings = load_text(concat!(
+        "cache:\n  refresh_interval: ' 2h '\n",
+        "providers:\n  infisical:\n    timeout: 10s\n    auth: {method: azure, identity_id: i}\n    projects:\n      web: {id: x}\n",
+        "workloads:\n  app:\n    secrets:\n      - {project: web, files: {K: {mode: '0o400'}}}\n",
+    ))
+    .unwrap();
+    assert_eq!(settings.cache.refresh_interval.as_str(), "2h");
+    assert_eq!(settings.cache.refresh_randomized_delay.as_str(), "5m");
+    assert_eq!(settings.cache.path, Path::new("/var/lib/psi/cache.enc"));
+    assert_eq!(
+        settings.cache.key_path,
+        settings.config_path.with_file_name("cache.key")
+    );
+    assert_eq!(
+        settings.providers.infisical.as_ref().unwrap().timeout,
+        Some(std::time::Duration::from_secs(10))
+    );
+    let mode = settings.workloads["app"].secrets[0].files["K"]
+        .mode
+        .unwrap();
+    assert_eq!(mode.to_string(), "0400");
+    assert_eq!(
+        settings.podman_socket.path().unwrap(),
+        Path::new("/run/podman/podman.sock")
+    );
+    assert_eq!(settings.explicit.podman_socket, None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, "cache: {path: /c/cache.enc}\n").unwrap();
+    let overrides = Overrides {
+        config: Some(path),
+        socket: None,
+    };
+    // The environment that `Settings::load` is given decides the default Podman socket; a
+    // user without XDG_RUNTIME_DIR loads fine and learns what to set when Podman is needed.
+    let env = env_of(&[("HOME", "/home/u"), ("CONTAINER_HOST", "unix:///p.sock")]);
+    let settings = Settings::load(&overrides, &env, 1000).unwrap();
+    assert_eq!(settings.podman_socket.path().unwrap(), Path::new("/p.sock"));
+    assert_eq!(settings.cache.path, Path::new("/c/cache.enc"));
+    let settings = Settings::load(&overrides, &env_of(&[("HOME", "/home/u")]), 1000).unwrap();
+    let err = settings.podman_socket.path().unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string().contains("XDG_RUNTIME_DIR is not set"),
+        "{err}"
+    );
+}
