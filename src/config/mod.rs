@@ -26,11 +26,13 @@
 //! # Layout
 //!
 //! `schema` (serde structs of the file), `values` (typed scalars parsed inside serde),
-//! `scope` (the system/user path table), `load` (reading the file, the precedence above,
-//! credentials), `validate` (checks across keys), `yaml_error` (messages for people).
+//! `duration` (the one parser of duration text), `scope` (the system/user path table), `load`
+//! (reading the file, the precedence above, credentials), `validate` (checks across keys),
+//! `yaml_error` (messages for people).
 //! Unknown keys are errors at every level, with the file, the key path and, for a near miss,
 //! a suggestion. YAML stays confined to this module.
 
+mod duration;
 mod load;
 mod schema;
 mod scope;

@@ -65,7 +65,7 @@ impl<'de> Deserialize<'de> for PcrList {
 pub(super) fn duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Duration, D::Error> {
-    parse_scalar(d, crate::duration::parse)
+    parse_scalar(d, super::duration::parse)
 }
 
 pub(super) fn optional_duration<'de, D: serde::Deserializer<'de>>(
@@ -193,7 +193,7 @@ pub struct TimerSpan(pub(super) String);
 
 impl TimerSpan {
     pub fn parse(text: &str) -> Result<TimerSpan, String> {
-        crate::duration::parse(text)?;
+        super::duration::parse(text)?;
         Ok(TimerSpan(text.trim().to_owned()))
     }
 
