@@ -36,13 +36,8 @@ impl<'a> Driver<'a> {
     /// `driver.client`, else psi when its path is known (`driver.psi_path`, or this binary's
     /// own outside a container) and curl otherwise.
     pub fn resolve(settings: &'a Settings, requested: Option<DriverClient>) -> Result<Driver<'a>> {
-        let config = &settings.file.driver;
-        if let Some(path) = config.psi_path.as_deref().filter(|p| !p.is_absolute()) {
-            return Err(Error::Usage(format!(
-                "driver.psi_path: '{}' is not an absolute path; name the psi binary the host's Podman runs, e.g. /usr/local/bin/psi",
-                path.display()
-            )));
-        }
+        // `driver.psi_path` is absolute: checked at load.
+        let config = &settings.driver;
         let use_psi = match requested.or(config.client) {
             Some(DriverClient::Curl) => false,
             Some(DriverClient::Psi) => true,

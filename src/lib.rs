@@ -8,8 +8,10 @@
 //!
 //! - [`cli`]: the clap command tree; no I/O.
 //! - [`error`]: the one error type, with exit codes and HTTP statuses.
-//! - [`config`]: `config.yaml` schema, validation, scope paths, credential resolution.
-//! - [`duration`]: durations in configuration (`30s`, `5m`, `90d`).
+//! - [`config`]: settings resolved once: `Settings` and the precedence (`mod.rs`), the
+//!   `config.yaml` schema (`schema`; typed scalars in `values`, durations in `duration`), the
+//!   scope path table (`scope`), loading and credentials (`load`), checks across keys
+//!   (`validate`), YAML error messages (`yaml_error`).
 //! - [`timefmt`]: UTC calendar time for the few timestamps psi prints.
 //! - [`secret`]: `SecretId`, `Mapping` (the wire JSON), `SecretValue`.
 //! - [`pyjson`]: Python-compatible JSON text for the original's byte-exact formats.
@@ -55,7 +57,6 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod driver;
-pub mod duration;
 pub mod encoding;
 pub mod error;
 pub mod fsutil;

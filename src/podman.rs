@@ -91,12 +91,10 @@ pub fn default_socket(scope: Scope, env: &dyn Fn(&str) -> Option<OsString>) -> R
     }
 }
 
-/// The socket psi talks to: `podman_socket` from the config file, else [`default_socket`].
+/// The socket psi talks to: `podman_socket` from the config file, else [`default_socket`]
+/// (resolved by `config`).
 pub fn configured_socket(settings: &crate::config::Settings) -> Result<PathBuf> {
-    match &settings.file.podman_socket {
-        Some(path) => Ok(path.clone()),
-        None => default_socket(settings.scope, &crate::config::process_env),
-    }
+    settings.podman_socket.path()
 }
 
 // The parts of Podman's replies psi reads; other fields (5.x adds some) are ignored.

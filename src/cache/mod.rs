@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -163,13 +163,13 @@ impl Backend {
     /// is unset. TPM reads the key as [`read_tpm_key`] says; HSM shares
     /// the registry's Nitrokey provider (one PKCS#11 thread per process).
     pub fn from_settings(settings: &Settings, registry: &Registry) -> Result<Option<Backend>> {
-        let cache = &settings.file.cache;
+        let cache = &settings.cache;
         let Some(kind) = cache.backend.filter(|_| cache.enabled) else {
             return Ok(None);
         };
         match kind {
             CacheBackend::Tpm => {
-                read_tpm_key(&process_env, &default_key_path(settings)).map(Backend::Tpm)
+                read_tpm_key(&process_env, &settings.cache.key_path).map(Backend::Tpm)
             }
             CacheBackend::Hsm => registry
                 .nitrokeyhsm()
@@ -210,18 +210,6 @@ pub fn hsm_not_configured() -> Error {
          provider block to your config and run 'psi nitrokeyhsm init' first."
             .into(),
     )
-}
-
-/// Where `psi cache init --backend tpm` puts the sealed key, and where psi looks for it:
-/// `cache.key` beside the config file (`/etc/psi/cache.key` by default). Beside the file
-/// rather than in the scope's directory, so a config given with `-c` keeps its key with it,
-/// and psi in its container (config directory mounted at `/etc/psi`) finds the same file.
-pub fn default_key_path(settings: &Settings) -> PathBuf {
-    settings
-        .config_path
-        .parent()
-        .unwrap_or(&settings.paths.config_dir)
-        .join("cache.key")
 }
 
 /// The TPM backend's key: `$CREDENTIALS_DIRECTORY/psi-cache-key` when systemd unsealed it
@@ -277,16 +265,6 @@ fn unseal_key(key_path: &Path) -> Result<Zeroizing<Vec<u8>>> {
         )));
     }
     Ok(output.stdout)
-}
-
-/// The cache file: `cache.path`, else `state_dir/cache.enc`.
-pub fn cache_path(settings: &Settings) -> PathBuf {
-    settings
-        .file
-        .cache
-        .path
-        .clone()
-        .unwrap_or_else(|| settings.state_dir.join(crate::state::CACHE_FILE))
 }
 
 /// A cache file read and decrypted.

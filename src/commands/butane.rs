@@ -87,13 +87,19 @@ pub fn provision(
     config_text: Option<&str>,
 ) -> Result<Provision> {
     let system = ScopePaths::new(Scope::System, 0, None, None)?;
-    let file = &settings.file;
-    let state_dir = file.state_dir.clone().unwrap_or(system.state_dir.clone());
-    let systemd_dir = file
+    let explicit = &settings.explicit;
+    let state_dir = explicit
+        .state_dir
+        .clone()
+        .unwrap_or(system.state_dir.clone());
+    let systemd_dir = explicit
         .systemd_dir
         .clone()
         .unwrap_or(system.systemd_dir.clone());
-    let socket = file.socket_path.clone().unwrap_or(system.socket.clone());
+    let socket = explicit
+        .socket_path
+        .clone()
+        .unwrap_or(system.socket.clone());
     let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
 
     let mut p = Provision {

@@ -65,7 +65,7 @@ async fn init(settings: &Settings, args: &CacheInitArgs) -> Result<()> {
             "--key-path, --with-key and --tpm2-pcrs apply to --backend tpm only".into(),
         ));
     }
-    let path = cache::cache_path(settings);
+    let path = settings.cache.path.clone();
     refuse_to_replace(
         &path,
         args.force,
@@ -75,7 +75,7 @@ async fn init(settings: &Settings, args: &CacheInitArgs) -> Result<()> {
         BackendKind::Tpm => init_tpm(settings, args, &path).await?,
         BackendKind::Hsm => init_hsm(settings, &path).await?,
     }
-    let config = &settings.file.cache;
+    let config = &settings.cache;
     if config.backend != Some(kind) || !config.enabled {
         say(&format!(
             "Set 'cache: {{enabled: true, backend: {}}}' in {} so psi serve and psi setup use it.\n",
@@ -101,7 +101,7 @@ async fn init_tpm(settings: &Settings, args: &CacheInitArgs, path: &Path) -> Res
     let key_path = args
         .key_path
         .clone()
-        .unwrap_or_else(|| cache::default_key_path(settings));
+        .unwrap_or_else(|| settings.cache.key_path.clone());
     refuse_to_replace(
         &key_path,
         args.force,
@@ -211,8 +211,8 @@ enum Verify {
 }
 
 async fn status(settings: &Settings, args: &CacheStatusArgs) -> Result<()> {
-    let config = &settings.file.cache;
-    let path = cache::cache_path(settings);
+    let config = &settings.cache;
+    let path = settings.cache.path.clone();
     let info = cache::inspect(&path)?;
     let header = info.as_ref().and_then(|i| i.header.as_ref().ok().copied());
     // A file without a readable header (bad magic, 0 to 5 bytes) cannot be decrypted
@@ -264,7 +264,7 @@ async fn verify(settings: &Settings) -> Verify {
             }
         }
     };
-    match cache::load(&cache::cache_path(settings), &backend).await {
+    match cache::load(&settings.cache.path, &backend).await {
         Ok(Some(loaded)) => Verify::Ok {
             entries: loaded.entries.len(),
         },
@@ -345,7 +345,7 @@ async fn invalidate(settings: &Settings, args: &CacheInvalidateArgs) -> Result<(
     let (backend, _registry) = open_backend(settings)?;
     let state = StateDir::new(&settings.state_dir);
     let _lock = state.lock_setup().await?;
-    let path = cache::cache_path(settings);
+    let path = settings.cache.path.clone();
     let mut entries = load_for_change(&path, &backend).await?;
     let mut podman = PodmanNames::new(settings);
     let (mut dropped, mut unresolved) = (0, 0);
@@ -455,7 +455,7 @@ async fn prune(settings: &Settings) -> Result<()> {
     let (backend, _registry) = open_backend(settings)?;
     let state = StateDir::new(&settings.state_dir);
     let _lock = state.lock_setup().await?;
-    let path = cache::cache_path(settings);
+    let path = settings.cache.path.clone();
     let mut entries = load_for_change(&path, &backend).await?;
     let mut live = HashSet::new();
     for id in state.list_mappings()? {

@@ -109,9 +109,8 @@ async fn open_cache(settings: &Settings, resolver: &Resolver) -> CacheState {
             CacheState::Disabled
         }
         Ok(Some(backend)) => {
-            let path = cache::cache_path(settings);
-            let (live, first_load) =
-                LiveCache::start(path, backend, settings.file.cache.watch_interval);
+            let path = settings.cache.path.clone();
+            let (live, first_load) = LiveCache::start(path, backend, settings.cache.watch_interval);
             if tokio::time::timeout(CACHE_WAIT, first_load).await.is_err() {
                 tracing::warn!(event = "cache.open", "the secret cache is still loading; serving from the providers until it is ready");
             }

@@ -20,7 +20,7 @@ pub(super) async fn write(
     fresh: &[Vec<u8>],
     keep: &[Vec<u8>],
 ) -> Option<CacheReport> {
-    let path = cache::cache_path(settings);
+    let path = settings.cache.path.clone();
     let mut report = CacheReport {
         path: path.display().to_string(),
         entries: None,

@@ -151,7 +151,7 @@ fn deliveries<'a>(source: &'a SecretSource, key: &'a str) -> impl Iterator<Item 
                 .target
                 .as_ref()
                 .map(|dir| format!("{}/{key}", dir.trim_end_matches('/'))),
-            mode: source.mode.clone(),
+            mode: source.mode,
             uid: source.uid,
             gid: source.gid,
         };
@@ -167,7 +167,7 @@ fn deliveries<'a>(source: &'a SecretSource, key: &'a str) -> impl Iterator<Item 
 fn mount(file: &FileSecret, key: &str) -> Delivery {
     Delivery::Mount {
         target: file.target.clone().unwrap_or_else(|| key.to_owned()),
-        mode: file.mode.clone(),
+        mode: file.mode.map(|mode| mode.to_string()),
         uid: file.uid,
         gid: file.gid,
     }

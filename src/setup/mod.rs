@@ -59,16 +59,15 @@ fn selected<'a>(
     names: &[String],
 ) -> Result<Vec<(&'a str, &'a WorkloadConfig)>> {
     for name in names {
-        if !settings.file.workloads.contains_key(name) {
+        if !settings.workloads.contains_key(name) {
             return Err(Error::Usage(format!(
                 "no workload '{name}' in {} (configured: {})",
                 settings.config_path.display(),
-                list(settings.file.workloads.keys())
+                list(settings.workloads.keys())
             )));
         }
     }
     Ok(settings
-        .file
         .workloads
         .iter()
         .filter(|(name, _)| names.is_empty() || names.contains(name))
@@ -169,7 +168,7 @@ async fn plan_run(
 ) -> Result<SetupPlan> {
     // Podman first: without it there is nothing to apply, so fail before asking a provider.
     let shell = shell_secrets(podman, state).await?;
-    let names: Vec<String> = settings.file.workloads.keys().cloned().collect();
+    let names: Vec<String> = settings.workloads.keys().cloned().collect();
     let dropins: BTreeMap<String, String> = names
         .iter()
         .filter_map(|name| Some((name.clone(), read_dropin(settings, name)?)))

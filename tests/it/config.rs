@@ -157,7 +157,7 @@ fn defaults_and_raw_value_policy() {
     let full = "scope: system\nca_cert: /etc/ca.pem\nproviders:\n  infisical:\n    api_url: https://infisical.test\n    verify_ssl: true\n    token: {ttl: 60}\n    auth: {method: universal-auth, client_id: cid, client_secret: csec}\n    projects:\n      myproject: {id: proj-uuid-123, environment: prod}\n    tls:\n      certificates:\n        web:\n          project: myproject\n          profile_id: profile-uuid\n          common_name: web.example.com\n          alt_names: [{type: dns_name, value: web}]\n          output: {cert: /t/cert.pem, key: /t/key.pem, chain: /t/chain.pem}\n          hooks: [\"systemctl reload nginx\"]\n  nitrokeyhsm:\n    pkcs11_module: /usr/lib/softhsm/libsofthsm2.so\n    slot: 0\n    key_label: podman-secrets\n    key_id: \"02\"\nworkloads:\n  myapp:\n    provider: infisical\n    unit: myapp.container\n    depends_on: [psi-infisical-setup.service]\n    secrets:\n      - {project: myproject, path: /app, recursive: true}\ncache:\n  enabled: true\n  backend: tpm\n  refresh_interval: 30m\n";
     let settings = load_text(full).unwrap();
     assert_eq!(settings.providers.names(), ["infisical", "nitrokeyhsm"]);
-    assert_eq!(settings.file.workloads["myapp"].secrets[0].path, "/app");
+    assert_eq!(settings.workloads["myapp"].secrets[0].path, "/app");
 }
 
 #[test]
@@ -504,12 +504,12 @@ fn tls_outputs_and_hooks_are_validated_at_load() {
 fn cache_watch_interval_is_a_positive_duration() {
     let settings = load_text("cache:\n  watch_interval: 250ms\n").unwrap();
     assert_eq!(
-        settings.file.cache.watch_interval,
+        settings.cache.watch_interval,
         std::time::Duration::from_millis(250)
     );
     let settings = load_text("cache: {}\n").unwrap();
     assert_eq!(
-        settings.file.cache.watch_interval,
+        settings.cache.watch_interval,
         std::time::Duration::from_secs(2)
     );
     let msg = config_error("cache:\n  watch_interval: 0s\n");
@@ -521,5 +521,92 @@ fn cache_watch_interval_is_a_positive_duration() {
     assert!(
         msg.contains("cache.watch_interval: 'often' is not a duration"),
         "{msg}"
+    );
+}
+
+/// Keys that were checked only where they were used (the cache timer when units are
+/// generated, the driver's psi path when psi.conf or a secret is written, a file secret's
+/// mode when Podman read it) fail at load, with their key path.
+#[test]
+fn keys_read_late_are_validated_at_load() {
+    let workload = "providers:\n  infisical:\n    auth: {method: universal-auth, client_id: c, client_secret: s}\n    projects:\n      web: {id: x}\nworkloads:\n  app:\n    secrets:\n";
+    for (text, expected) in [
+        (
+            "cache:\n  refresh_interval: hourly\n".to_owned(),
+            "cache.refresh_interval: 'hourly' is not a duration",
+        ),
+        (
+            "cache:\n  refresh_randomized_delay: 5 minutes\n".to_owned(),
+            "cache.refresh_randomized_delay: '5 minutes' is not a duration",
+        ),
+        (
+            "driver:\n  psi_path: bin/psi\n".to_owned(),
+            "driver.psi_path: 'bin/psi' is not an absolute path",
+        ),
+        // Podman reads a mode as octal digits without a sign.
+        (
+            format!("{workload}      - {{project: web, files: {{K: {{mode: '+640'}}}}}}\n"),
+            "workloads.app.secrets[0].files.K.mode: '+640' is not a file mode",
+        ),
+        (
+            format!("{workload}      - {{project: web, type: mount, mode: '+600'}}\n"),
+            "workloads.app.secrets[0].mode: '+600' is not a file mode",
+        ),
+    ] {
+        let msg = config_error(&text);
+        assert!(msg.contains(expected), "{text}: {msg}");
+    }
+}
+
+/// What consumers read is resolved at load: paths with their defaults, durations parsed,
+/// timer text kept for systemd, modes in the form Podman reads.
+#[test]
+fn settings_hold_resolved_typed_values() {
+    let settings = load_text(concat!(
+        "cache:\n  refresh_interval: ' 2h '\n",
+        "providers:\n  infisical:\n    timeout: 10s\n    auth: {method: azure, identity_id: i}\n    projects:\n      web: {id: x}\n",
+        "workloads:\n  app:\n    secrets:\n      - {project: web, files: {K: {mode: '0o400'}}}\n",
+    ))
+    .unwrap();
+    assert_eq!(settings.cache.refresh_interval.as_str(), "2h");
+    assert_eq!(settings.cache.refresh_randomized_delay.as_str(), "5m");
+    assert_eq!(settings.cache.path, Path::new("/var/lib/psi/cache.enc"));
+    assert_eq!(
+        settings.cache.key_path,
+        settings.config_path.with_file_name("cache.key")
+    );
+    assert_eq!(
+        settings.providers.infisical.as_ref().unwrap().timeout,
+        Some(std::time::Duration::from_secs(10))
+    );
+    let mode = settings.workloads["app"].secrets[0].files["K"]
+        .mode
+        .unwrap();
+    assert_eq!(mode.to_string(), "0400");
+    assert_eq!(
+        settings.podman_socket.path().unwrap(),
+        Path::new("/run/podman/podman.sock")
+    );
+    assert_eq!(settings.explicit.podman_socket, None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, "cache: {path: /c/cache.enc}\n").unwrap();
+    let overrides = Overrides {
+        config: Some(path),
+        socket: None,
+    };
+    // The environment that `Settings::load` is given decides the default Podman socket; a
+    // user without XDG_RUNTIME_DIR loads fine and learns what to set when Podman is needed.
+    let env = env_of(&[("HOME", "/home/u"), ("CONTAINER_HOST", "unix:///p.sock")]);
+    let settings = Settings::load(&overrides, &env, 1000).unwrap();
+    assert_eq!(settings.podman_socket.path().unwrap(), Path::new("/p.sock"));
+    assert_eq!(settings.cache.path, Path::new("/c/cache.enc"));
+    let settings = Settings::load(&overrides, &env_of(&[("HOME", "/home/u")]), 1000).unwrap();
+    let err = settings.podman_socket.path().unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string().contains("XDG_RUNTIME_DIR is not set"),
+        "{err}"
     );
 }

@@ -93,7 +93,7 @@ impl World {
         let mut config = InfisicalConfig {
             api_url: self.fake.url(),
             auth: Some(universal_auth()),
-            timeout: Some("5s".into()),
+            timeout: Some(Duration::from_secs(5)),
             ..Default::default()
         };
         config.projects.insert(
@@ -553,7 +553,7 @@ async fn retry_after_and_backoff_decide_the_waits() {
 async fn slow_answers_time_out_and_are_retried() {
     let world = World::new(Generation::Legacy2024, 600, 6000);
     let mut config = world.config();
-    config.timeout = Some("1s".into());
+    config.timeout = Some(Duration::from_secs(1));
     config.retries = Some(1);
     let client = world.client_with(&config);
     lookup(&client, "/app", "DB_HOST").await.unwrap();

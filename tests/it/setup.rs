@@ -554,7 +554,7 @@ fn dropin_golden_files() {
             ..Default::default()
         };
         let settings = Settings::load(&overrides, &|_| None, 0).unwrap();
-        let w = &settings.file.workloads[workload];
+        let w = &settings.workloads[workload];
         let listings: Vec<Vec<Found>> = listings
             .iter()
             .map(|l| {

@@ -219,10 +219,7 @@ impl Infisical {
     ) -> Result<Infisical> {
         let invalid =
             |key: &str, why: String| Error::Usage(format!("providers.infisical.{key}: {why}"));
-        let timeout = match &config.timeout {
-            Some(text) => crate::duration::parse(text).map_err(|why| invalid("timeout", why))?,
-            None => DEFAULT_TIMEOUT,
-        };
+        let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let api = Url::parse(&config.api_url)
             .ok()
             .filter(|url| !url.cannot_be_a_base() && matches!(url.scheme(), "http" | "https"))

@@ -238,7 +238,6 @@ impl ApplianceSpec {
                 psi_bin.display()
             )));
         }
-        let file = &settings.file;
         let paths = &settings.paths;
         let user = settings.scope == Scope::User;
         // Units run elsewhere than this shell: a relative `-c` becomes absolute here.
@@ -266,7 +265,7 @@ impl ApplianceSpec {
         } else {
             parent(&settings.socket_path)
         };
-        let podman_host = match &file.podman_socket {
+        let podman_host = match &settings.explicit.podman_socket {
             Some(path) => path.display().to_string(),
             None if user => "%t/podman/podman.sock".into(),
             None => "/run/podman/podman.sock".into(),
@@ -277,27 +276,13 @@ impl ApplianceSpec {
             "/run/dbus/system_bus_socket"
         };
         let infisical = settings.providers.infisical.as_ref();
-        let cache = match (file.cache.enabled, file.cache.backend) {
-            (true, Some(backend)) => {
-                for (key, value) in [
-                    ("cache.refresh_interval", &file.cache.refresh_interval),
-                    (
-                        "cache.refresh_randomized_delay",
-                        &file.cache.refresh_randomized_delay,
-                    ),
-                ] {
-                    crate::duration::parse(value).map_err(|why| Error::Config {
-                        path: settings.config_path.clone(),
-                        message: format!("{key}: {why}"),
-                    })?;
-                }
-                Some(CacheSpec {
-                    backend,
-                    key_path: crate::cache::default_key_path(settings),
-                    refresh_interval: file.cache.refresh_interval.trim().to_owned(),
-                    refresh_delay: file.cache.refresh_randomized_delay.trim().to_owned(),
-                })
-            }
+        let cache = match (settings.cache.enabled, settings.cache.backend) {
+            (true, Some(backend)) => Some(CacheSpec {
+                backend,
+                key_path: settings.cache.key_path.clone(),
+                refresh_interval: settings.cache.refresh_interval.as_str().to_owned(),
+                refresh_delay: settings.cache.refresh_randomized_delay.as_str().to_owned(),
+            }),
             _ => None,
         };
         let mut tls_dirs: std::collections::BTreeMap<PathBuf, u32> = Default::default();
@@ -307,7 +292,7 @@ impl ApplianceSpec {
                 *tls_dirs.entry(dir.to_path_buf()).or_insert(0o700) |= dir_mode(out.mode.bits());
             }
         }
-        let workloads = file
+        let workloads = settings
             .workloads
             .iter()
             .filter(|(name, w)| w.provider == "infisical" && !name.ends_with('@'))
@@ -324,7 +309,7 @@ impl ApplianceSpec {
             config_env: (config_name != "config.yaml").then(|| format!("/etc/psi/{config_name}")),
             state_dir: Place::new(
                 settings.state_dir.display().to_string(),
-                file.state_dir.is_some(),
+                settings.explicit.state_dir.is_some(),
                 "/var/lib/psi",
             ),
             state_dir_managed: !user && settings.state_dir == paths.state_dir,
@@ -333,13 +318,13 @@ impl ApplianceSpec {
             socket_env: (!default_socket).then(|| settings.socket_path.display().to_string()),
             systemd_dir: Place::new(
                 settings.systemd_dir.display().to_string(),
-                file.systemd_dir.is_some(),
+                settings.explicit.systemd_dir.is_some(),
                 "/etc/containers/systemd",
             ),
             unit_dir: paths.unit_dir.clone(),
             podman_socket: Place::new(
                 podman_host,
-                file.podman_socket.is_some(),
+                settings.explicit.podman_socket.is_some(),
                 "/run/podman/podman.sock",
             ),
             dbus_socket: Place::new(dbus_host, false, "/run/dbus/system_bus_socket"),
@@ -353,7 +338,7 @@ impl ApplianceSpec {
                 .unwrap_or_else(|| crate::config::NitrokeyConfig::default().pcscd_volume),
             ca_cert: infisical
                 .and_then(|i| i.ca_cert.clone())
-                .or_else(|| file.ca_cert.clone()),
+                .or_else(|| settings.ca_cert.clone()),
             socket_token_credential: matches!(
                 settings.socket_token,
                 Some((_, CredentialSource::CredentialsDirectory))
@@ -373,7 +358,7 @@ impl ApplianceSpec {
             Scope::User => "%h/.config/psi",
         };
         self.config_dir = Place::new(dir, false, "/etc/psi");
-        // The key lives beside the config file (`cache::default_key_path`).
+        // The key lives beside the config file (`config::CacheSettings::key_path`).
         if let Some(cache) = &mut self.cache {
             cache.key_path = Path::new(dir).join("cache.key");
         }
