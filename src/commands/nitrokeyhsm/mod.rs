@@ -1,12 +1,12 @@
-//! `psi nitrokeyhsm ...`: the Nitrokey HSM provider's commands. `token.rs` talks to the
+//! `psi nitrokeyhsm ...`: the Nitrokey HSM provider's commands. `device.rs` talks to the
 //! token (preflight, init, test-pin, status, store); `sidecar.rs` sets up the pcscd sidecar
 //! that gives psi's container the USB reader.
 //!
 //! Stdout carries the report (`  PASS|WARN|FAIL|SKIP text` check lines, what was written,
 //! what to do next); logs and errors go to stderr. A command that found a failure exits 1.
 
+mod device;
 mod sidecar;
-mod token;
 
 use std::fmt;
 
@@ -17,11 +17,11 @@ use crate::error::Result;
 pub async fn run(settings: &Settings, command: NitrokeyhsmCommand) -> Result<()> {
     match command {
         NitrokeyhsmCommand::SetupPcscd(args) => sidecar::setup_pcscd(settings, &args).await,
-        NitrokeyhsmCommand::Preflight => token::preflight(settings).await,
-        NitrokeyhsmCommand::Init => token::init(settings).await,
-        NitrokeyhsmCommand::TestPin => token::test_pin(settings).await,
-        NitrokeyhsmCommand::Status => token::status(settings).await,
-        NitrokeyhsmCommand::Store(args) => token::store(settings, &args).await,
+        NitrokeyhsmCommand::Preflight => device::preflight(settings).await,
+        NitrokeyhsmCommand::Init => device::init(settings).await,
+        NitrokeyhsmCommand::TestPin => device::test_pin(settings).await,
+        NitrokeyhsmCommand::Status => device::status(settings).await,
+        NitrokeyhsmCommand::Store(args) => device::store(settings, &args).await,
     }
 }
 

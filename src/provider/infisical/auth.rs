@@ -18,8 +18,8 @@ use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::access_token::{cache_key, Grant, Next, Token};
 use super::http::Class;
-use super::token::{cache_key, Grant, Next, Token};
 use super::{epoch, failed, secret_json, Infisical};
 use crate::config::{AuthConfig, AuthMethod};
 use crate::error::Result;

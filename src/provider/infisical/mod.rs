@@ -8,7 +8,7 @@
 //! - `listing.rs`: list responses to [`Listed`] secrets; import precedence (pure).
 //! - `auth.rs`: tokens per auth configuration and the logins; `aws.rs`: the aws-iam login;
 //!   `sigv4.rs`: AWS request signing (pure).
-//! - `token.rs`: the token record, its renew/login decision, and the cache file shared with
+//! - `access_token.rs`: the access-token record, its renew/login decision, and the cache file shared with
 //!   the original psi.
 //! - `pki.rs`: issuing and renewing TLS certificates; `cert.rs`: what a certificate file
 //!   holds and whether it is due for renewal (pure but for reading the file).
@@ -27,6 +27,7 @@
 //! imports but no secrets of its own (so the tree does not show it), also one folder-list
 //! request per folder of the tree and one listing per folder not yet listed.
 
+mod access_token;
 mod api;
 mod auth;
 mod aws;
@@ -35,7 +36,6 @@ mod http;
 mod listing;
 mod pki;
 mod sigv4;
-mod token;
 pub mod writes;
 
 use std::collections::btree_map::Entry;
@@ -52,12 +52,12 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use self::access_token::Tokens;
 use self::api::Call;
 use self::auth::Auth;
 use self::http::{Class, Http};
 use self::listing::ListBody;
 pub use self::pki::{IssueRequest, Issued};
-use self::token::Tokens;
 use crate::config::InfisicalConfig;
 use crate::error::{Error, Result};
 use crate::secret::{Mapping, SecretString, SecretValue};

@@ -5,8 +5,8 @@
 //! Mapping: `{"provider": "nitrokeyhsm", "blob": B}`, `B` the standard base64 of the envelope,
 //! as the original wrote it. The secret's name is not part of the envelope (original format).
 //!
-//! The token is used only on the PKCS#11 thread ([`token`], with the session operations in
-//! [`session`]); this module is the async face:
+//! The token is used only on the PKCS#11 thread (`thread.rs`, with the session operations in
+//! `session.rs`); this module is the async face:
 //! lookup, seal, and what the `psi nitrokeyhsm` commands need (PIN source, token status,
 //! public key and its cache file).
 //!
@@ -15,7 +15,7 @@
 //! the PIN; the original wrote the default path but never read it.
 
 mod session;
-mod token;
+mod thread;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-pub use token::{KeyInfo, TokenOptions, TokenStatus};
+pub use thread::{KeyInfo, TokenOptions, TokenStatus};
 
 use crate::config::{process_env, resolve_credential, CredentialSource, NitrokeyConfig};
 use crate::crypto::envelope::{self, Envelope};
@@ -112,7 +112,7 @@ fn resolve_pin(config_pin: Option<&SecretString>) -> Result<PinInfo> {
 }
 
 pub struct NitrokeyHsm {
-    token: token::Token,
+    token: thread::Token,
     public_key_cache: PathBuf,
     public_key: tokio::sync::OnceCell<PublicKey>,
     pin: Arc<dyn Fn() -> Result<PinInfo> + Send + Sync>,
@@ -149,7 +149,7 @@ impl NitrokeyHsm {
     pub fn new(options: TokenOptions, public_key_cache: PathBuf) -> Result<NitrokeyHsm> {
         let pin = options.pin.clone();
         Ok(NitrokeyHsm {
-            token: token::Token::start(options)?,
+            token: thread::Token::start(options)?,
             public_key_cache,
             public_key: tokio::sync::OnceCell::new(),
             pin,

@@ -13,7 +13,7 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use zeroize::Zeroizing;
 
-use super::token::{KeyInfo, TokenOptions, TokenStatus};
+use super::thread::{KeyInfo, TokenOptions, TokenStatus};
 use super::{failed, unavailable, Mechanism};
 use crate::crypto::oaep::{self, OaepHash};
 use crate::crypto::CryptoError;
