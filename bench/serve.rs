@@ -254,7 +254,7 @@ impl Bench {
             .unwrap();
         runtime
             .block_on(psi::cache::save(
-                &state.join(psi::state::CACHE_FILE),
+                &psi::state::StateDir::new(&state).cache_path(),
                 &Backend::Tpm(key.into()),
                 &entries,
             ))

@@ -17,13 +17,13 @@ const DIR_MODE: u32 = 0o700;
 // [`OWN_NAMES`]: a secret ID naming one would let a store or delete overwrite or remove it.
 
 /// The encrypted secret cache (unless `cache.path` puts it elsewhere).
-pub const CACHE_FILE: &str = "cache.enc";
+const CACHE_FILE: &str = "cache.enc";
 /// The Nitrokey HSM public key cache (unless `public_key_cache` puts it elsewhere).
-pub const HSM_PUBLIC_KEY_FILE: &str = "nitrokeyhsm-pubkey.der";
-/// `psi infisical tls` output: `tls/<name>.json`.
-pub const TLS_DIR: &str = "tls";
+const HSM_PUBLIC_KEY_FILE: &str = "nitrokeyhsm-pubkey.der";
+/// `psi infisical tls` state: `tls/<name>.json`.
+const TLS_DIR: &str = "tls";
 /// The pcscd sidecar's build directory for users.
-pub const PCSCD_DIR: &str = "pcscd";
+const PCSCD_DIR: &str = "pcscd";
 /// The socket token for `psi client`.
 const SOCKET_TOKEN_FILE: &str = ".socket-token";
 /// The setup lock ([`StateDir::lock_setup`]).
@@ -60,6 +60,32 @@ impl StateDir {
     /// name it, and listings skip it.
     pub fn socket_token_path(&self) -> PathBuf {
         self.root.join(SOCKET_TOKEN_FILE)
+    }
+
+    /// The encrypted cache's default place.
+    pub fn cache_path(&self) -> PathBuf {
+        self.root.join(CACHE_FILE)
+    }
+
+    /// The Nitrokey HSM public key cache's default place.
+    pub fn hsm_public_key_path(&self) -> PathBuf {
+        self.root.join(HSM_PUBLIC_KEY_FILE)
+    }
+
+    /// What `psi infisical tls` remembers of certificate `name`.
+    pub fn tls_state_path(&self, name: &str) -> PathBuf {
+        self.root.join(TLS_DIR).join(format!("{name}.json"))
+    }
+
+    /// The pcscd sidecar's build directory, for users (root builds under /opt).
+    pub fn pcscd_dir(&self) -> PathBuf {
+        self.root.join(PCSCD_DIR)
+    }
+
+    /// The cached Infisical access token of auth configuration `key` (`.token.<key>.json`,
+    /// the original's name, so both read the same file).
+    pub fn access_token_path(&self, key: &str) -> PathBuf {
+        self.root.join(format!(".token.{key}.json"))
     }
 
     pub fn mapping_path(&self, id: &SecretId) -> PathBuf {

@@ -120,7 +120,7 @@ impl Settings {
                 .cache
                 .path
                 .clone()
-                .unwrap_or_else(|| state_dir.join(crate::state::CACHE_FILE)),
+                .unwrap_or_else(|| crate::state::StateDir::new(&state_dir).cache_path()),
             key_path: config_path
                 .parent()
                 .unwrap_or(&paths.config_dir)

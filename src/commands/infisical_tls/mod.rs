@@ -91,10 +91,7 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
 }
 
 fn state_path(settings: &Settings, name: &str) -> PathBuf {
-    settings
-        .state_dir
-        .join(crate::state::TLS_DIR)
-        .join(format!("{name}.json"))
+    crate::state::StateDir::new(&settings.state_dir).tls_state_path(name)
 }
 
 /// The saved state; unparseable state counts as absent.

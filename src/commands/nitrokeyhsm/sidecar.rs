@@ -76,7 +76,7 @@ pub(super) async fn setup_pcscd(settings: &Settings, args: &SetupPcscdArgs) -> R
 fn default_build_dir(settings: &Settings) -> PathBuf {
     match settings.scope {
         Scope::System => PathBuf::from("/opt/psi/pcscd"),
-        Scope::User => settings.paths.state_dir.join(crate::state::PCSCD_DIR),
+        Scope::User => crate::state::StateDir::new(&settings.paths.state_dir).pcscd_dir(),
     }
 }
 

@@ -191,7 +191,7 @@ impl Tokens {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!(".token.{key}.json"))
+        crate::state::StateDir::new(&self.dir).access_token_path(key)
     }
 
     /// The cached token for `key`, if there is a readable file. A malformed file is not an

@@ -272,7 +272,7 @@ impl NitrokeyHsm {
 
 /// `state_dir/nitrokeyhsm-pubkey.der`.
 pub fn default_public_key_cache(state_dir: &Path) -> PathBuf {
-    state_dir.join(crate::state::HSM_PUBLIC_KEY_FILE)
+    crate::state::StateDir::new(state_dir).hsm_public_key_path()
 }
 
 /// Hex as Python's `bytes.fromhex` takes it (whitespace between bytes allowed).
