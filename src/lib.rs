@@ -47,6 +47,7 @@
 //!   runtime, no logging), which `main.rs` dispatches first; also `psi healthcheck`.
 //! - [`driver`]: which client the driver commands use (psi or curl) and the token file.
 //! - [`encoding`]: hex and percent-encoding, one of each.
+//! - [`shell`]: POSIX shell variable names and single quoting.
 #![deny(unsafe_code)]
 
 pub mod body;
@@ -69,6 +70,7 @@ pub mod resolver;
 pub mod secret;
 pub mod server;
 pub mod setup;
+pub mod shell;
 pub mod state;
 pub mod systemd;
 pub mod timefmt;

@@ -128,32 +128,12 @@ async fn env(settings: &Settings, args: &InfisicalEnvArgs) -> Result<()> {
     super::write_stdout(&out)
 }
 
-/// Whether `key` is a POSIX shell variable name.
-pub(crate) fn is_shell_name(key: &str) -> bool {
-    let mut chars = key.chars();
-    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
-}
-
-/// `value` single-quoted for a POSIX shell: every byte literal, `'` as `'\''`.
-pub fn shell_quote(value: &[u8], out: &mut Vec<u8>) {
-    out.push(b'\'');
-    for &byte in value {
-        if byte == b'\'' {
-            out.extend_from_slice(b"'\\''");
-        } else {
-            out.push(byte);
-        }
-    }
-    out.push(b'\'');
-}
-
 /// `export KEY='value'` lines; keys that are not shell names, and values holding NUL (no
 /// shell variable can), are skipped with a warning that names the key only.
 pub fn export_lines(pairs: &[(&str, &[u8])], warn: &mut dyn FnMut(String)) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::new());
     for (key, value) in pairs {
-        if !is_shell_name(key) {
+        if !crate::shell::is_var_name(key) {
             warn(format!("skipping '{key}': not a valid shell variable name"));
             continue;
         }
@@ -166,7 +146,7 @@ pub fn export_lines(pairs: &[(&str, &[u8])], warn: &mut dyn FnMut(String)) -> Ze
         out.extend_from_slice(b"export ");
         out.extend_from_slice(key.as_bytes());
         out.push(b'=');
-        shell_quote(value, &mut out);
+        crate::shell::quote(value, &mut out);
         out.push(b'\n');
     }
     out
@@ -263,22 +243,6 @@ fn display(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_every_byte() {
-        let mut out = Vec::new();
-        shell_quote(b"a'b", &mut out);
-        assert_eq!(out, b"'a'\\''b'");
-    }
-
-    #[test]
-    fn shell_names() {
-        assert!(is_shell_name("DB_HOST"));
-        assert!(is_shell_name("_x1"));
-        assert!(!is_shell_name("1X"));
-        assert!(!is_shell_name("A-B"));
-        assert!(!is_shell_name(""));
-    }
 
     #[test]
     fn env_refuses_newlines() {

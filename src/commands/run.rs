@@ -28,7 +28,7 @@ fn selections(args: &[String]) -> Result<Vec<(String, String)>> {
                 .split_once('=')
                 .filter(|(var, key)| !var.is_empty() && !key.is_empty())
                 .ok_or_else(|| Error::Usage(format!("--env '{text}' is not VAR=KEY")))?;
-            if !super::infisical::is_shell_name(var) {
+            if !crate::shell::is_var_name(var) {
                 return Err(Error::Usage(format!(
                     "--env '{text}': '{var}' is not a valid environment variable name"
                 )));
@@ -98,7 +98,7 @@ async fn folder(
         env: Vec::new(),
     };
     for found in listed {
-        if super::infisical::is_shell_name(&found.key) {
+        if crate::shell::is_var_name(&found.key) {
             secrets.env.push((found.key.clone(), found.key.clone()));
         } else if warn {
             eprintln!(

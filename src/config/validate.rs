@@ -194,7 +194,7 @@ fn validate_workload(name: &str, workload: &WorkloadConfig) -> Result<(), String
             return Err(format!("{at}.path: '{}' must start with '/'", source.path));
         }
         for (var, key) in &source.env {
-            if !is_env_name(var) {
+            if !crate::shell::is_var_name(var) {
                 return Err(format!(
                     "{at}.env.{var}: '{var}' is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
                 ));
@@ -233,14 +233,6 @@ fn validate_workload(name: &str, workload: &WorkloadConfig) -> Result<(), String
         }
     }
     Ok(())
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A file target goes into a `Secret=` line as one comma-separated field.
