@@ -237,7 +237,9 @@ impl Podman {
 
     /// The value of secret `name` as Podman reveals it (`showsecret=true`, Podman 5 and
     /// later); `None` when Podman does not reveal values (Podman 4 ignores the parameter).
-    /// A missing secret is an error. The reply body holds the value: it is zeroized.
+    /// A missing secret is an error. The reply body is a zeroizing buffer and the value is
+    /// parsed into a zeroizing string; serde_json's scratch buffer, used only when the JSON
+    /// string has escapes, is not wiped.
     pub async fn secret_data(&self, name: &str) -> Result<Option<crate::secret::SecretValue>> {
         let what = format!("read Podman secret '{name}'");
         let path = format!(

@@ -128,9 +128,9 @@ impl fmt::Debug for SecretId {
     }
 }
 
-/// A secret value: the bytes a container receives. Zeroized when dropped, and deliberately
-/// without `Debug`/`Display` so it cannot reach a log line by accident. A clone is another
-/// zeroizing buffer (the cache hands one to each lookup).
+/// A secret value: the bytes a container receives. Zeroized when dropped; it has no
+/// `Display`, and its `Debug` prints only the length, so it cannot reach a log line by
+/// accident. A clone is another zeroizing buffer (the cache hands one to each lookup).
 #[derive(Clone)]
 pub struct SecretValue(Zeroizing<Vec<u8>>);
 
