@@ -32,8 +32,8 @@
 //!   auth and token cache, SigV4, listings, PKI and the inspection of the certificates it
 //!   issues), `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
 //! - [`resolver`]: the one resolver: secret ID -> value (cache in front, provider behind),
-//!   store/delete/list, and a workload's secrets; shared by the server, the one-shot driver
-//!   and `psi run`.
+//!   store/delete/list, and a workload's secrets; shared by the server, the one-shot driver,
+//!   `psi run` and `psi infisical import podman-secret`.
 //! - [`server`]: the HTTP server on the Unix socket; `routes` is its pure core.
 //! - [`setup`]: `psi setup` and `psi check`: discover (through the providers) -> a whole-run
 //!   plan (pure data, what `--dry-run` prints) -> apply -> report.

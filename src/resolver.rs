@@ -2,7 +2,8 @@
 //! cache in front and the provider behind. Shared by the HTTP server and the one-shot
 //! `psi secret ...` driver commands, so both behave the same, log the same audit events and
 //! never write plaintext. It also gives `psi run` a workload's secrets
-//! ([`WorkloadSecrets`]): from the drop-in through serve, or straight from the provider.
+//! ([`WorkloadSecrets`]): from the drop-in through serve, or straight from the provider;
+//! and `psi infisical import podman-secret` the values of psi's shell-driver secrets.
 //!
 //! The state directory is read and written on tokio's blocking pool: a file that blocks
 //! (a FIFO, a hung network mount) then holds one pool thread and its own request, never
