@@ -54,7 +54,7 @@ pub use schema::{
 };
 pub use scope::{Scope, ScopePaths};
 pub use validate::validate_socket_token;
-pub use values::{FileMode, Hook, PcrList, TimerSpan};
+pub use values::{ApiUrl, FileMode, Hook, KeyId, PcrList, TimerSpan};
 
 use crate::error::{Error, Result};
 use crate::secret::SecretString;

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{duration, optional_duration, FileMode, Hook, PcrList, TimerSpan};
+use super::values::{
+    duration, optional_duration, ApiUrl, FileMode, Hook, KeyId, PcrList, TimerSpan,
+};
 use crate::secret::SecretString;
 
 /// The whole file. Every key is optional.
@@ -134,8 +136,8 @@ impl WithKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfisicalConfig {
-    #[serde(default = "default_api_url")]
-    pub api_url: String,
+    #[serde(default)]
+    pub api_url: ApiUrl,
     pub auth: Option<AuthConfig>,
     #[serde(default = "yes")]
     pub verify_ssl: bool,
@@ -156,7 +158,7 @@ pub struct InfisicalConfig {
 impl Default for InfisicalConfig {
     fn default() -> Self {
         InfisicalConfig {
-            api_url: default_api_url(),
+            api_url: ApiUrl::default(),
             auth: None,
             verify_ssl: true,
             ca_cert: None,
@@ -167,10 +169,6 @@ impl Default for InfisicalConfig {
             retries: None,
         }
     }
-}
-
-fn default_api_url() -> String {
-    "https://app.infisical.com".into()
 }
 
 fn yes() -> bool {
@@ -333,8 +331,8 @@ pub struct NitrokeyConfig {
     pub slot: u32,
     #[serde(default = "default_key_label")]
     pub key_label: String,
-    #[serde(default = "default_key_id")]
-    pub key_id: String,
+    #[serde(default)]
+    pub key_id: KeyId,
     pub pin: Option<SecretString>,
     pub public_key_cache: Option<PathBuf>,
     #[serde(default = "default_pcscd_volume")]
@@ -349,7 +347,7 @@ impl Default for NitrokeyConfig {
             pkcs11_module: default_pkcs11_module(),
             slot: 0,
             key_label: default_key_label(),
-            key_id: default_key_id(),
+            key_id: KeyId::default(),
             pin: None,
             public_key_cache: None,
             pcscd_volume: default_pcscd_volume(),
@@ -365,10 +363,6 @@ fn default_pkcs11_module() -> PathBuf {
 
 fn default_key_label() -> String {
     "podman-secrets".into()
-}
-
-fn default_key_id() -> String {
-    "02".into()
 }
 
 fn default_pcscd_volume() -> String {

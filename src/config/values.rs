@@ -185,6 +185,82 @@ impl<'de> Deserialize<'de> for FileMode {
     }
 }
 
+/// `providers.infisical.api_url`: an http(s) URL that can be a base for API paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiUrl(reqwest::Url);
+
+impl ApiUrl {
+    pub fn parse(text: &str) -> Result<ApiUrl, String> {
+        reqwest::Url::parse(text)
+            .ok()
+            .filter(|url| !url.cannot_be_a_base() && matches!(url.scheme(), "http" | "https"))
+            .map(ApiUrl)
+            .ok_or_else(|| format!("'{text}' is not an http(s) URL"))
+    }
+
+    pub fn url(&self) -> &reqwest::Url {
+        &self.0
+    }
+}
+
+/// Infisical's cloud, the original's default.
+impl Default for ApiUrl {
+    fn default() -> ApiUrl {
+        ApiUrl::parse("https://app.infisical.com").expect("a valid URL literal")
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        parse_scalar(d, ApiUrl::parse)
+    }
+}
+
+/// `providers.nitrokeyhsm.key_id`: the key's `CKA_ID`, as hex that Python's `bytes.fromhex`
+/// takes (whitespace between bytes allowed), like the original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyId(Vec<u8>);
+
+impl KeyId {
+    pub fn parse(text: &str) -> Result<KeyId, String> {
+        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        let pairs = digits.chunks(2).map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?;
+            // from_str_radix takes a sign; bytes.fromhex does not.
+            let digits = pair.len() == 2 && pair.bytes().all(|b| b.is_ascii_hexdigit());
+            digits.then(|| u8::from_str_radix(pair, 16).ok()).flatten()
+        });
+        pairs
+            .collect::<Option<Vec<u8>>>()
+            .map(KeyId)
+            .ok_or_else(|| format!("'{text}' is not hex (for example \"02\")"))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Lowercase hex, two digits a byte (`02`).
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::encoding::hex(&self.0))
+    }
+}
+
+/// `02`, the original's default (the Nitrokey's first key slot as its tools number it).
+impl Default for KeyId {
+    fn default() -> KeyId {
+        KeyId(vec![2])
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        parse_scalar(d, KeyId::parse)
+    }
+}
+
 /// A duration key that systemd reads too (`cache.refresh_interval` goes into a timer's
 /// `OnUnitActiveSec=`): checked with psi's parser at load, kept as written (trimmed), since
 /// every unit psi accepts is one systemd accepts as well.
@@ -212,6 +288,31 @@ impl<'de> Deserialize<'de> for TimerSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_ids_parse_like_bytes_fromhex() {
+        let bytes = |text| KeyId::parse(text).map(|id| id.bytes().to_vec());
+        assert_eq!(bytes("02"), Ok(vec![2]));
+        assert_eq!(bytes("0a FF"), Ok(vec![10, 255]));
+        assert_eq!(bytes(""), Ok(vec![]));
+        for bad in ["2", "zz", "+1"] {
+            assert!(bytes(bad).unwrap_err().contains("is not hex"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_urls_are_http_bases() {
+        assert!(ApiUrl::parse("https://infisical.example/").is_ok());
+        assert!(ApiUrl::parse("http://127.0.0.1:8080").is_ok());
+        for bad in ["ftp://x", "mailto:a@b", "not a url", ""] {
+            assert!(
+                ApiUrl::parse(bad)
+                    .unwrap_err()
+                    .contains("is not an http(s) URL"),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn file_modes() {

@@ -610,3 +610,21 @@ fn settings_hold_resolved_typed_values() {
         "{err}"
     );
 }
+
+/// The Infisical URL and the HSM key ID are checked when the file is loaded, with their key
+/// path, not when the provider first opens.
+#[test]
+fn api_url_and_key_id_are_checked_at_load() {
+    let msg = config_error(
+        "providers:\n  infisical:\n    api_url: ftp://infisical.example\n    auth: {method: universal-auth, client_id: c, client_secret: s}\n",
+    );
+    assert!(
+        msg.contains("providers.infisical.api_url: 'ftp://infisical.example' is not an http(s) URL"),
+        "{msg}"
+    );
+    let msg = config_error("providers:\n  nitrokeyhsm:\n    key_id: \"2\"\n");
+    assert!(
+        msg.contains("providers.nitrokeyhsm.key_id: '2' is not hex (for example \"02\")"),
+        "{msg}"
+    );
+}

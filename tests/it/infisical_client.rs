@@ -91,7 +91,7 @@ impl World {
 
     fn config(&self) -> InfisicalConfig {
         let mut config = InfisicalConfig {
-            api_url: self.fake.url(),
+            api_url: psi::config::ApiUrl::parse(&self.fake.url()).unwrap(),
             auth: Some(universal_auth()),
             timeout: Some(Duration::from_secs(5)),
             ..Default::default()

@@ -220,15 +220,7 @@ impl Infisical {
         let invalid =
             |key: &str, why: String| Error::Usage(format!("providers.infisical.{key}: {why}"));
         let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let api = Url::parse(&config.api_url)
-            .ok()
-            .filter(|url| !url.cannot_be_a_base() && matches!(url.scheme(), "http" | "https"))
-            .ok_or_else(|| {
-                invalid(
-                    "api_url",
-                    format!("'{}' is not an http(s) URL", config.api_url),
-                )
-            })?;
+        let api = config.api_url.url().clone();
 
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)

@@ -121,12 +121,7 @@ pub struct NitrokeyHsm {
 impl NitrokeyHsm {
     /// The provider for `providers.nitrokeyhsm`. Nothing touches the token yet.
     pub fn from_config(config: &NitrokeyConfig, state_dir: &Path) -> Result<NitrokeyHsm> {
-        let key_id = parse_hex(&config.key_id).ok_or_else(|| {
-            Error::Usage(format!(
-                "providers.nitrokeyhsm.key_id: '{}' is not hex (for example \"02\")",
-                config.key_id
-            ))
-        })?;
+        let key_id = config.key_id.bytes().to_vec();
         let config_pin = config.pin.clone();
         let options = TokenOptions {
             module: config.pkcs11_module.clone(),
@@ -275,18 +270,6 @@ pub fn default_public_key_cache(state_dir: &Path) -> PathBuf {
     crate::state::StateDir::new(state_dir).hsm_public_key_path()
 }
 
-/// Hex as Python's `bytes.fromhex` takes it (whitespace between bytes allowed).
-fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-        .collect()
-}
-
 fn decryption(err: crate::crypto::CryptoError) -> Error {
     failed(format!("HSM decryption failed: {err}"))
 }
@@ -302,20 +285,5 @@ fn unavailable(detail: String) -> Error {
     Error::ProviderUnavailable {
         provider: NAME,
         detail,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_ids_parse_like_bytes_fromhex() {
-        assert_eq!(parse_hex("02"), Some(vec![2]));
-        assert_eq!(parse_hex("0a FF"), Some(vec![10, 255]));
-        assert_eq!(parse_hex(""), Some(vec![]));
-        assert_eq!(parse_hex("2"), None);
-        assert_eq!(parse_hex("zz"), None);
-        assert_eq!(parse_hex("+1"), None);
     }
 }
