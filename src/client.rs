@@ -124,7 +124,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>, socket: Option<PathBuf>) -
     }
 }
 
-/// Parses the words after `client`; `Ok(None)` for `--help`.
+/// Parses the words after `client`; `Ok(None)` for `--help`. A String error: [`main`]
+/// prints it above the usage and exits 2.
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
     socket: Option<PathBuf>,
@@ -348,6 +349,7 @@ struct Response {
 
 /// Parses a whole HTTP/1.1 reply: status line, headers, and a body framed by
 /// `Content-Length`, chunked encoding, or the end of the connection.
+/// A String error: the caller puts it into its own message after the route.
 fn parse_response(reply: &[u8]) -> Result<Response, String> {
     let head_end = find(reply, b"\r\n\r\n").ok_or("no end of headers")?;
     let head = std::str::from_utf8(&reply[..head_end]).map_err(|_| "headers are not UTF-8")?;
