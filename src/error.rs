@@ -88,8 +88,8 @@ pub enum Error {
     /// reason (exit 1, HTTP 500).
     #[error("{0}")]
     Podman(String),
-    /// psi serve could not be reached or answered a `psi client` request with an error; the
-    /// message has the route, the status and serve's detail (exit 1).
+    /// psi serve could not be reached, or answered `psi healthcheck` or `psi run` with an
+    /// error; the message has the route, the status and serve's detail (exit 1).
     #[error("{0}")]
     Serve(String),
     /// A program psi ran (systemctl, a build) exited with a failure; the message has its
