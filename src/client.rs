@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::config::validate_socket_token;
 use crate::encoding::uri_component;
+use crate::error::Error;
 use crate::server::routes::MAX_BODY;
 
 /// How long the client waits on the socket. psi answers a stalled provider with a 503
@@ -83,7 +84,17 @@ enum Failure {
     /// Bad arguments or environment: exit 2.
     Usage(String),
     /// psi serve unreachable, a non-2xx answer, a broken reply: exit 1.
-    Failed(String),
+    Serve(String),
+}
+
+impl Failure {
+    /// For the library callers (`psi healthcheck`, `psi run`): whatever stopped the
+    /// exchange, serve could not be asked, which exits 1 there (not 2 as in `psi client`).
+    fn into_serve(self) -> Error {
+        match self {
+            Failure::Usage(why) | Failure::Serve(why) => Error::Serve(why),
+        }
+    }
 }
 
 /// Runs `psi client ARGS...` (the words after `client`) and returns the exit code.
@@ -106,14 +117,15 @@ pub fn main(args: impl IntoIterator<Item = OsString>, socket: Option<PathBuf>) -
             eprintln!("psi: {message}");
             2
         }
-        Err(Failure::Failed(message)) => {
+        Err(Failure::Serve(message)) => {
             eprintln!("psi: {message}");
             1
         }
     }
 }
 
-/// Parses the words after `client`; `Ok(None)` for `--help`.
+/// Parses the words after `client`; `Ok(None)` for `--help`. A String error: [`main`]
+/// prints it above the usage and exits 2.
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
     socket: Option<PathBuf>,
@@ -179,7 +191,7 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
 
     let reply = exchange(&invocation.socket, &request)?;
     let response = parse_response(&reply).map_err(|why| {
-        Failure::Failed(format!(
+        Failure::Serve(format!(
             "{}: malformed reply from psi serve: {why}",
             invocation.socket.display()
         ))
@@ -189,14 +201,14 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
         return out
             .write_all(&response.body)
             .and_then(|()| out.flush())
-            .map_err(|err| Failure::Failed(format!("cannot write to stdout: {err}")));
+            .map_err(|err| Failure::Serve(format!("cannot write to stdout: {err}")));
     }
     let what = if id.is_empty() {
         name.to_owned()
     } else {
         format!("{name} {id}")
     };
-    Err(Failure::Failed(format!(
+    Err(Failure::Serve(format!(
         "{what}: HTTP {}: {}",
         response.status,
         error_detail(&response.body)
@@ -207,7 +219,7 @@ fn run(invocation: &Invocation) -> Result<(), Failure> {
 /// needs `token` when serve has one), must answer 200. Blocking and runtime-free like the
 /// driver commands: Podman runs it in the container every `HealthInterval`. The error says
 /// which route failed and how.
-pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> Result<(), String> {
+pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> crate::error::Result<()> {
     let routes: &[&str] = if cache {
         &["/healthz", "/healthz/cache"]
     } else {
@@ -215,17 +227,16 @@ pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> Result<()
     };
     for route in routes {
         let request = build_request("GET", route, token, None);
-        let reply = exchange(socket, &request).map_err(|failure| match failure {
-            Failure::Usage(why) | Failure::Failed(why) => why,
+        let reply = exchange(socket, &request).map_err(Failure::into_serve)?;
+        let response = parse_response(&reply).map_err(|why| {
+            Error::Serve(format!("{route}: malformed reply from psi serve: {why}"))
         })?;
-        let response = parse_response(&reply)
-            .map_err(|why| format!("{route}: malformed reply from psi serve: {why}"))?;
         if response.status != 200 {
-            return Err(format!(
+            return Err(Error::Serve(format!(
                 "{route}: HTTP {}: {}",
                 response.status,
                 error_detail(&response.body)
-            ));
+            )));
         }
     }
     Ok(())
@@ -237,21 +248,22 @@ pub fn lookup(
     socket: &Path,
     token: Option<&str>,
     id: &str,
-) -> Result<crate::secret::SecretValue, String> {
+) -> crate::error::Result<crate::secret::SecretValue> {
     let mut target = String::from("/lookup/");
     target.extend(uri_component(id));
     let request = build_request("GET", &target, token, None);
-    let reply = exchange(socket, &request).map_err(|failure| match failure {
-        Failure::Usage(why) | Failure::Failed(why) => why,
+    let reply = exchange(socket, &request).map_err(Failure::into_serve)?;
+    let response = parse_response(&reply).map_err(|why| {
+        Error::Serve(format!(
+            "lookup {id}: malformed reply from psi serve: {why}"
+        ))
     })?;
-    let response = parse_response(&reply)
-        .map_err(|why| format!("lookup {id}: malformed reply from psi serve: {why}"))?;
     if response.status != 200 {
-        return Err(format!(
+        return Err(Error::Serve(format!(
             "lookup {id}: HTTP {}: {}",
             response.status,
             error_detail(&response.body)
-        ));
+        )));
     }
     Ok(crate::secret::SecretValue::new(response.body.to_vec()))
 }
@@ -259,7 +271,7 @@ pub fn lookup(
 /// Connects, sends `request`, and reads the reply until psi closes the connection.
 fn exchange(socket: &Path, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let failed = |what: &str, err: std::io::Error| {
-        Failure::Failed(format!("{what} {}: {err}", socket.display()))
+        Failure::Serve(format!("{what} {}: {err}", socket.display()))
     };
     let mut stream = UnixStream::connect(socket).map_err(|e| failed("cannot connect to", e))?;
     stream
@@ -272,7 +284,7 @@ fn exchange(socket: &Path, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure
     // A value is at most MAX_BODY (psi serve refuses larger stores); the head is small.
     const MAX_REPLY: usize = MAX_BODY + 64 * 1024;
     crate::fsutil::read_bounded(stream, 4096, MAX_REPLY).map_err(|err| match err {
-        crate::fsutil::Bounded::Over => Failure::Failed(format!(
+        crate::fsutil::Bounded::Over => Failure::Serve(format!(
             "the answer from {} is larger than {MAX_REPLY} bytes",
             socket.display()
         )),
@@ -323,10 +335,10 @@ fn read_token(path: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
 /// All of stdin, refused above the server's body limit (psi would answer 413 anyway).
 fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Failure> {
     crate::fsutil::read_bounded(std::io::stdin().lock(), 0, MAX_BODY).map_err(|err| match err {
-        crate::fsutil::Bounded::Over => Failure::Failed(format!(
+        crate::fsutil::Bounded::Over => Failure::Serve(format!(
             "stdin holds more than {MAX_BODY} bytes, psi's limit"
         )),
-        crate::fsutil::Bounded::Io(err) => Failure::Failed(format!("cannot read stdin: {err}")),
+        crate::fsutil::Bounded::Io(err) => Failure::Serve(format!("cannot read stdin: {err}")),
     })
 }
 
@@ -337,6 +349,7 @@ struct Response {
 
 /// Parses a whole HTTP/1.1 reply: status line, headers, and a body framed by
 /// `Content-Length`, chunked encoding, or the end of the connection.
+/// A String error: the caller puts it into its own message after the route.
 fn parse_response(reply: &[u8]) -> Result<Response, String> {
     let head_end = find(reply, b"\r\n\r\n").ok_or("no end of headers")?;
     let head = std::str::from_utf8(&reply[..head_end]).map_err(|_| "headers are not UTF-8")?;

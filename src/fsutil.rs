@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 
 /// The most bytes psi reads from one kind of file, and the name errors give the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +216,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = parent_of(path);
     let name = path
         .file_name()
-        .ok_or_else(|| Error::Failed(format!("{} is not a file path", path.display())))?;
+        .ok_or_else(|| Error::Refused(format!("{} is not a file path", path.display())))?;
     let temp = dir.join(format!(".{}.{}", name.to_string_lossy(), random_suffix()?));
     let result = write_temp(&temp, bytes, mode).and_then(|()| {
         fs::rename(&temp, path).map_err(|err| Error::io("cannot rename into place", path, err))
@@ -281,8 +281,7 @@ fn parent_of(path: &Path) -> PathBuf {
 
 fn random_suffix() -> Result<String> {
     let mut bytes = [0u8; SUFFIX_BYTES];
-    openssl::rand::rand_bytes(&mut bytes)
-        .map_err(|err| Error::Failed(format!("no randomness: {err}")))?;
+    openssl::rand::rand_bytes(&mut bytes).context("no randomness")?;
     Ok(crate::encoding::hex(&bytes))
 }
 

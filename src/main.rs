@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use psi::error::Error;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -18,9 +19,9 @@ fn main() -> ExitCode {
     if let psi::cli::Command::Client(client) = cli.command {
         return ExitCode::from(psi::client::main(client.args, cli.socket));
     }
-    if let Err(message) = init_logging(&cli.log_level, cli.log_json) {
-        eprintln!("psi: {message}");
-        return ExitCode::from(2);
+    if let Err(err) = init_logging(&cli.log_level, cli.log_json) {
+        eprintln!("psi: {err}");
+        return ExitCode::from(err.exit_code());
     }
     match psi::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,19 +34,19 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr (stdout carries command output): JSON lines when asked or when stderr
 /// is not a terminal (journald, a pipe), human-readable otherwise.
-fn init_logging(level: &str, json: bool) -> Result<(), String> {
+fn init_logging(level: &str, json: bool) -> psi::error::Result<()> {
     let level = level.to_ascii_lowercase();
     if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "invalid log level '{level}': use error, warn, info, debug or trace"
-        ));
+        )));
     }
     // psi's own events at the chosen level; dependencies stay at warn unless debugging.
     let directives = match level.as_str() {
         "info" => "warn,psi=info".to_owned(),
         _ => level.clone(),
     };
-    let filter = EnvFilter::try_new(directives).map_err(|err| err.to_string())?;
+    let filter = EnvFilter::try_new(directives).map_err(|err| Error::Usage(err.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

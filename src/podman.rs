@@ -40,7 +40,7 @@ use zeroize::Zeroizing;
 use crate::body::{collect_capped, Collect};
 use crate::config::Scope;
 use crate::encoding::uri_component;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 
 /// The API version in every path (see the module doc).
 const API_PREFIX: &str = "/v4.0.0/libpod";
@@ -164,12 +164,9 @@ impl Podman {
         if status != StatusCode::OK {
             return Err(api_error(status, &body).context(what));
         }
-        let secrets: Vec<WireSecret> = serde_json::from_slice(&body).map_err(|err| {
-            Error::Failed(format!(
-                "Podman's secret list is not the expected JSON: {err}"
-            ))
-            .context(what)
-        })?;
+        let secrets: Vec<WireSecret> = serde_json::from_slice(&body)
+            .context("Podman's secret list is not the expected JSON")
+            .context(what)?;
         Ok(secrets
             .into_iter()
             .map(|s| SecretInfo {
@@ -198,8 +195,8 @@ impl Podman {
             uri_component(driver)
         );
         if !driver_opts.is_empty() {
-            let json = serde_json::to_string(driver_opts)
-                .map_err(|err| Error::Failed(format!("cannot encode the driver options: {err}")))?;
+            let json =
+                serde_json::to_string(driver_opts).context("cannot encode the driver options")?;
             path.push_str("&driveropts=");
             path.extend(uri_component(&json));
         }
@@ -212,11 +209,11 @@ impl Podman {
                 // Podman keeps the command's output to itself (module doc): say where it is.
                 message.push_str("; the shell driver's store command failed: check that psi serve is running and see its log (or the Podman service's) for the reason");
             }
-            return Err(Error::Failed(message).context(what));
+            return Err(Error::Podman(message).context(what));
         }
-        let created: WireCreated = serde_json::from_slice(&body).map_err(|err| {
-            Error::Failed(format!("Podman's reply has no secret ID: {err}")).context(&what)
-        })?;
+        let created: WireCreated = serde_json::from_slice(&body)
+            .context("Podman's reply has no secret ID")
+            .context(what)?;
         Ok(created.id)
     }
 
@@ -255,12 +252,9 @@ impl Podman {
             #[serde(rename = "SecretData", default)]
             data: Option<crate::secret::SecretString>,
         }
-        let inspect: Inspect = serde_json::from_slice(&body).map_err(|err| {
-            Error::Failed(format!(
-                "Podman's secret inspect reply is not the expected JSON: {err}"
-            ))
-            .context(&what)
-        })?;
+        let inspect: Inspect = serde_json::from_slice(&body)
+            .context("Podman's secret inspect reply is not the expected JSON")
+            .context(what)?;
         Ok(inspect
             .data
             .filter(|d| !d.expose().is_empty())
@@ -277,7 +271,7 @@ impl Podman {
     ) -> Result<(StatusCode, Zeroizing<Vec<u8>>)> {
         match tokio::time::timeout(self.timeout, self.exchange(method, path, body)).await {
             Ok(result) => result.map_err(|err| err.context(what)),
-            Err(_) => Err(Error::Failed(format!(
+            Err(_) => Err(Error::Podman(format!(
                 "the Podman API at {} did not answer within {:?}",
                 self.socket.display(),
                 self.timeout
@@ -305,7 +299,7 @@ impl Podman {
             // Anything but a form type: Podman would consume a form body itself (module doc).
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(body))
-            .map_err(|err| Error::Failed(format!("cannot build a Podman API request: {err}")))?;
+            .context("cannot build a Podman API request")?;
         let exchange = async {
             let response = sender
                 .send_request(request)
@@ -316,7 +310,7 @@ impl Podman {
             let body = collect_capped(response.into_body(), 0, MAX_REPLY)
                 .await
                 .map_err(|err| match err {
-                    Collect::TooLarge => Error::Failed(format!(
+                    Collect::TooLarge => Error::Podman(format!(
                         "the Podman API at {} sent a reply larger than {}",
                         self.socket.display(),
                         crate::fsutil::human(MAX_REPLY)
@@ -356,7 +350,7 @@ impl Podman {
             }
             _ => String::new(),
         };
-        Error::Failed(format!(
+        Error::Podman(format!(
             "cannot connect to the Podman API socket {}: {err}{hint}",
             self.socket.display()
         ))
@@ -364,7 +358,7 @@ impl Podman {
 
     /// A failure after connecting; `err` is hyper's, or the reply size limit's.
     fn broken(&self, err: impl std::fmt::Display) -> Error {
-        Error::Failed(format!(
+        Error::Podman(format!(
             "the Podman API at {} broke off the exchange: {err}",
             self.socket.display()
         ))
@@ -373,7 +367,7 @@ impl Podman {
 
 /// A non-2xx reply as an error: the status and Podman's own message.
 fn api_error(status: StatusCode, body: &[u8]) -> Error {
-    Error::Failed(api_message(status, body))
+    Error::Podman(api_message(status, body))
 }
 
 fn api_message(status: StatusCode, body: &[u8]) -> String {

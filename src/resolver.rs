@@ -17,11 +17,11 @@ use tokio::time::Instant;
 
 use crate::cache::live::LiveCache;
 use crate::config::{RawPolicy, Settings, WorkloadConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::provider::{Discovered, Registry, Source};
 use crate::secret::{Mapping, SecretId, SecretValue};
 use crate::setup::desired::secret_name;
-use crate::setup::discover::Discoverer;
+use crate::setup::discover::{DiscoverError, Discoverer};
 use crate::state::StateDir;
 use crate::unitgen::dropin::{Delivery, SecretLine};
 
@@ -107,11 +107,12 @@ impl Resolver {
         let read = self.on_state(id, |state, id| state.read_mapping(id));
         let mapping = tokio::time::timeout_at(deadline, read)
             .await
-            .map_err(|_| {
-                Error::Failed(format!(
-                    "the mapping for {id} could not be read within {}s",
-                    self.deadline.as_secs()
-                ))
+            .map_err(|_| Error::Io {
+                context: format!("the mapping for {id} could not be read"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {}s", self.deadline.as_secs()),
+                ),
             })??;
         let provider = self.registry.get(mapping.provider())?;
         let live = match &self.cache {
@@ -141,14 +142,22 @@ impl Resolver {
         let desired = discoverer
             .workload(name, config)
             .await
-            .map_err(|why| Error::Failed(format!("workload {name}: {why}")))?;
+            .map_err(|why| match why {
+                // A listing failed: its error keeps its kind under the workload and source.
+                DiscoverError::Source {
+                    source,
+                    location,
+                    error,
+                } => error.context(format!("workload {name}: secrets[{source}] ({location})")),
+                other => Error::Refused(format!("workload {name}: {other}")),
+            })?;
         WorkloadSecrets::from_lines(name, &desired.lines, |secret| {
             desired
                 .secrets
                 .get(secret)
                 .and_then(|mapping| discoverer.take_value(mapping))
                 .ok_or_else(|| {
-                    Error::Failed(format!("workload {name}: {secret} was not in the listing"))
+                    Error::Refused(format!("workload {name}: {secret} was not in the listing"))
                 })
         })
     }
@@ -275,5 +284,5 @@ impl WorkloadSecrets {
 async fn blocking<T: Send + 'static>(op: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(op)
         .await
-        .map_err(|err| Error::Failed(format!("state directory task failed: {err}")))?
+        .context("state directory task failed")?
 }

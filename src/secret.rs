@@ -62,6 +62,7 @@ pub struct SecretId(String);
 impl SecretId {
     /// Validates `raw` as a secret ID; the error says what is wrong with it, quoting the ID
     /// only when it holds nothing that could mislead a reader.
+    /// A String error: routes make it `Error::InvalidId` (HTTP 400), commands an `Error::Usage`.
     pub fn parse(raw: &str) -> Result<SecretId, String> {
         if raw.is_empty() {
             return Err("secret ID is empty".into());
@@ -179,6 +180,7 @@ pub struct Mapping {
 impl Mapping {
     /// Parses mapping bytes as the original did: surrounding whitespace ignored, a JSON object
     /// with a string `provider`. The error never quotes the input, which may be a raw secret.
+    /// A String error: the caller makes it `Error::CorruptMapping` for its ID or file.
     pub fn parse(bytes: &[u8]) -> Result<Mapping, String> {
         let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
         let value: Value = serde_json::from_str(text.trim()).map_err(|_| "not JSON".to_owned())?;
@@ -232,6 +234,7 @@ impl Mapping {
     }
 
     /// A required string field; the error names the provider and the field.
+    /// A String error: each provider makes it its own kind of error.
     pub fn str_field(&self, key: &str) -> Result<&str, String> {
         match self.object.get(key) {
             Some(Value::String(value)) => Ok(value),

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::fsutil;
 use crate::secret::{Mapping, SecretId};
 
@@ -175,7 +175,7 @@ impl StateDir {
         tracing::info!(lock = %path.display(), "another psi setup or cache command is running; waiting for it");
         tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
             .await
-            .map_err(|err| Error::Failed(format!("setup lock: {err}")))?
+            .context("setup lock")?
             .map_err(|(_, errno)| {
                 Error::io(
                     "cannot lock",

@@ -70,7 +70,7 @@ async fn run<'a>(
     if output.success {
         Ok(output)
     } else {
-        Err(Error::Failed(format!(
+        Err(Error::Subprocess(format!(
             "{line} failed: {}",
             output.stderr.trim()
         )))

@@ -64,6 +64,7 @@ impl Header {
 
     /// Reads a header from the start of `bytes`, checking length and magic only (status
     /// reports any version and tag). `path` is for the message.
+    /// A String error: a whole sentence that becomes `Error::Cache`, or a `cache status` row.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, String> {
         let Some(header) = bytes.first_chunk::<HEADER_LEN>() else {
             return Err(format!(
@@ -85,6 +86,7 @@ impl Header {
     }
 
     /// Whether this file can be decrypted by the backend with tag `expected`.
+    /// A String error: a whole sentence that becomes `Error::Cache`.
     pub fn check(self, path: &Path, expected: u8) -> Result<(), String> {
         if !matches!(self.version, VERSION_ORIGINAL | VERSION_AUTHENTICATED) {
             return Err(format!(
@@ -227,6 +229,7 @@ pub enum Payload {
 }
 
 /// Parses the decrypted payload JSON.
+/// A String error: a whole sentence that becomes `Error::Cache`.
 pub fn decode_payload(bytes: &[u8]) -> Result<Payload, String> {
     let document: Json<'_> = serde_json::from_slice(bytes)
         .map_err(|e| format!("Cache payload is not valid UTF-8 JSON: {e}"))?;

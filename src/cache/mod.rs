@@ -362,6 +362,7 @@ struct Sealed {
 struct Opened {
     file: std::fs::File,
     meta: std::fs::Metadata,
+    /// The header, or why it is unreadable: kept as text for [`FileInfo`] to show.
     header: std::result::Result<Header, String>,
 }
 
@@ -413,7 +414,8 @@ pub async fn save(path: &Path, backend: &Backend, entries: &Entries) -> Result<(
 pub struct FileInfo {
     pub size: u64,
     pub mtime: SystemTime,
-    /// The header, or why it is unreadable (too short, bad magic).
+    /// The header, or why it is unreadable (too short, bad magic); text, as the struct is
+    /// cloned and `Error` is not.
     pub header: std::result::Result<Header, String>,
 }
 

@@ -125,16 +125,16 @@ async fn init_tpm(settings: &Settings, args: &CacheInitArgs, path: &Path) -> Res
         (None, _) => Some(PcrList::parse("7").expect("a valid PCR list")),
     };
 
-    let key = aead::random_key().map_err(|e| Error::Failed(e.to_string()))?;
+    let key = aead::random_key()?;
     let sealer = SystemdCreds::new("systemd-creds".into(), with_key, pcrs);
     let credential = sealer
         .encrypt_credential(KEY_CREDENTIAL, key.as_ref())
         .await
         .map_err(|err| match err.root() {
-            Error::ProviderUnavailable { .. } => Error::Failed(
+            Error::ProviderUnavailable { .. } => Error::Subprocess(
                 "systemd-creds not found. TPM backend requires systemd >= 250 with TPM2 support. Install systemd-container or choose a different backend.".into(),
             ),
-            _ => Error::Failed(format!(
+            _ => Error::Subprocess(format!(
                 "{err}. Check that this host has a TPM2 and the current user has access."
             )),
         })?;
@@ -370,7 +370,7 @@ async fn invalidate(settings: &Settings, args: &CacheInvalidateArgs) -> Result<(
     }
     match unresolved {
         0 => Ok(()),
-        n => Err(Error::Failed(format!(
+        n => Err(Error::Incomplete(format!(
             "{n} of {} argument(s) did not name a mapping file, a secret ID with a mapping, or a Podman secret",
             args.secrets.len()
         ))),
@@ -414,14 +414,14 @@ async fn resolve(arg: &str, state: &StateDir, podman: &mut PodmanNames<'_>) -> R
         let bytes = crate::fsutil::read_capped(file, crate::fsutil::MAPPING)
             .map_err(|e| Error::io("cannot read", file, e))?;
         return Mapping::parse(&bytes).map_err(|reason| {
-            Error::Failed(format!(
+            Error::Refused(format!(
                 "{} is not a mapping file: {reason}",
                 file.display()
             ))
         });
     }
     let Ok(id) = SecretId::parse(arg) else {
-        return Err(Error::Failed(
+        return Err(Error::Refused(
             "no such file, and not a secret name or ID".into(),
         ));
     };
@@ -436,14 +436,14 @@ async fn resolve(arg: &str, state: &StateDir, podman: &mut PodmanNames<'_>) -> R
         ))
     })?;
     let Some(podman_id) = podman_id else {
-        return Err(Error::Failed(format!(
+        return Err(Error::Refused(format!(
             "not a mapping file, nor a secret ID with a mapping in {}, nor a Podman secret name",
             state.root().display()
         )));
     };
-    let podman_id = SecretId::parse(&podman_id).map_err(Error::Failed)?;
+    let podman_id = SecretId::parse(&podman_id).map_err(Error::Refused)?;
     state.read_mapping(&podman_id).map_err(|e| match e {
-        Error::NoMapping(_) => Error::Failed(format!(
+        Error::NoMapping(_) => Error::Refused(format!(
             "Podman secret {arg} (ID {podman_id}) has no mapping in {}; it is not a psi secret",
             state.root().display()
         )),
@@ -459,7 +459,7 @@ async fn prune(settings: &Settings) -> Result<()> {
     let mut entries = load_for_change(&path, &backend).await?;
     let mut live = HashSet::new();
     for id in state.list_mappings()? {
-        let id = SecretId::parse(&id).map_err(Error::Failed)?;
+        let id = SecretId::parse(&id).map_err(Error::Refused)?;
         live.insert(entries.digest(&state.read_mapping(&id)?));
     }
     let before = entries.len();

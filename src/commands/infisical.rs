@@ -19,7 +19,7 @@ use crate::cli::{
     EnvFormat, InfisicalCommand, InfisicalEnvArgs, InfisicalLoginArgs, InfisicalWriteFileArgs,
 };
 use crate::config::{InfisicalConfig, Settings};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::fsutil;
 use crate::provider::infisical::{self, Infisical};
 
@@ -105,7 +105,7 @@ async fn login(settings: &Settings, args: &InfisicalLoginArgs) -> Result<()> {
     super::write_stdout(text.as_bytes())?;
     match failures {
         0 => Ok(()),
-        n => Err(Error::Failed(format!(
+        n => Err(Error::Incomplete(format!(
             "{n} of {} auth(s) failed to log in",
             results.len()
         ))),
@@ -157,13 +157,13 @@ pub fn env_lines(pairs: &[(&str, &[u8])]) -> Result<Zeroizing<Vec<u8>>> {
     let mut out = Zeroizing::new(Vec::new());
     for (key, value) in pairs {
         if key.contains(['=', '\n', '\r', '\0']) || key.is_empty() {
-            return Err(Error::Failed(format!(
+            return Err(Error::Refused(format!(
                 "secret key '{}' cannot be written as KEY=value; use --format json",
                 key.escape_debug()
             )));
         }
         if value.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
-            return Err(Error::Failed(format!(
+            return Err(Error::Refused(format!(
                 "the value of '{key}' contains a newline, which --format env cannot represent; use --format export or json"
             )));
         }
@@ -180,7 +180,7 @@ pub fn json_object(pairs: &[(&str, &[u8])]) -> Result<Zeroizing<Vec<u8>>> {
     let mut map = serde_json::Map::new();
     for (key, value) in pairs {
         let text = std::str::from_utf8(value).map_err(|_| {
-            Error::Failed(format!(
+            Error::Refused(format!(
                 "the value of '{key}' is not UTF-8, which JSON cannot carry; use --format export"
             ))
         })?;
@@ -189,10 +189,7 @@ pub fn json_object(pairs: &[(&str, &[u8])]) -> Result<Zeroizing<Vec<u8>>> {
             serde_json::Value::String(text.to_owned()),
         );
     }
-    let mut out = Zeroizing::new(
-        serde_json::to_vec_pretty(&map)
-            .map_err(|err| Error::Failed(format!("cannot encode JSON: {err}")))?,
-    );
+    let mut out = Zeroizing::new(serde_json::to_vec_pretty(&map).context("cannot encode JSON")?);
     out.push(b'\n');
     // The map's strings are dropped without zeroizing; this is a best effort.
     Ok(out)
@@ -216,7 +213,7 @@ async fn write_file(settings: &Settings, args: &InfisicalWriteFileArgs) -> Resul
             base64::engine::general_purpose::STANDARD
                 .decode(&*text)
                 .map_err(|err| {
-                    Error::Failed(format!(
+                    Error::Refused(format!(
                         "the value of '{}' is not base64 ({err}); drop --base64 to write it as is",
                         args.secret_name
                     ))

@@ -59,7 +59,7 @@ pub async fn run(settings: &Settings, command: ImportCommand) -> Result<()> {
     );
     super::print_report(&report, options.json, human)?;
     match s.problems() {
-        Some(problems) => Err(Error::Failed(problems)),
+        Some(problems) => Err(Error::Incomplete(problems)),
         None => Ok(()),
     }
 }

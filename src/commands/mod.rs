@@ -19,7 +19,7 @@ use std::future::Future;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Overrides, Settings};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::secret::SecretId;
 
 /// Runs every command but `psi client`, which `main.rs` dispatches before logging and
@@ -56,7 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Healthcheck(args) => {
             let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
             crate::client::healthcheck(&settings.socket_path, args.cache, token)
-                .map_err(|why| Error::Failed(format!("unhealthy: {why}")))
+                .context("unhealthy")
         }
         Command::Systemd(command) => block_on(systemd::run(&settings, command)),
         Command::Infisical(command) => block_on(infisical::run(settings, command)),
@@ -122,7 +122,7 @@ pub(crate) async fn register(
         let args = ["secret", "create", "--driver", "shell", name.as_str(), "-"];
         let output = crate::process::run(std::ffi::OsStr::new("podman"), args, mapping).await?;
         if !output.success {
-            return Err(Error::Failed(format!(
+            return Err(Error::Podman(format!(
                 "podman secret create {name} failed: {}\n(is psi serve running, and psi.conf installed with psi install?)",
                 output.stderr
             )));
@@ -161,8 +161,7 @@ pub fn print_report<T: serde::Serialize>(
     human: impl FnOnce(&T) -> String,
 ) -> Result<()> {
     let text = if json {
-        let mut text = serde_json::to_string_pretty(report)
-            .map_err(|err| Error::Failed(format!("cannot encode the report: {err}")))?;
+        let mut text = serde_json::to_string_pretty(report).context("cannot encode the report")?;
         text.push('\n');
         text
     } else {

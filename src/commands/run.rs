@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 
 use crate::cli::RunArgs;
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::provider::{infisical, Source};
 use crate::resolver::{Resolver, WorkloadSecrets};
 use crate::secret::SecretValue;
@@ -60,12 +60,11 @@ async fn via_serve(settings: &Settings, workload: &str) -> Option<Result<Workloa
         &dropin::read(&text),
         |name| {
             let id = ids.get(name).ok_or_else(|| {
-                Error::Failed(format!(
+                Error::Refused(format!(
                     "the drop-in of {workload} names the Podman secret {name}, which Podman does not have; run psi setup"
                 ))
             })?;
-            crate::client::lookup(&settings.socket_path, token, id)
-                .map_err(|why| Error::Failed(format!("{name}: {why}")))
+            crate::client::lookup(&settings.socket_path, token, id).context(name)
         },
     ))
 }
@@ -145,7 +144,7 @@ pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
         if !missing.is_empty() {
             let mut known: Vec<&str> = values.keys().map(String::as_str).collect();
             known.sort_unstable();
-            return Err(Error::Failed(format!(
+            return Err(Error::Refused(format!(
                 "no secret named {} here; found: {}",
                 missing.join(", "),
                 known.join(", ")
@@ -159,9 +158,9 @@ pub async fn resolve(settings: &Settings, args: &RunArgs) -> Result<Env> {
         let value = values
             .get(&key)
             .map(|v| SecretValue::new(v.expose().to_vec()))
-            .ok_or_else(|| Error::Failed(format!("no secret named {key}")))?;
+            .ok_or_else(|| Error::Refused(format!("no secret named {key}")))?;
         if value.expose().contains(&0) {
-            return Err(Error::Failed(format!(
+            return Err(Error::Refused(format!(
                 "the value of '{key}' holds a NUL byte, which an environment variable cannot"
             )));
         }
@@ -184,5 +183,8 @@ pub fn exec(command: &[OsString], env: Env) -> Error {
         cmd.env(var, OsStr::from_bytes(value.expose()));
     }
     let err = cmd.exec();
-    Error::Failed(format!("cannot run {}: {err}", program.to_string_lossy()))
+    Error::Io {
+        context: format!("cannot run {}", program.to_string_lossy()),
+        source: err,
+    }
 }

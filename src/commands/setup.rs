@@ -17,7 +17,7 @@ pub async fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
     super::print_report(&report, args.json, setup::SetupReport::human)?;
     match report.failures() {
         0 => Ok(()),
-        n => Err(Error::Failed(format!(
+        n => Err(Error::Incomplete(format!(
             "{n} of {} workload(s) failed; the others were set up",
             report.workloads.len()
         ))),
@@ -29,7 +29,7 @@ pub async fn check(settings: &Settings, args: &CheckArgs) -> Result<()> {
     super::print_report(&report, args.json, setup::CheckReport::human)?;
     match report.failures() {
         0 => Ok(()),
-        n => Err(Error::Failed(format!(
+        n => Err(Error::Incomplete(format!(
             "{n} of {} workload(s) have missing or unreachable secrets",
             report.workloads.len()
         ))),

@@ -8,6 +8,7 @@ use std::time::Duration;
 /// Parses `text` as a number with an optional unit: `ms`, `s`, `m`, `h`, `d` (seconds when
 /// none).
 /// The error says what is accepted; it is meant to be prefixed with the key path.
+/// A String error: raised in serde's visitor (`values::parse_scalar`), which adds line and column.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     let split = trimmed

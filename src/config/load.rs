@@ -159,6 +159,7 @@ impl Settings {
 
 /// `store.raw_values` defaults to sealing when a sealing provider is configured (the first of
 /// systemd-creds, nitrokeyhsm), and to rejecting otherwise; plaintext is never an option.
+/// A String error: the caller makes it an `Error::Config` naming the file.
 fn raw_policy(store: &StoreConfig, providers: &ProvidersConfig) -> Result<RawPolicy, String> {
     let available = |with: SealWith| match with {
         SealWith::SystemdCreds => providers.systemd_creds.is_some(),
@@ -235,6 +236,7 @@ pub fn resolve_credential(
 /// nearest known key for a typo, and ends with the position when the parser knows it.
 /// It never quotes a value (the file holds tokens and client secrets), except where psi's
 /// own parser of a key that holds no secret (a file mode, a duration) quotes what it read.
+/// A String error: the caller makes it an `Error::Config` naming the file.
 fn parse_file(text: &str) -> Result<ConfigFile, String> {
     if text.trim().is_empty() {
         return Ok(ConfigFile::default());

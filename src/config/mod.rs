@@ -154,6 +154,7 @@ pub struct CacheSettings {
 /// The Podman API socket psi talks to, resolved at load. Without `podman_socket` the default
 /// depends on the environment, and when that cannot give one the error waits until a command
 /// needs Podman: most commands never do.
+/// The error is a String because it is cloned with the settings until a command needs it.
 #[derive(Debug, Clone)]
 pub struct PodmanSocket(std::result::Result<PathBuf, String>);
 

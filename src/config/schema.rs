@@ -119,6 +119,7 @@ impl WithKey {
         }
     }
 
+    /// A String error: the `--with-key` flag prefixes it into an `Error::Usage`.
     pub fn parse(text: &str) -> Result<WithKey, String> {
         match text {
             "auto" => Ok(WithKey::Auto),

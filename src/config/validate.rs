@@ -17,6 +17,7 @@ impl InfisicalConfig {
     /// Checks what serde cannot: each auth block has what its method needs, every project is
     /// covered by its own or the global auth, and every TLS output path is absolute and
     /// written by one key only. Messages name the key path.
+    /// A String error: the caller makes it an `Error::Config` naming the file.
     fn validate(&self) -> Result<(), String> {
         const AT: &str = "providers.infisical";
         if let Some(auth) = &self.auth {
@@ -68,6 +69,7 @@ impl InfisicalConfig {
 
 /// An output path: absolute, because the renewal timer does not run where `psi` was typed
 /// and the generated units mount and create its directory; and a file, not a directory.
+/// A String error: the caller makes it an `Error::Config` naming the file.
 fn check_output_path(path: &Path) -> Result<(), String> {
     if !path.is_absolute() {
         return Err(format!("'{}' is not an absolute path", path.display()));
@@ -83,6 +85,7 @@ fn check_output_path(path: &Path) -> Result<(), String> {
 
 impl AuthConfig {
     /// What the method needs; `at` is the key path for the message.
+    /// A String error: the caller makes it an `Error::Config` naming the file.
     fn validate(&self, at: &str) -> Result<(), String> {
         let method = self.method.as_str();
         match self.method {
@@ -109,6 +112,7 @@ impl AuthConfig {
 }
 
 /// Checks that need more than one key: references between blocks.
+/// A String error: the caller makes it an `Error::Config` naming the file.
 pub(super) fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String> {
     if file.cache.watch_interval.is_zero() {
         return Err("cache.watch_interval: must be more than 0 (default: 2s)".into());
@@ -154,6 +158,7 @@ pub(super) fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result
 
 /// `pcscd_volume` names a Podman volume and the quadlet file `<name>.volume`: Podman's own
 /// rule for volume names, which also keeps it a plain file name.
+/// A String error: the caller makes it an `Error::Config` naming the file.
 fn validate_volume_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
@@ -169,6 +174,7 @@ fn validate_volume_name(name: &str) -> Result<(), String> {
 /// A workload name becomes part of Podman secret names (`{workload}--{KEY}`) and of a unit
 /// name; a source must ask for one coherent thing. Checked at load so `psi setup` never
 /// starts on a config it would half apply.
+/// A String error: the caller makes it an `Error::Config` naming the file.
 fn validate_workload(name: &str, workload: &WorkloadConfig) -> Result<(), String> {
     let stem = name.strip_suffix('@').unwrap_or(name);
     if stem.is_empty()
@@ -236,6 +242,7 @@ fn validate_workload(name: &str, workload: &WorkloadConfig) -> Result<(), String
 }
 
 /// A file target goes into a `Secret=` line as one comma-separated field.
+/// A String error: the caller makes it an `Error::Config` naming the file.
 fn check_target(target: &str) -> Result<(), String> {
     if target.is_empty()
         || target
@@ -260,6 +267,7 @@ fn list_or_none(names: &[&str]) -> String {
 
 /// The socket token must be at least 8 characters of `[A-Za-z0-9._~+/=-]`, the whole string:
 /// that alphabet is what makes embedding it in single quotes in `psi.conf` safe.
+/// A String error: the config loader makes it an `Error::Config`, `psi client` a usage error.
 pub fn validate_socket_token(token: &str) -> Result<(), String> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._~+/=-".contains(&b);
     if token.len() >= 8 && token.bytes().all(allowed) {

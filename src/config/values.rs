@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub struct PcrList(Vec<u8>);
 
 impl PcrList {
+    /// A String error: raised in serde's visitor (`parse_scalar`), which adds line and column.
     pub fn parse(text: &str) -> Result<PcrList, String> {
         let mut pcrs = Vec::new();
         for part in text.split(['+', ',']).map(str::trim) {
@@ -23,6 +24,7 @@ impl PcrList {
         PcrList::new(pcrs)
     }
 
+    /// A String error, as [`PcrList::parse`]'s.
     fn new(pcrs: Vec<u8>) -> Result<PcrList, String> {
         if pcrs.is_empty() {
             return Err("the PCR list is empty; leave tpm2_pcrs out instead".into());
@@ -127,6 +129,7 @@ impl Hook {
         &self.argv[1..]
     }
 
+    /// A String error: raised in serde's visitor (`parse_scalar`), which adds line and column.
     pub fn parse(line: &str) -> Result<Hook, String> {
         let argv = shlex::split(line).ok_or_else(|| {
             "the hook is not a command line: unbalanced quotes or a trailing backslash".to_owned()
@@ -155,6 +158,7 @@ impl<'de> Deserialize<'de> for Hook {
 pub struct FileMode(pub(super) u32);
 
 impl FileMode {
+    /// A String error: raised in serde's visitor (`parse_scalar`), which adds line and column.
     pub fn parse(text: &str) -> Result<FileMode, String> {
         let trimmed = text.trim();
         let digits = trimmed.strip_prefix("0o").unwrap_or(trimmed);
@@ -268,6 +272,7 @@ impl<'de> Deserialize<'de> for KeyId {
 pub struct TimerSpan(pub(super) String);
 
 impl TimerSpan {
+    /// A String error: raised in serde's visitor (`parse_scalar`), which adds line and column.
     pub fn parse(text: &str) -> Result<TimerSpan, String> {
         super::duration::parse(text)?;
         Ok(TimerSpan(text.trim().to_owned()))

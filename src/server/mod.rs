@@ -37,7 +37,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{collect_capped, Collect};
 use crate::config::EnvLookup;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::fsutil;
 use crate::resolver::{CacheState, Resolver};
 use crate::secret::SecretString;
@@ -186,7 +186,7 @@ pub fn bind(path: &Path) -> Result<Bound> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(Error::Failed(format!(
+                return Err(Error::Refused(format!(
                     "{} is in use: another psi serve is answering on it; stop it first or use another --socket",
                     path.display()
                 )));
@@ -194,7 +194,7 @@ pub fn bind(path: &Path) -> Result<Bound> {
             tracing::info!(socket = %path.display(), "replacing stale socket");
         }
         Ok(_) => {
-            return Err(Error::Failed(format!(
+            return Err(Error::Refused(format!(
                 "{} exists and is not a socket; refusing to replace it",
                 path.display()
             )))
@@ -255,8 +255,8 @@ pub fn from_systemd(env: EnvLookup<'_>) -> Result<Option<Bound>> {
 fn adopt_fd3() -> Result<StdListener> {
     use std::os::fd::FromRawFd;
     const SD_LISTEN_FDS_START: i32 = 3;
-    let stat = nix::sys::stat::fstat(SD_LISTEN_FDS_START)
-        .map_err(|e| Error::Failed(format!("LISTEN_FDS: fd 3 is not usable: {e}")))?;
+    let stat =
+        nix::sys::stat::fstat(SD_LISTEN_FDS_START).context("LISTEN_FDS: fd 3 is not usable")?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(Error::Usage("LISTEN_FDS: fd 3 is not a socket".into()));
     }

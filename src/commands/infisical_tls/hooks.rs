@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::config::Hook;
+use crate::error::{Error, Result, ResultExt};
 
 /// How long a hook may run.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,22 +40,26 @@ fn hook_command(program: &str, args: &[String]) -> tokio::process::Command {
     command
 }
 
-async fn run_hook(hook: &Hook, timeout: Duration) -> std::result::Result<(), String> {
+async fn run_hook(hook: &Hook, timeout: Duration) -> Result<()> {
     let program = hook.program();
     let child = hook_command(program, hook.args())
         .spawn()
-        .map_err(|err| format!("cannot run {program}: {err}"))?;
+        .with_context(|| format!("cannot run {program}"))?;
     let output = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .map_err(|_| format!("timed out after {} s", timeout.as_secs()))?
-        .map_err(|err| format!("waiting for {program}: {err}"))?;
+        .map_err(|_| Error::Subprocess(format!("timed out after {} s", timeout.as_secs())))?
+        .with_context(|| format!("waiting for {program}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     tracing::info!(hook = hook.line(), status = %output.status, stdout = %stdout.trim_end(), stderr = %stderr.trim_end(), "TLS hook finished");
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!("{}; stderr: {}", output.status, stderr.trim_end()))
+        Err(Error::Subprocess(format!(
+            "{}; stderr: {}",
+            output.status,
+            stderr.trim_end()
+        )))
     }
 }
 

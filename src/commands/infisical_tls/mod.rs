@@ -31,7 +31,7 @@ use self::hooks::{run_hooks, HOOK_TIMEOUT};
 use self::status::{StatusRow, TIMER_PROPERTIES};
 use crate::cli::{TlsCommand, TlsStatusArgs};
 use crate::config::{CertConfig, Settings};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::fsutil;
 use crate::provider::infisical::cert::{check_key_match, pem_file, read_cert, Standing};
 use crate::provider::infisical::{Infisical, IssueRequest, Issued};
@@ -54,7 +54,7 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
         .infisical
         .as_ref()
         .filter(|c| !c.tls.certificates.is_empty())
-        .ok_or_else(|| Error::Failed("No TLS configuration found in config.".into()))?;
+        .ok_or_else(|| Error::Refused("No TLS configuration found in config.".into()))?;
     let certs: Vec<(&String, &CertConfig)> = config.tls.certificates.iter().collect();
     match command {
         TlsCommand::Status(args) => status(settings, &certs, &args).await,
@@ -80,7 +80,7 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
                 }
                 Ok(())
             } else {
-                Err(Error::Failed(format!(
+                Err(Error::Incomplete(format!(
                     "{} certificate(s) failed: {}",
                     failures.len(),
                     failures.join("; ")
@@ -124,7 +124,7 @@ async fn process(
     eprintln!("  {}: {name}", if renew { "Renewed" } else { "Issued" });
     let failed = run_hooks(&cert.hooks, cert.hook_timeout.unwrap_or(HOOK_TIMEOUT)).await;
     if failed > 0 {
-        return Err(Error::Failed(format!("{failed} hook(s) failed")));
+        return Err(Error::Incomplete(format!("{failed} hook(s) failed")));
     }
     Ok(true)
 }
@@ -176,7 +176,7 @@ fn save_state(
     issued: &Issued,
     previous: Option<CertState>,
 ) -> Result<()> {
-    let info = read_cert(&cert.output.cert).map_err(Error::Failed)?;
+    let info = read_cert(&cert.output.cert)?;
     let new_state = CertState {
         certificate_id: issued
             .certificate_id
@@ -197,7 +197,7 @@ fn save_state(
         fsutil::ensure_dir(dir, 0o700)?;
     }
     let json = serde_json::to_vec_pretty(&new_state)
-        .map_err(|err| Error::Failed(format!("cannot encode the TLS state of {name}: {err}")))?;
+        .with_context(|| format!("cannot encode the TLS state of {name}"))?;
     fsutil::write_atomic(&path, &json, fsutil::PRIVATE)
 }
 
@@ -227,11 +227,11 @@ fn check_key(cert: &CertConfig, issued: &Issued) -> Result<()> {
     let key_pem: &[u8] = match &issued.private_key {
         Some(key) => key.expose().as_bytes(),
         None => {
-            existing = fsutil::read_capped(&cert.output.key, fsutil::PEM).map_err(|err| {
-                Error::Failed(format!(
-                    "Infisical sent no private key and {} cannot be read: {err}",
+            existing = fsutil::read_capped(&cert.output.key, fsutil::PEM).with_context(|| {
+                format!(
+                    "Infisical sent no private key and {} cannot be read",
                     cert.output.key.display()
-                ))
+                )
             })?;
             &existing
         }
@@ -313,8 +313,7 @@ async fn status(
         })
         .collect();
     if args.json || !std::io::stdout().is_terminal() {
-        let text = serde_json::to_string_pretty(&rows)
-            .map_err(|err| Error::Failed(format!("cannot encode the status: {err}")))?;
+        let text = serde_json::to_string_pretty(&rows).context("cannot encode the status")?;
         return super::write_stdout(format!("{text}\n").as_bytes());
     }
     let names = TIMER_PROPERTIES.map(|(name, _)| name);

@@ -125,7 +125,7 @@ pub(super) async fn preflight(settings: &Settings) -> Result<()> {
     });
     print(&checks)?;
     if checks.iter().any(|c| c.status == Status::Fail) {
-        return Err(Error::Failed(
+        return Err(Error::Incomplete(
             "preflight failed; fix the failures above".into(),
         ));
     }
@@ -201,7 +201,7 @@ pub(super) async fn test_pin(settings: &Settings) -> Result<()> {
         Ok(_) => say("  HSM login: OK\n"),
         Err(err) => {
             say(&format!("  HSM login failed: {err}\n"))?;
-            Err(Error::Failed("the HSM did not accept the login".into()))
+            Err(Error::Incomplete("the HSM did not accept the login".into()))
         }
     }
 }
@@ -254,8 +254,8 @@ pub(super) async fn status(settings: &Settings) -> Result<()> {
     say(&out)?;
     match connection {
         Ok(s) if s.key.is_some() => Ok(()),
-        Ok(_) => Err(Error::Failed("the key is not on the token".into())),
-        Err(_) => Err(Error::Failed("the HSM is not reachable".into())),
+        Ok(_) => Err(Error::Incomplete("the key is not on the token".into())),
+        Err(_) => Err(Error::Incomplete("the HSM is not reachable".into())),
     }
 }
 

@@ -146,7 +146,7 @@ async fn build_image(build_dir: &Path, base_image: Option<&str>) -> Result<()> {
     let how = output
         .code
         .map_or_else(|| "killed by a signal".to_owned(), |c| format!("exit {c}"));
-    Err(Error::Failed(format!(
+    Err(Error::Podman(format!(
         "podman build of {} failed ({how}):\n{tail}\n{}",
         pcscd::IMAGE,
         output.stderr

@@ -127,6 +127,7 @@ impl Token {
         })
     }
 
+    /// A String error: the only caller logs it and logs in again.
     fn from_file(bytes: &[u8]) -> Result<Token, String> {
         #[derive(Deserialize)]
         struct File {

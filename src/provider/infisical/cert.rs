@@ -12,7 +12,7 @@ use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::x509::X509;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 
 /// What psi reads from a certificate: its validity (seconds since the epoch) and serial.
 pub struct CertInfo {
@@ -70,16 +70,16 @@ impl CertInfo {
 }
 
 /// notBefore and notAfter (seconds since the epoch) and serial of a PEM certificate file.
-pub fn read_cert(path: &Path) -> std::result::Result<CertInfo, String> {
+pub fn read_cert(path: &Path) -> Result<CertInfo> {
     let pem = crate::fsutil::read_capped(path, crate::fsutil::PEM)
-        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        .map_err(|err| Error::io("cannot read", path, err))?;
     let x509 = X509::from_pem(&pem)
-        .map_err(|err| format!("{} is not a PEM certificate: {err}", path.display()))?;
+        .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
     let serial = x509
         .serial_number()
         .to_bn()
         .and_then(|bn| bn.to_hex_str().map(|s| s.to_lowercase()))
-        .map_err(|err| format!("{}: bad serial: {err}", path.display()))?;
+        .with_context(|| format!("{}: bad serial", path.display()))?;
     Ok(CertInfo {
         not_before: epoch_of(x509.not_before())?,
         not_after: epoch_of(x509.not_after())?,
@@ -87,25 +87,22 @@ pub fn read_cert(path: &Path) -> std::result::Result<CertInfo, String> {
     })
 }
 
-fn epoch_of(time: &Asn1TimeRef) -> std::result::Result<i64, String> {
-    let zero = Asn1Time::from_unix(0).map_err(|e| e.to_string())?;
-    let diff = zero.diff(time).map_err(|e| e.to_string())?;
+fn epoch_of(time: &Asn1TimeRef) -> Result<i64> {
+    let zero = Asn1Time::from_unix(0)?;
+    let diff = zero.diff(time)?;
     Ok(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
 }
 
 /// Checks that `certificate` (PEM, as Infisical sent it) belongs to `key_pem`, the private
 /// key that will sit next to it.
 pub fn check_key_match(certificate: &str, key_pem: &[u8]) -> Result<()> {
-    let x509 = X509::from_pem(certificate.as_bytes()).map_err(|err| {
-        Error::Failed(format!("Infisical sent an unparseable certificate: {err}"))
-    })?;
+    let x509 = X509::from_pem(certificate.as_bytes())
+        .context("Infisical sent an unparseable certificate")?;
     let key = openssl::pkey::PKey::private_key_from_pem(key_pem)
-        .map_err(|_| Error::Failed("the private key is not a PEM private key".into()))?;
-    let public = x509
-        .public_key()
-        .map_err(|err| Error::Failed(format!("certificate public key: {err}")))?;
+        .map_err(|_| Error::Refused("the private key is not a PEM private key".into()))?;
+    let public = x509.public_key().context("certificate public key")?;
     if !public.public_eq(&key) {
-        return Err(Error::Failed(
+        return Err(Error::Refused(
             "the issued certificate does not match the private key; nothing written".into(),
         ));
     }

@@ -118,6 +118,7 @@ impl Reply {
     }
 
     /// Parses a success body as `T`; the error names the type, never the content.
+    /// A String error: callers fold it into a `Provider` error's detail, which is text.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, String> {
         serde_json::from_slice(&self.body)
             .map_err(|err| format!("unexpected response body (HTTP {}): {err}", self.status))

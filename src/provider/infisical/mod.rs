@@ -59,7 +59,7 @@ use self::http::{Class, Http};
 use self::listing::ListBody;
 pub use self::pki::{IssueRequest, Issued};
 use crate::config::InfisicalConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::secret::{Mapping, SecretString, SecretValue};
 /// A folder path as listings and lookups use it (leading `/`, no trailing one).
 pub(crate) use listing::normalize as normalize_path;
@@ -233,9 +233,7 @@ impl Infisical {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder
-            .build()
-            .map_err(|err| Error::Failed(format!("cannot set up the HTTP client: {err}")))?;
+        let client = builder.build().context("cannot set up the HTTP client")?;
 
         let global = config.auth.clone().map(|a| Arc::new(Auth::new(a)));
         let mut projects = BTreeMap::new();
