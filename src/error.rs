@@ -269,6 +269,16 @@ impl<T, E: Cause> ResultExt<T> for std::result::Result<T, E> {
     }
 }
 
+/// Names for a message ("a, b"), or `(none)`: what error messages list as the choices.
+pub fn list_or_none<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    let names: Vec<S> = names.into_iter().collect();
+    if names.is_empty() {
+        return "(none)".into();
+    }
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    names.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,14 +63,9 @@ pub(crate) fn check_project(config: &InfisicalConfig, alias: &str) -> Result<()>
     if config.projects.contains_key(alias) {
         return Ok(());
     }
-    let known: Vec<&str> = config.projects.keys().map(String::as_str).collect();
-    Err(Error::Usage(format!(
-        "unknown project '{alias}'; configured projects: {}",
-        if known.is_empty() {
-            "(none)".to_owned()
-        } else {
-            known.join(", ")
-        }
+    Err(Error::Usage(crate::provider::infisical::unknown_project(
+        alias,
+        config.projects.keys(),
     )))
 }
 

@@ -136,7 +136,7 @@ pub(super) fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result
             return Err(format!(
                 "workloads.{name}.provider: workload '{name}' uses provider '{}', but it is not configured (configured: {})",
                 workload.provider,
-                list_or_none(&configured)
+                crate::error::list_or_none(&configured)
             ));
         }
         validate_workload(name, workload)?;
@@ -147,7 +147,7 @@ pub(super) fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result
                     return Err(format!(
                         "workloads.{name}.secrets[{index}].project: '{}' is not a project under providers.infisical.projects (configured: {})",
                         source.project,
-                        list_or_none(&known)
+                        crate::error::list_or_none(&known)
                     ));
                 }
             }
@@ -254,14 +254,6 @@ fn check_target(target: &str) -> Result<(), String> {
         ))
     } else {
         Ok(())
-    }
-}
-
-fn list_or_none(names: &[&str]) -> String {
-    if names.is_empty() {
-        "(none)".into()
-    } else {
-        names.join(", ")
     }
 }
 

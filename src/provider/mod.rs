@@ -174,10 +174,7 @@ impl Registry {
             .find(|p| p.name() == name)
             .ok_or_else(|| Error::UnknownProvider {
                 name: name.to_owned(),
-                configured: match self.names() {
-                    names if names.is_empty() => "none".to_owned(),
-                    names => names.join(", "),
-                },
+                configured: crate::error::list_or_none(self.names()),
             })
     }
 

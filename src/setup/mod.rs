@@ -63,7 +63,7 @@ fn selected<'a>(
             return Err(Error::Usage(format!(
                 "no workload '{name}' in {} (configured: {})",
                 settings.config_path.display(),
-                list(settings.workloads.keys())
+                crate::error::list_or_none(settings.workloads.keys())
             )));
         }
     }
@@ -74,15 +74,6 @@ fn selected<'a>(
         .filter(|(_, w)| provider.is_none_or(|p| w.provider == p))
         .map(|(name, w)| (name.as_str(), w))
         .collect())
-}
-
-fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
 }
 
 /// The configured providers (nothing connects until used): discovery asks them, and the

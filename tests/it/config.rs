@@ -619,7 +619,9 @@ fn api_url_and_key_id_are_checked_at_load() {
         "providers:\n  infisical:\n    api_url: ftp://infisical.example\n    auth: {method: universal-auth, client_id: c, client_secret: s}\n",
     );
     assert!(
-        msg.contains("providers.infisical.api_url: 'ftp://infisical.example' is not an http(s) URL"),
+        msg.contains(
+            "providers.infisical.api_url: 'ftp://infisical.example' is not an http(s) URL"
+        ),
         "{msg}"
     );
     let msg = config_error("providers:\n  nitrokeyhsm:\n    key_id: \"2\"\n");

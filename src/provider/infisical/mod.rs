@@ -480,14 +480,7 @@ impl Infisical {
     fn project(&self, alias: &str) -> Result<&Project> {
         self.inner.projects.get(alias).ok_or_else(|| {
             let known = self.projects();
-            failed(format!(
-                "unknown project '{alias}'; configured projects: {}",
-                if known.is_empty() {
-                    "(none)".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ))
+            failed(unknown_project(alias, known))
         })
     }
 
@@ -516,6 +509,17 @@ fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
     Ok(certs)
+}
+
+/// What a project alias that is not configured gets: the ones that are.
+pub(crate) fn unknown_project<S: AsRef<str>>(
+    alias: &str,
+    known: impl IntoIterator<Item = S>,
+) -> String {
+    format!(
+        "unknown project '{alias}'; configured projects: {}",
+        crate::error::list_or_none(known)
+    )
 }
 
 fn failed(detail: String) -> Error {
