@@ -481,8 +481,6 @@ pub struct ImportOptions {
     pub json: bool,
 }
 
-/// `--conflict`'s values. The policy itself ([`Conflict`]) is the import planner's; its
-/// values and their help are spelled out here so that the planner knows no clap.
 /// `--mode` of `psi systemd install` and `psi butane`: the renderers' own type, so no second
 /// enum mirrors it.
 impl ValueEnum for Mode {
@@ -499,6 +497,8 @@ impl ValueEnum for Mode {
     }
 }
 
+/// `--conflict`'s values. The policy itself ([`Conflict`]) is the import planner's; its
+/// values and their help are spelled out here so that the planner knows no clap.
 impl ValueEnum for Conflict {
     fn value_variants<'a>() -> &'a [Self] {
         &[Conflict::Fail, Conflict::Skip, Conflict::Overwrite]

@@ -143,7 +143,8 @@ impl CacheBackend {
 
 /// An opened backend: the key material, or the token that holds it.
 pub enum Backend {
-    /// The AES-256 key that systemd unsealed into `$CREDENTIALS_DIRECTORY/psi-cache-key`.
+    /// The AES-256 key, from `$CREDENTIALS_DIRECTORY/psi-cache-key` or unsealed by psi from
+    /// the key file ([`read_tpm_key`]).
     Tpm(Zeroizing<[u8; KEY_LEN]>),
     /// The Nitrokey HSM provider's instance (its PKCS#11 thread unwraps the AES key).
     Hsm(Arc<NitrokeyHsm>),
@@ -214,9 +215,10 @@ pub fn hsm_not_configured() -> Error {
 
 /// The TPM backend's key: `$CREDENTIALS_DIRECTORY/psi-cache-key` when systemd unsealed it
 /// for the unit (`LoadCredentialEncrypted=`, the original's units), else the sealed file
-/// `key_path` unsealed here with `systemd-creds decrypt`. psi's generated units take the
-/// second way: systemd fails a unit whose credential file is missing, and a host whose key
-/// is not provisioned yet must still serve (live, with the cache unavailable).
+/// `key_path` unsealed here with `systemd-creds decrypt`. psi's generated system units take
+/// the second way: systemd fails a unit whose credential file is missing, and a host whose
+/// key is not provisioned yet must still serve (live, with the cache unavailable). User
+/// units pass the key with `LoadCredentialEncrypted=`.
 pub fn read_tpm_key(env: EnvLookup<'_>, key_path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>> {
     let delivered = env("CREDENTIALS_DIRECTORY")
         .filter(|d| !d.is_empty())

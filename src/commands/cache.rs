@@ -1,7 +1,8 @@
 //! `psi cache init|status|refresh|invalidate|prune`: the encrypted secret cache from the
 //! operator's side. Reports go to stdout (`status --json` alone for machines), diagnostics
-//! to stderr. Commands that change `cache.enc` hold the setup lock, so they never race a
-//! `psi setup` that is writing it.
+//! to stderr. `invalidate` and `prune` hold the setup lock (and `refresh` through
+//! `psi setup`), so they never race a `psi setup` that is writing `cache.enc`; `init`
+//! writes a new cache without it, refusing to replace one unless `--force`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

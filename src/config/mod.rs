@@ -59,7 +59,8 @@ pub use values::{ApiUrl, FileMode, Hook, KeyId, PcrList, TimerSpan};
 use crate::error::{Error, Result};
 use crate::secret::SecretString;
 
-/// What the environment looks like to the resolver: a function, so tests pass a map.
+/// What the environment looks like to settings loading and credential lookup: a function,
+/// so tests pass a map.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
 /// The process environment.
@@ -76,7 +77,8 @@ pub struct Overrides {
     pub socket: Option<PathBuf>,
 }
 
-/// What `psi store` does with a body that is not a mapping.
+/// What a store (`POST /store/{id}`, `psi secret store`) does with a body that is not a
+/// mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawPolicy {
     Seal(SealWith),

@@ -26,7 +26,8 @@ pub(super) struct ConfigFile {
     pub systemd_dir: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
     pub socket_token: Option<SecretString>,
-    /// New: the socket `psi serve` listens on and `psi install` points curl at.
+    /// New: the socket `psi serve` listens on and the driver commands `psi install` writes
+    /// connect to.
     pub socket_path: Option<PathBuf>,
     /// New: the Podman API socket `psi setup` talks to [default: `CONTAINER_HOST`, else
     /// /run/podman/podman.sock, or $XDG_RUNTIME_DIR/podman/podman.sock for users].

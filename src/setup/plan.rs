@@ -16,14 +16,26 @@ use serde::Serialize;
 use super::desired::Desired;
 use crate::unitgen::driver_conf::DriverOpts;
 
-/// A Podman shell-driver secret as setup sees it.
-#[derive(Debug, Clone)]
+/// A Podman shell-driver secret as setup sees it. Its `Debug` names the driver options
+/// without their values: curl's commands carry the socket token inline.
+#[derive(Clone)]
 pub struct Existing {
     pub id: String,
     pub name: String,
     pub options: BTreeMap<String, String>,
     /// `state_dir/<id>`, if there is one.
     pub mapping: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Existing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Existing")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("mapping", &self.mapping.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl Existing {
@@ -136,7 +148,7 @@ impl WorkloadPlan {
 }
 
 /// The whole run, planned: what `psi setup --dry-run` reports (as text or `--json`) and a real
-/// run applies. No `Debug`: the driver options hold the socket token.
+/// run applies. No `Debug`: the driver options hold the socket token (theirs redacts it).
 pub struct SetupPlan {
     pub dry_run: bool,
     /// Every configured workload, selected or not: they own secret names and are classified.

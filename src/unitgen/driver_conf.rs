@@ -175,8 +175,8 @@ fn same(stored: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -
 /// The driver options `psi setup` gives the secrets it creates, and its test for the options
 /// of existing ones: the same commands, or (unless `exact`, `psi setup --fix-opts`) psi's
 /// own commands in the other client's form for the same socket and token. psi serve cannot
-/// tell such a secret from a current one, so re-creating it would only churn Podman.
-#[derive(Debug)]
+/// tell such a secret from a current one, so re-creating it would only churn Podman. Its
+/// `Debug` leaves out the commands and the token: curl's commands carry the token inline.
 pub struct DriverOpts {
     pub commands: BTreeMap<String, String>,
     /// The socket token, to match curl's inline token against the psi client's token file.
@@ -184,6 +184,17 @@ pub struct DriverOpts {
     /// The token file the psi client's commands name.
     token_file: Option<PathBuf>,
     exact: bool,
+}
+
+impl std::fmt::Debug for DriverOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverOpts")
+            .field("commands", &self.commands.keys().collect::<Vec<_>>())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("exact", &self.exact)
+            .finish()
+    }
 }
 
 impl DriverOpts {
@@ -268,6 +279,14 @@ mod tests {
             token.map(|_| PathBuf::from(TOKEN_FILE)),
             exact,
         )
+    }
+
+    #[test]
+    fn debug_shows_no_token() {
+        let opts = current(Some("secret-token-123"), false);
+        let shown = format!("{opts:?}");
+        assert!(!shown.contains("secret-token-123"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -277,7 +277,8 @@ impl Infisical {
     }
 
     /// Resolves an infisical mapping to the secret's value (`psi serve`). A secret that does
-    /// not exist is [`Error::SecretNotFound`]; an unreachable or overloaded server
+    /// not exist is [`Error::SecretNotFound`]; a missing folder or environment
+    /// [`Error::FolderNotFound`]; an unreachable or overloaded server
     /// [`Error::ProviderUnavailable`]; anything else [`Error::Provider`].
     pub async fn lookup(&self, mapping: &Mapping) -> Result<SecretValue> {
         let field = |name: &str| {
