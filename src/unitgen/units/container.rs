@@ -16,11 +16,11 @@
 //! does not add `--cache`: an unusable cache degrades lookups to the providers, and killing
 //! the server over it would turn that into an outage.
 
-use super::{
+use super::fragments::{
     cache_key_unit_lines, credential_lines, host_key_lines, install_lines, setup_unit_lines,
-    unit_lines, ApplianceSpec, GeneratedFile, Place, Role, Target, UnitText, SERVE_DESCRIPTION,
-    SERVE_LIMIT_NOFILE, TLS_DESCRIPTION,
+    unit_lines, Role, UnitText, SERVE_DESCRIPTION, SERVE_LIMIT_NOFILE, TLS_DESCRIPTION,
 };
+use super::{ApplianceSpec, GeneratedFile, Place, Target};
 
 /// Where the service's credentials directory (`%d`) appears in the container.
 const CREDENTIALS_INSIDE: &str = "/run/credentials";

@@ -1,10 +1,10 @@
 //! Native mode: the psi binary as plain services in the scope's unit directory.
 
-use super::{
-    cache_key_unit_lines, credential_lines, install_lines, setup_unit_lines, unit_lines,
-    ApplianceSpec, GeneratedFile, Role, Target, UnitText, SERVE_DESCRIPTION, SERVE_LIMIT_NOFILE,
-    TLS_DESCRIPTION,
+use super::fragments::{
+    cache_key_unit_lines, credential_lines, install_lines, setup_unit_lines, unit_lines, Role,
+    UnitText, SERVE_DESCRIPTION, SERVE_LIMIT_NOFILE, TLS_DESCRIPTION,
 };
+use super::{ApplianceSpec, GeneratedFile, Target};
 use crate::unitgen::shell_word;
 
 pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
