@@ -84,6 +84,7 @@ pub struct ApplianceSpec {
     pub config_dir: Place,
     /// Container: `PSI_CONFIG` when the config file is not called `config.yaml`.
     pub config_env: Option<String>,
+    /// psi's state directory (mappings, cache): setup and serve write it.
     pub state_dir: Place,
     /// Natively `StateDirectory=psi`: only for the system scope's default `/var/lib/psi`
     /// (a user's `StateDirectory=` is `~/.local/state`, not psi's `~/.local/share/psi`).
@@ -91,11 +92,14 @@ pub struct ApplianceSpec {
     /// The directory of the serve socket.
     pub runtime_dir: Place,
     /// `RuntimeDirectory=psi` when the socket is the scope's default (`/run/psi`,
-    /// `$XDG_RUNTIME_DIR/psi`); a configured socket's directory is the user's business.
+    /// `$XDG_RUNTIME_DIR/psi`); a configured socket's directory is made by the tmpfiles.d
+    /// file instead.
     pub runtime_dir_managed: bool,
     /// `PSI_SOCKET` for psi in its container when the socket is not the default.
     pub socket_env: Option<String>,
+    /// The quadlet directory: container mode's units, and the workloads' drop-ins setup writes.
     pub systemd_dir: Place,
+    /// The scope's directory for plain units ([`Target::Unit`](super::Target::Unit)).
     pub unit_dir: PathBuf,
     /// The Podman API socket (setup talks to it; so does `--register` in psi-secrets).
     pub podman_socket: Place,
@@ -105,10 +109,14 @@ pub struct ApplianceSpec {
     /// Workloads of discovering providers as (provider, service): setup runs before them.
     /// Template workloads (`name@`) are left out: only their instances are units.
     pub workloads: Vec<(String, String)>,
+    /// Infisical is configured: the one provider that discovers secrets, so it gets setup units.
     pub infisical: bool,
     /// `providers.nitrokeyhsm.pcscd_volume` when the provider is configured.
     pub nitrokeyhsm_volume: Option<String>,
+    /// The systemd-creds provider is configured (system scope: its containers unseal with
+    /// the host's key).
     pub systemd_creds: bool,
+    /// `None` when the cache is off or has no backend.
     pub cache: Option<CacheSpec>,
     /// The pcscd volume the HSM cache backend uses when the provider block is absent.
     pub cache_hsm_volume: String,
@@ -120,6 +128,7 @@ pub struct ApplianceSpec {
     /// The directories TLS renewal writes to (sorted, unique) and their modes: the files'
     /// mode with search permission wherever it grants read; empty: no TLS units.
     pub tls_dirs: Vec<(PathBuf, u32)>,
+    /// The scope's tmpfiles.d directory ([`Target::Tmpfiles`](super::Target::Tmpfiles)).
     pub tmpfiles_dir: PathBuf,
 }
 
