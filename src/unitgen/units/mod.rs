@@ -67,6 +67,8 @@ mod spec;
 mod timers;
 mod tmpfiles;
 
+use std::path::Path;
+
 pub use spec::{ApplianceSpec, CacheSpec, Mode, Place};
 
 /// Where a generated file goes.
@@ -114,22 +116,36 @@ pub fn secret_units(provider: &str) -> Vec<String> {
     vec![SERVE_UNIT.to_owned(), setup_unit(provider)]
 }
 
+/// The renderers of psi's own services, one set a mode (`native`, `container`): which of
+/// them the appliance has does not depend on the mode, only how each is written.
+struct Services {
+    serve: fn(&ApplianceSpec) -> GeneratedFile,
+    setup: fn(&ApplianceSpec, &str) -> GeneratedFile,
+    tls_renew: fn(&ApplianceSpec) -> GeneratedFile,
+    cache_key: fn(&ApplianceSpec, &Path) -> GeneratedFile,
+}
+
 /// Every file of the appliance, sorted by (target, name).
 pub fn appliance(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
-    let mut files = match spec.mode {
-        Mode::Native => native::files(spec),
-        Mode::Container => container::files(spec),
+    let services = match spec.mode {
+        Mode::Native => &native::SERVICES,
+        Mode::Container => &container::SERVICES,
     };
-    if let Some(cache) = &spec.cache {
-        for provider in spec.setup_providers() {
+    let mut files = vec![(services.serve)(spec), tmpfiles::tmpfiles(spec)];
+    for provider in spec.setup_providers() {
+        files.push((services.setup)(spec, provider));
+        if let Some(cache) = &spec.cache {
             files.push(timers::refresh_service(spec, provider));
             files.push(timers::refresh_timer(spec, cache, provider));
         }
     }
     if !spec.tls_dirs.is_empty() {
+        files.push((services.tls_renew)(spec));
         files.push(timers::tls_timer(spec));
     }
-    files.push(tmpfiles::tmpfiles(spec));
+    if let Some(key) = spec.tpm_cache_key() {
+        files.push((services.cache_key)(spec, key));
+    }
     files.sort_by(|a, b| (a.target, &a.name).cmp(&(b.target, &b.name)));
     files
 }

@@ -4,20 +4,16 @@ use super::fragments::{
     cache_key_unit_lines, credential_lines, install_lines, setup_unit_lines, unit_lines, Role,
     UnitText, SERVE_DESCRIPTION, SERVE_LIMIT_NOFILE, TLS_DESCRIPTION,
 };
-use super::{ApplianceSpec, GeneratedFile, Target};
+use super::{ApplianceSpec, GeneratedFile, Services, Target};
 use crate::unitgen::shell_word;
 
-pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
-    let mut files = vec![serve(spec)];
-    files.extend(spec.setup_providers().into_iter().map(|p| setup(spec, p)));
-    if !spec.tls_dirs.is_empty() {
-        files.push(tls_renew(spec));
-    }
-    if let Some(key) = spec.tpm_cache_key() {
-        files.push(cache_key(spec, key));
-    }
-    files
-}
+/// This mode's renderers of psi's own services.
+pub(super) const SERVICES: Services = Services {
+    serve,
+    setup,
+    tls_renew,
+    cache_key,
+};
 
 /// `ExecStart=` of psi with `words`, naming a non-default config file.
 fn exec(spec: &ApplianceSpec, words: &str) -> String {
