@@ -16,26 +16,22 @@
 //! does not add `--cache`: an unusable cache degrades lookups to the providers, and killing
 //! the server over it would turn that into an outage.
 
-use super::{
-    cache_key_unit_lines, credential_lines, host_key_lines, install_lines, setup_unit_lines,
-    unit_lines, ApplianceSpec, GeneratedFile, Place, Role, Target, UnitText, SERVE_DESCRIPTION,
-    SERVE_LIMIT_NOFILE, TLS_DESCRIPTION,
+use super::fragments::{
+    cache_key_head, credential_lines, host_key_lines, install_lines, serve_head, setup_head,
+    tls_renew_head, Role, SERVE_LIMIT_NOFILE,
 };
+use super::{ApplianceSpec, GeneratedFile, Place, Services, Target};
 
 /// Where the service's credentials directory (`%d`) appears in the container.
 const CREDENTIALS_INSIDE: &str = "/run/credentials";
 
-pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
-    let mut files = vec![serve(spec)];
-    files.extend(spec.setup_providers().into_iter().map(|p| setup(spec, p)));
-    if !spec.tls_dirs.is_empty() {
-        files.push(tls_renew(spec));
-    }
-    if let Some(key) = spec.tpm_cache_key() {
-        files.push(cache_key(spec, key));
-    }
-    files
-}
+/// This mode's renderers of psi's own services.
+pub(super) const SERVICES: Services = Services {
+    serve,
+    setup,
+    tls_renew,
+    cache_key,
+};
 
 fn volume(place: &Place, options: &str) -> String {
     format!("Volume={}:{}{options}", place.host, place.inside)
@@ -164,11 +160,7 @@ fn serve(spec: &ApplianceSpec) -> GeneratedFile {
         service.push("RuntimeDirectory=psi".into());
     }
     service.extend(credential_lines(spec, Role::Serve));
-    UnitText::new(spec, "psi's secret lookup service")
-        .section(
-            "Unit",
-            unit_lines(spec, SERVE_DESCRIPTION.into(), Role::Serve),
-        )
+    serve_head(spec)
         .section(
             "Container",
             container_lines(spec, "psi-secrets", "serve", Role::Serve),
@@ -183,8 +175,7 @@ fn setup(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
     let mut service = vec!["Type=oneshot".to_owned(), "RemainAfterExit=yes".into()];
     service.extend(host_key_lines(spec));
     service.extend(credential_lines(spec, Role::Setup));
-    UnitText::new(spec, &format!("psi's {provider} secrets setup"))
-        .section("Unit", setup_unit_lines(spec, provider))
+    setup_head(spec, provider)
         .section(
             "Container",
             container_lines(
@@ -200,24 +191,17 @@ fn setup(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
 }
 
 fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
-    UnitText::new(
-        spec,
-        "psi's TLS certificate renewal (run by psi-tls-renew.timer)",
-    )
-    .section(
-        "Unit",
-        unit_lines(spec, TLS_DESCRIPTION.into(), Role::TlsRenew),
-    )
-    .section(
-        "Container",
-        container_lines(spec, "psi-tls-renew", "infisical tls renew", Role::TlsRenew),
-    )
-    .section("Service", vec!["Type=oneshot".into()])
-    // Also at every boot: the timer's first daily run can be a day away (and `Persistent=`
-    // catches up only runs it missed), so a fresh host would wait that long for its
-    // certificates.
-    .section("Install", install_lines(spec))
-    .file(Target::Quadlet, "psi-tls-renew.container".into())
+    tls_renew_head(spec)
+        .section(
+            "Container",
+            container_lines(spec, "psi-tls-renew", "infisical tls renew", Role::TlsRenew),
+        )
+        .section("Service", vec!["Type=oneshot".into()])
+        // Also at every boot: the timer's first daily run can be a day away (and `Persistent=`
+        // catches up only runs it missed), so a fresh host would wait that long for its
+        // certificates.
+        .section("Install", install_lines(spec))
+        .file(Target::Quadlet, "psi-tls-renew.container".into())
 }
 
 /// `psi-cache-key.container`: `psi cache init --backend tpm` at first boot, sealing a new key
@@ -225,8 +209,7 @@ fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
 fn cache_key(spec: &ApplianceSpec, key: &std::path::Path) -> GeneratedFile {
     let mut service = vec!["Type=oneshot".to_owned(), "RemainAfterExit=yes".into()];
     service.extend(host_key_lines(spec));
-    UnitText::new(spec, "psi's cache key, provisioned at first boot")
-        .section("Unit", cache_key_unit_lines(spec, key))
+    cache_key_head(spec, key)
         .section(
             "Container",
             container_lines(

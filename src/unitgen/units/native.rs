@@ -1,23 +1,19 @@
 //! Native mode: the psi binary as plain services in the scope's unit directory.
 
-use super::{
-    cache_key_unit_lines, credential_lines, install_lines, setup_unit_lines, unit_lines,
-    ApplianceSpec, GeneratedFile, Role, Target, UnitText, SERVE_DESCRIPTION, SERVE_LIMIT_NOFILE,
-    TLS_DESCRIPTION,
+use super::fragments::{
+    cache_key_head, credential_lines, install_lines, serve_head, setup_head, tls_renew_head, Role,
+    SERVE_LIMIT_NOFILE,
 };
+use super::{ApplianceSpec, GeneratedFile, Services, Target};
 use crate::unitgen::shell_word;
 
-pub(super) fn files(spec: &ApplianceSpec) -> Vec<GeneratedFile> {
-    let mut files = vec![serve(spec)];
-    files.extend(spec.setup_providers().into_iter().map(|p| setup(spec, p)));
-    if !spec.tls_dirs.is_empty() {
-        files.push(tls_renew(spec));
-    }
-    if let Some(key) = spec.tpm_cache_key() {
-        files.push(cache_key(spec, key));
-    }
-    files
-}
+/// This mode's renderers of psi's own services.
+pub(super) const SERVICES: Services = Services {
+    serve,
+    setup,
+    tls_renew,
+    cache_key,
+};
 
 /// `ExecStart=` of psi with `words`, naming a non-default config file.
 fn exec(spec: &ApplianceSpec, words: &str) -> String {
@@ -56,11 +52,7 @@ fn serve(spec: &ApplianceSpec) -> GeneratedFile {
         ]);
     }
     service.extend(credential_lines(spec, Role::Serve));
-    UnitText::new(spec, "psi's secret lookup service")
-        .section(
-            "Unit",
-            unit_lines(spec, SERVE_DESCRIPTION.into(), Role::Serve),
-        )
+    serve_head(spec)
         .section("Service", service)
         .section("Install", install_lines(spec))
         .file(Target::Unit, "psi-secrets.service".into())
@@ -73,35 +65,26 @@ fn setup(spec: &ApplianceSpec, provider: &str) -> GeneratedFile {
         exec(spec, &format!("setup --provider {provider}")),
     ];
     service.extend(credential_lines(spec, Role::Setup));
-    UnitText::new(spec, &format!("psi's {provider} secrets setup"))
-        .section("Unit", setup_unit_lines(spec, provider))
+    setup_head(spec, provider)
         .section("Service", service)
         .section("Install", install_lines(spec))
         .file(Target::Unit, format!("psi-{provider}-setup.service"))
 }
 
 fn tls_renew(spec: &ApplianceSpec) -> GeneratedFile {
-    UnitText::new(
-        spec,
-        "psi's TLS certificate renewal (run by psi-tls-renew.timer)",
-    )
-    .section(
-        "Unit",
-        unit_lines(spec, TLS_DESCRIPTION.into(), Role::TlsRenew),
-    )
-    .section(
-        "Service",
-        vec!["Type=oneshot".into(), exec(spec, "infisical tls renew")],
-    )
-    // Also at every boot (see the container renderer).
-    .section("Install", install_lines(spec))
-    .file(Target::Unit, "psi-tls-renew.service".into())
+    tls_renew_head(spec)
+        .section(
+            "Service",
+            vec!["Type=oneshot".into(), exec(spec, "infisical tls renew")],
+        )
+        // Also at every boot (see the container renderer).
+        .section("Install", install_lines(spec))
+        .file(Target::Unit, "psi-tls-renew.service".into())
 }
 
 /// `psi-cache-key.service`: `psi cache init --backend tpm` at first boot.
 fn cache_key(spec: &ApplianceSpec, key: &std::path::Path) -> GeneratedFile {
-    UnitText::new(spec, "psi's cache key, provisioned at first boot")
-        .section("Unit", cache_key_unit_lines(spec, key))
+    cache_key_head(spec, key)
         .section(
             "Service",
             vec![
