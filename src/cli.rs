@@ -143,7 +143,7 @@ pub struct CacheInitArgs {
     /// tpm (a key sealed with systemd-creds) or hsm (the Nitrokey HSM's key)
     #[arg(long, value_name = "BACKEND", value_parser = ["tpm", "hsm"])]
     pub backend: Option<String>,
-    /// Where the sealed key goes (tpm) [default: <config dir>/cache.key]
+    /// Where the sealed key goes (tpm) [default: cache.key beside the config file]
     #[arg(long, value_name = "PATH")]
     pub key_path: Option<PathBuf>,
     /// systemd-creds key (tpm): auto, host, tpm2 or host+tpm2 [default: auto]

@@ -49,6 +49,9 @@
 //! - [`encoding`]: hex and percent-encoding, one of each.
 //! - [`shell`]: POSIX shell variable names and single quoting.
 #![deny(unsafe_code)]
+// Module docs link private items on purpose: they are read beside the source, where the
+// links resolve (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod body;
 pub mod cache;

@@ -8,7 +8,7 @@
 //!   host key), delivered as `$CREDENTIALS_DIRECTORY/psi-cache-key` or unsealed by psi
 //!   from the key file (`<config_dir>/cache.key`); or the Nitrokey HSM's
 //!   RSA key through the provider's own PKCS#11 thread.
-//! - [`load`], [`save`], [`inspect`]: the file. [`format`] is the pure byte format.
+//! - [`load`], [`save`], [`inspect`]: the file. [`format`](mod@format) is the pure byte format.
 //!
 //! psi writes the file as version 2 (header authenticated as AES-GCM associated data) and
 //! reads the original's version 1.

@@ -1,5 +1,5 @@
 //! The pure half of `psi infisical import`: readers that turn text into keys and values
-//! ([`env`] for env files, [`quadlet`] for quadlet files), the planner that decides each
+//! ([`env`](mod@env) for env files, [`quadlet`] for quadlet files), the planner that decides each
 //! key's fate from what the target folder holds ([`plan`]), and the report ([`report`]).
 //! None of it touches the file system, Podman or the network: the command
 //! ([`crate::commands::infisical_import`]) reads the sources, lists the folder, writes the

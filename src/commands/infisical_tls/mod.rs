@@ -6,7 +6,7 @@
 //!   file (not the configured ttl), is within `renew_before` are renewed (cert-manager renew
 //!   route, or a new issue on the 2024 server); a missing or unreadable certificate is issued.
 //! - `status`: valid / needs renewal / expired / not issued, from the certificate file
-//!   ([`status`]).
+//!   (`status.rs`).
 //!
 //! The certificate inspection is [`crate::provider::infisical::cert`]'s. Hooks ([`hooks`])
 //! run after a certificate was written. Every certificate is processed; any failure
