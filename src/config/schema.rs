@@ -506,7 +506,7 @@ pub struct DriverConfig {
 }
 
 /// The program Podman's driver commands run to reach psi serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverClient {
     /// `psi client ...` by the absolute path of the psi binary
