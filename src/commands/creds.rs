@@ -9,8 +9,6 @@ use crate::config::{Settings, WithKey};
 use crate::error::{Error, Result};
 use crate::provider::creds::{self, SystemdCreds};
 use crate::secret::SecretId;
-use crate::server::routes::MAX_BODY;
-use crate::state::StateDir;
 
 pub async fn run(settings: &Settings, command: CredsCommand) -> Result<()> {
     match command {
@@ -29,26 +27,17 @@ async fn store(settings: &Settings, args: &CredsStoreArgs) -> Result<()> {
         None => config.with_key,
     };
     let provider = SystemdCreds::new("systemd-creds".into(), with_key, config.tpm2_pcrs.clone());
-    let value = super::read_stdin(MAX_BODY)?;
-    if value.is_empty() {
-        return Err(Error::Usage("no value on stdin: pipe the secret in, e.g. printf %s \"$VALUE\" | psi creds store NAME".into()));
-    }
+    let value = super::stdin_value("creds")?;
     let mapping = provider
         .seal(&name, &value)
         .await
         .map_err(|e| e.context(format!("seal {name}")))?;
-    let bytes = mapping.to_bytes();
-    if args.register {
-        return super::register(settings, &name, &bytes, creds::NAME).await;
-    }
-    let state = StateDir::new(&settings.state_dir);
-    state.write_mapping(&name, &bytes)?;
-    let path = state.mapping_path(&name);
-    tracing::info!(event = "secret.store", secret_id = %name, provider = creds::NAME, outcome = "success", path = %path.display(), "sealed");
-    eprintln!(
-        "Sealed {name} into {}.\nRegister it with Podman: podman secret create --driver shell {name} {}\n(or next time use --register, which leaves no copy under the name)",
-        path.display(),
-        path.display()
-    );
-    Ok(())
+    super::keep_sealed(
+        settings,
+        &name,
+        &mapping.to_bytes(),
+        creds::NAME,
+        args.register,
+    )
+    .await
 }

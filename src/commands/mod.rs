@@ -97,6 +97,41 @@ pub fn read_stdin(limit: usize) -> Result<zeroize::Zeroizing<Vec<u8>>> {
 /// Podman refuses secret data above this many bytes (`maxSecretSize` in Podman 4 and 5).
 const PODMAN_MAX_SECRET: usize = 512_000;
 
+/// The value to seal for `psi <command> store NAME`: stdin, which must not be empty.
+pub(crate) fn stdin_value(command: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let value = read_stdin(crate::server::routes::MAX_BODY)?;
+    if value.is_empty() {
+        return Err(Error::Usage(format!(
+            "no value on stdin: pipe the secret in, e.g. printf %s \"$VALUE\" | psi {command} store NAME"
+        )));
+    }
+    Ok(value)
+}
+
+/// What `creds store` and `nitrokeyhsm store` do with a sealed value's mapping: register it
+/// with Podman (`--register`), or keep it in the state directory and say how to register it.
+pub(crate) async fn keep_sealed(
+    settings: &Settings,
+    name: &SecretId,
+    mapping: &[u8],
+    provider: &'static str,
+    register_now: bool,
+) -> Result<()> {
+    if register_now {
+        return register(settings, name, mapping, provider).await;
+    }
+    let state = crate::state::StateDir::new(&settings.state_dir);
+    state.write_mapping(name, mapping)?;
+    let path = state.mapping_path(name);
+    tracing::info!(event = "secret.store", secret_id = %name, provider, outcome = "success", path = %path.display(), "sealed");
+    eprintln!(
+        "Sealed {name} into {}.\nRegister it with Podman: podman secret create --driver shell {name} {}\n(or next time use --register, which leaves no copy under the name)",
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
 /// Registers `mapping` as Podman secret `name` with the shell driver: Podman stores it
 /// through psi's driver under Podman's own ID, so no copy is left under the name. For
 /// `--register` of the commands that seal one value (`creds store`, `nitrokeyhsm store`).

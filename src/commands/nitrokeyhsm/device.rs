@@ -10,8 +10,6 @@ use crate::config::{process_env, NitrokeyConfig, Settings};
 use crate::error::{Error, Result};
 use crate::provider::nitrokeyhsm::{NitrokeyHsm, NAME};
 use crate::secret::SecretId;
-use crate::server::routes::MAX_BODY;
-use crate::state::StateDir;
 
 /// Where pcsc-lite's clients look for pcscd (`PCSCLITE_CSOCK_NAME` moves it, as in
 /// pcsc-lite itself).
@@ -264,28 +262,10 @@ pub(super) async fn status(settings: &Settings) -> Result<()> {
 pub(super) async fn store(settings: &Settings, args: &NitrokeyStoreArgs) -> Result<()> {
     let name = SecretId::parse(&args.name).map_err(|e| Error::Usage(format!("NAME: {e}")))?;
     let (_, hsm) = provider(settings)?;
-    let value = super::super::read_stdin(MAX_BODY)?;
-    if value.is_empty() {
-        return Err(Error::Usage(
-            "no value on stdin: pipe the secret in, e.g. printf %s \"$VALUE\" | psi nitrokeyhsm store NAME".into(),
-        ));
-    }
+    let value = super::super::stdin_value("nitrokeyhsm")?;
     let mapping = hsm
         .seal(&name, &value)
         .await
         .map_err(|e| e.context(format!("encrypt {name}")))?;
-    let bytes = mapping.to_bytes();
-    if args.register {
-        return super::super::register(settings, &name, &bytes, NAME).await;
-    }
-    let state = StateDir::new(&settings.state_dir);
-    state.write_mapping(&name, &bytes)?;
-    let path = state.mapping_path(&name);
-    tracing::info!(event = "secret.store", secret_id = %name, provider = NAME, outcome = "success", path = %path.display(), "encrypted");
-    eprintln!(
-        "Encrypted and stored: {name} ({})\nRegister it with Podman: podman secret create --driver shell {name} {}\n(or next time use --register, which leaves no copy under the name)",
-        path.display(),
-        path.display()
-    );
-    Ok(())
+    super::super::keep_sealed(settings, &name, &mapping.to_bytes(), NAME, args.register).await
 }
