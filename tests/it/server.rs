@@ -90,6 +90,13 @@ async fn start_with(token: Option<&str>, policy: RawPolicy, limits: Limits) -> O
     })
 }
 
+/// A raw connection to `socket` that has sent `bytes`: for requests no client would send.
+async fn sent(socket: &std::path::Path, bytes: &[u8]) -> tokio::net::UnixStream {
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
 const SEAL: RawPolicy = RawPolicy::Seal(SealWith::SystemdCreds);
 
 /// Seals `value` as credential `name` and stores its mapping under `id`.
@@ -320,13 +327,7 @@ async fn chunked_body_over_the_limit_is_413() {
     let Some(running) = start(None, SEAL).await else {
         return;
     };
-    let mut stream = tokio::net::UnixStream::connect(&running.socket)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"POST /store/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = sent(&running.socket, b"POST /store/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n").await;
     let chunk = vec![b'y'; 64 * 1024];
     for _ in 0..17 {
         let _ = stream
@@ -409,13 +410,7 @@ async fn stalled_clients_are_cut_off() {
         return;
     };
     // Headers never finished: the connection is closed after the header timeout.
-    let mut stalled = tokio::net::UnixStream::connect(&running.socket)
-        .await
-        .unwrap();
-    stalled
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    let mut stalled = sent(&running.socket, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
     let mut buf = Vec::new();
     let read = tokio::time::timeout(
         Duration::from_secs(5),
@@ -427,13 +422,11 @@ async fn stalled_clients_are_cut_off() {
         "connection with unfinished headers was kept open"
     );
     // Body promised but not sent: 408.
-    let mut stalled = tokio::net::UnixStream::connect(&running.socket)
-        .await
-        .unwrap();
-    stalled
-        .write_all(b"POST /store/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .unwrap();
+    let mut stalled = sent(
+        &running.socket,
+        b"POST /store/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
     let mut raw = Vec::new();
     tokio::time::timeout(
         Duration::from_secs(5),
@@ -486,13 +479,7 @@ async fn a_client_that_half_closes_gets_its_answer() {
     let Some(running) = start(None, SEAL).await else {
         return;
     };
-    let mut stream = tokio::net::UnixStream::connect(&running.socket)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = sent(&running.socket, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     stream.shutdown().await.unwrap();
     let reply = http::parse(&read_all_within(&mut stream, Duration::from_secs(5)).await);
     assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
