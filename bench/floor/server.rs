@@ -3,10 +3,11 @@
 //! run on the same machine.
 //!
 //! One thread, one level-triggered epoll set, non-blocking sockets, no runtime and no parsing
-//! beyond finding the blank line that ends a request head: it accepts, reads a request, writes
-//! a fixed `200` with a 64-byte body (the size of the bench's cached values) and closes. With
-//! `--keep-alive` it keeps the connection for the next request instead, until the client
-//! closes. Every request gets the same answer, whatever its method or path.
+//! beyond finding the blank line that ends a request head: it accepts, reads a request (at
+//! once if it is there, else when epoll says so), writes a fixed `200` with a 64-byte body
+//! (the size of the bench's cached values) and closes. With `--keep-alive` it keeps the
+//! connection for the next request instead, until the client closes. Every request gets the
+//! same answer, whatever its method or path.
 //!
 //! The bench compiles this file with rustc alone (cargo cannot build while it runs the
 //! bench), so it uses only std and declares the few C library calls it makes at the end, as
@@ -50,16 +51,18 @@ fn main() {
 
 /// The event loop; never returns (the bench stops the server with SIGTERM).
 fn serve(listener: RawFd, keep_alive: bool) -> ! {
+    let mut conns = Connections {
+        pending: Vec::new(),
+        buf: [0u8; MAX_HEAD],
+        keep_alive,
+    };
     // SAFETY: plain system calls on descriptors this process owns; every buffer passed to the
     // kernel is valid for the length given.
     unsafe {
         let epoll = epoll_create1(EPOLL_CLOEXEC);
         assert!(epoll >= 0, "epoll_create1");
         watch(epoll, listener);
-        // Bytes of a request head not yet complete, per connection (indexed by descriptor).
-        let mut pending: Vec<Vec<u8>> = Vec::new();
         let mut events = [EpollEvent { events: 0, data: 0 }; 64];
-        let mut buf = [0u8; MAX_HEAD];
         loop {
             let ready = epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, -1);
             if ready < 0 {
@@ -67,55 +70,76 @@ fn serve(listener: RawFd, keep_alive: bool) -> ! {
             }
             for event in &events[..ready as usize] {
                 let fd = event.data as RawFd;
-                if fd == listener {
-                    loop {
-                        let conn = accept4(
-                            listener,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            SOCK_NONBLOCK | SOCK_CLOEXEC,
-                        );
-                        if conn < 0 {
-                            break; // EAGAIN: no more waiting connections
-                        }
+                if fd != listener {
+                    conns.readable(fd);
+                    continue;
+                }
+                loop {
+                    let conn = accept4(
+                        listener,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    );
+                    if conn < 0 {
+                        break; // EAGAIN: no more waiting connections
+                    }
+                    // A client writes its request right after connecting, so it is usually
+                    // here already: answered at once, the connection never enters the set.
+                    if conns.readable(conn) {
                         watch(epoll, conn);
                     }
-                    continue;
-                }
-                let n = read(fd, buf.as_mut_ptr().cast(), buf.len());
-                if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
-                {
-                    continue;
-                }
-                let idx = fd as usize;
-                if pending.len() <= idx {
-                    pending.resize_with(idx + 1, Vec::new);
-                }
-                let head = &mut pending[idx];
-                if n <= 0 || head.len() + n as usize > MAX_HEAD {
-                    // The client closed (or failed, or sent a head this server will not keep).
-                    head.clear();
-                    close(fd);
-                    continue;
-                }
-                head.extend_from_slice(&buf[..n as usize]);
-                // Answers every complete head received (a client may pipeline on keep-alive).
-                let mut done = false;
-                while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                    head.drain(..end + 4);
-                    // A reply is far smaller than an empty socket buffer, and the bench's
-                    // clients wait for it before sending again: one write always takes it.
-                    let written = write(fd, REPLY.as_ptr().cast(), REPLY.len());
-                    done = written != REPLY.len() as isize || !keep_alive;
-                    if done {
-                        break;
-                    }
-                }
-                if done {
-                    head.clear();
-                    close(fd); // also leaves the epoll set
                 }
             }
+        }
+    }
+}
+
+struct Connections {
+    /// Bytes of a request head not yet complete, per connection (indexed by descriptor).
+    pending: Vec<Vec<u8>>,
+    buf: [u8; MAX_HEAD],
+    keep_alive: bool,
+}
+
+impl Connections {
+    /// Reads what `fd` has and answers every complete request head in it; whether the
+    /// connection is still open.
+    ///
+    /// # Safety
+    /// `fd` is an open, non-blocking connection of this process.
+    unsafe fn readable(&mut self, fd: RawFd) -> bool {
+        // SAFETY: as the caller promises; `buf` and `REPLY` are valid for their lengths.
+        unsafe {
+            let n = read(fd, self.buf.as_mut_ptr().cast(), self.buf.len());
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                return true;
+            }
+            let idx = fd as usize;
+            if self.pending.len() <= idx {
+                self.pending.resize_with(idx + 1, Vec::new);
+            }
+            let head = &mut self.pending[idx];
+            if n <= 0 || head.len() + n as usize > MAX_HEAD {
+                // The client closed (or failed, or sent a head this server will not keep).
+                head.clear();
+                close(fd);
+                return false;
+            }
+            head.extend_from_slice(&self.buf[..n as usize]);
+            // Answers every complete head received (a client may pipeline on keep-alive).
+            while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                head.drain(..end + 4);
+                // A reply is far smaller than an empty socket buffer, and the bench's clients
+                // wait for it before sending again: one write always takes it.
+                let written = write(fd, REPLY.as_ptr().cast(), REPLY.len());
+                if written != REPLY.len() as isize || !self.keep_alive {
+                    head.clear();
+                    close(fd); // also leaves the epoll set
+                    return false;
+                }
+            }
+            true
         }
     }
 }
