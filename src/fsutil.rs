@@ -12,7 +12,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -73,14 +73,55 @@ pub const IMPORT: Limit = Limit {
 /// it, so a file that grows meanwhile is refused too. Errors are `io::Error`s (NotFound
 /// stays NotFound) for the caller to wrap with the path and what it was reading.
 pub fn read_capped(path: &Path, limit: Limit) -> io::Result<Zeroizing<Vec<u8>>> {
+    read_capped_stamped(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read_capped`], with the stamp of the file the bytes came from (taken from the open
+/// descriptor, so it is that file's even if the path is replaced meanwhile).
+pub fn read_capped_stamped(
+    path: &Path,
+    limit: Limit,
+) -> io::Result<(Zeroizing<Vec<u8>>, FileStamp)> {
     let (file, meta) = open_regular(path)?;
     if meta.len() > limit.bytes as u64 {
         return Err(over(limit));
     }
-    read_bounded(file, meta.len() as usize, limit.bytes).map_err(|err| match err {
+    let bytes = read_bounded(file, meta.len() as usize, limit.bytes).map_err(|err| match err {
         Bounded::Over => over(limit),
         Bounded::Io(err) => err,
-    })
+    })?;
+    Ok((bytes, FileStamp::of(&meta)))
+}
+
+/// A file's identity and version as `stat` reports them: device, inode, size, and the
+/// modification and change times to the nanosecond. Two equal stamps mean the same file,
+/// unchanged: psi replaces files by rename (a new inode), and any write in place moves the
+/// change time, which no caller can set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub fn of(meta: &fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of what `path` names now (following symlinks, as opening it would). One
+    /// `statx`: it never opens the file, so a FIFO or a device cannot block it.
+    pub fn stat(path: &Path) -> io::Result<FileStamp> {
+        fs::metadata(path).map(|meta| FileStamp::of(&meta))
+    }
 }
 
 /// The error for a file over `limit`.

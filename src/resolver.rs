@@ -7,17 +7,21 @@
 //!
 //! The state directory is read and written on tokio's blocking pool: a file that blocks
 //! (a FIFO, a hung network mount) then holds one pool thread and its own request, never
-//! the async workers that answer everyone else.
+//! the async workers that answer everyone else. The one exception is the hot path,
+//! [`Resolver::lookup_cached`]: for a mapping file it has read before, it asks only `stat`
+//! whether the file is still the same (which never opens the file, so no FIFO or device can
+//! block it) and answers from the cache with the digest it kept, on the caller's thread.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cache::live::LiveCache;
+use crate::cache::live::{CacheKey, LiveCache};
 use crate::config::{RawPolicy, Settings, WorkloadConfig};
 use crate::error::{Error, Result, ResultExt};
+use crate::fsutil::FileStamp;
 use crate::provider::{Discovered, Registry, Source};
 use crate::secret::{Mapping, SecretId, SecretValue};
 use crate::setup::desired::secret_name;
@@ -38,6 +42,20 @@ pub struct Resolver {
     raw_values: RawPolicy,
     deadline: Duration,
     cache: CacheState,
+    /// Per secret ID, the mapping file last read and where its value is in the cache, for
+    /// [`Resolver::lookup_cached`]. An entry holds no value and no mapping, so it costs
+    /// little memory per ID, and it is only ever used after `stat` says the file is the
+    /// one it was made from.
+    known: RwLock<HashMap<SecretId, Known>>,
+}
+
+/// What a lookup learned about one mapping file: enough to answer the next lookup of the
+/// same unchanged file from the cache without reading, parsing or digesting it again.
+#[derive(Clone, Copy)]
+struct Known {
+    stamp: FileStamp,
+    key: CacheKey,
+    provider: &'static str,
 }
 
 /// The encrypted cache as the resolver sees it.
@@ -58,6 +76,7 @@ impl Resolver {
             raw_values,
             deadline: LOOKUP_DEADLINE,
             cache: CacheState::Disabled,
+            known: RwLock::new(HashMap::new()),
         }
     }
 
@@ -89,9 +108,7 @@ impl Resolver {
     pub async fn lookup(&self, id: &SecretId) -> Result<SecretValue> {
         let result = self.resolve(id).await;
         match &result {
-            Ok((_, provider, "cache")) => {
-                tracing::debug!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source = "cache")
-            }
+            Ok((_, provider, "cache")) => audit_cache_hit(id, provider),
             Ok((_, provider, source)) => {
                 tracing::info!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source)
             }
@@ -102,10 +119,26 @@ impl Resolver {
         result.map(|(value, _, _)| value)
     }
 
+    /// The value of `id` from the cache, without waiting, when an earlier lookup read its
+    /// mapping file and the file is unchanged (one `stat`); `None` sends the caller to
+    /// [`Resolver::lookup`]. The same answer and audit event as `lookup` gives a cache hit.
+    pub fn lookup_cached(&self, id: &SecretId) -> Option<SecretValue> {
+        let CacheState::Live(cache) = &self.cache else {
+            return None;
+        };
+        let known = *read(&self.known).get(id)?;
+        if FileStamp::stat(&self.state.mapping_path(id)).ok()? != known.stamp {
+            return None;
+        }
+        let value = cache.get(&known.key)?;
+        audit_cache_hit(id, known.provider);
+        Some(value)
+    }
+
     async fn resolve(&self, id: &SecretId) -> Result<(SecretValue, &'static str, &'static str)> {
         let deadline = Instant::now() + self.deadline;
-        let read = self.on_state(id, |state, id| state.read_mapping(id));
-        let mapping = tokio::time::timeout_at(deadline, read)
+        let read = self.on_state(id, |state, id| state.read_mapping_stamped(id));
+        let (mapping, stamp) = tokio::time::timeout_at(deadline, read)
             .await
             .map_err(|_| Error::Io {
                 context: format!("the mapping for {id} could not be read"),
@@ -115,23 +148,43 @@ impl Resolver {
                 ),
             })??;
         let provider = self.registry.get(mapping.provider())?;
-        let live = match &self.cache {
-            CacheState::Live(live) => Some(live),
-            _ => None,
+        let CacheState::Live(cache) = &self.cache else {
+            let value = self.ask(provider, &mapping, deadline).await?;
+            return Ok((value, provider.name(), "provider"));
         };
-        if let Some(value) = live.and_then(|cache| cache.get(&mapping)) {
+        let known = Known {
+            stamp,
+            key: cache.key(&mapping),
+            provider: provider.name(),
+        };
+        if let Some(value) = cache.get(&known.key) {
+            self.remember(id, known);
             return Ok((value, provider.name(), "cache"));
         }
-        let value = tokio::time::timeout_at(deadline, provider.lookup(&mapping))
+        let value = self.ask(provider, &mapping, deadline).await?;
+        cache.fill(&known.key, &value);
+        self.remember(id, known);
+        Ok((value, provider.name(), "provider"))
+    }
+
+    /// `provider`'s value for `mapping`, by `deadline`.
+    async fn ask(
+        &self,
+        provider: &crate::provider::Provider,
+        mapping: &Mapping,
+        deadline: Instant,
+    ) -> Result<SecretValue> {
+        tokio::time::timeout_at(deadline, provider.lookup(mapping))
             .await
             .map_err(|_| Error::ProviderUnavailable {
                 provider: provider.name(),
                 detail: format!("no answer within {}s", self.deadline.as_secs()),
-            })??;
-        if let Some(cache) = live {
-            cache.fill(&mapping, &value);
-        }
-        Ok((value, provider.name(), "provider"))
+            })?
+    }
+
+    /// Keeps what a lookup learned about `id`'s mapping file for [`Resolver::lookup_cached`].
+    fn remember(&self, id: &SecretId, known: Known) {
+        write(&self.known).insert(id.clone(), known);
     }
 
     /// The secrets of workload `name` straight from its provider, by the same discovery as
@@ -216,6 +269,7 @@ impl Resolver {
         let result = self
             .on_state(id, |state, id| state.delete_mapping(id))
             .await;
+        write(&self.known).remove(id);
         match &result {
             Ok(existed) => {
                 tracing::info!(event = "secret.delete", secret_id = %id, outcome = "success", existed)
@@ -285,4 +339,20 @@ async fn blocking<T: Send + 'static>(op: impl FnOnce() -> Result<T> + Send + 'st
     tokio::task::spawn_blocking(op)
         .await
         .context("state directory task failed")?
+}
+
+/// The audit event of a lookup the cache answered (DEBUG: the hot path logs nothing by
+/// default), the same whichever way it went.
+fn audit_cache_hit(id: &SecretId, provider: &str) {
+    tracing::debug!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source = "cache");
+}
+
+/// A poisoned lock only means another lookup panicked mid-insert; the map is still usable.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil;
+use crate::fsutil::{self, FileStamp};
 use crate::secret::{Mapping, SecretId};
 
 /// Mode of the state directory when psi creates it.
@@ -95,18 +95,25 @@ impl StateDir {
     /// Reads and parses the mapping for `id`. This is on the lookup hot path: one read, no
     /// writes.
     pub fn read_mapping(&self, id: &SecretId) -> Result<Mapping> {
+        self.read_mapping_stamped(id).map(|(mapping, _)| mapping)
+    }
+
+    /// [`StateDir::read_mapping`], with the stamp of the file it read: the resolver keeps
+    /// it to tell, with one `stat`, that a later lookup would read the same mapping.
+    pub fn read_mapping_stamped(&self, id: &SecretId) -> Result<(Mapping, FileStamp)> {
         let path = self.mapping_path(id);
-        let bytes = match fsutil::read_capped(&path, fsutil::MAPPING) {
-            Ok(bytes) => bytes,
+        let (bytes, stamp) = match fsutil::read_capped_stamped(&path, fsutil::MAPPING) {
+            Ok(read) => read,
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 return Err(Error::NoMapping(id.to_string()))
             }
             Err(err) => return Err(Error::io("cannot read mapping", &path, err)),
         };
-        Mapping::parse(&bytes).map_err(|reason| Error::CorruptMapping {
+        let mapping = Mapping::parse(&bytes).map_err(|reason| Error::CorruptMapping {
             id: id.to_string(),
             reason,
-        })
+        })?;
+        Ok((mapping, stamp))
     }
 
     /// Warns when the directory is writable by its group or by others: whoever can write

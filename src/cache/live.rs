@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,18 @@ pub struct Snapshot {
     version: Option<u8>,
     /// False only for the placeholder before the first successful load.
     loaded: bool,
+    /// Which snapshot this is, counting from 0 in this process: a [`CacheKey`] is valid only
+    /// under the snapshot (and HMAC key) it was made with.
+    generation: u64,
+}
+
+/// Where a mapping's value is in the cache: its digest under one snapshot's HMAC key. The
+/// resolver keeps it per mapping file, so a lookup of an unchanged file neither parses nor
+/// digests the mapping again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKey {
+    generation: u64,
+    digest: Digest,
 }
 
 /// What `/healthz/cache` reports.
@@ -46,6 +59,8 @@ pub struct LiveCache {
     fills: Mutex<HashMap<Digest, SecretValue>>,
     /// Why the last load failed, while it keeps failing.
     failure: Mutex<Option<String>>,
+    /// The generation of the latest snapshot.
+    generations: AtomicU64,
 }
 
 impl LiveCache {
@@ -66,9 +81,11 @@ impl LiveCache {
                 entries: Entries::empty(),
                 version: None,
                 loaded: false,
+                generation: 0,
             }),
             fills: Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
+            generations: AtomicU64::new(0),
         });
         let (loaded, first_load) = oneshot::channel();
         let task = Arc::clone(&cache);
@@ -89,21 +106,35 @@ impl LiveCache {
         (cache, first_load)
     }
 
-    /// The cached value of `mapping`, if any: the snapshot first (no lock), then the
-    /// values filled on earlier misses.
-    pub fn get(&self, mapping: &Mapping) -> Option<SecretValue> {
+    /// The key of `mapping` under the snapshot in use.
+    pub fn key(&self, mapping: &Mapping) -> CacheKey {
         let snapshot = self.snapshot.load();
-        let digest = snapshot.entries.digest(mapping);
-        if let Some(value) = snapshot.entries.get(&digest) {
-            return Some(value.clone());
+        CacheKey {
+            generation: snapshot.generation,
+            digest: snapshot.entries.digest(mapping),
         }
-        lock(&self.fills).get(&digest).cloned()
     }
 
-    /// Keeps a value a provider resolved, for the next lookup of the same mapping.
-    pub fn fill(&self, mapping: &Mapping, value: &SecretValue) {
-        let digest = self.snapshot.load().entries.digest(mapping);
-        lock(&self.fills).insert(digest, value.clone());
+    /// The cached value under `key`, if any: the snapshot first (no lock), then the values
+    /// filled on earlier misses. `None` too when `key` was made under an older snapshot.
+    pub fn get(&self, key: &CacheKey) -> Option<SecretValue> {
+        let snapshot = self.snapshot.load();
+        if snapshot.generation != key.generation {
+            return None;
+        }
+        if let Some(value) = snapshot.entries.get(&key.digest) {
+            return Some(value.clone());
+        }
+        lock(&self.fills).get(&key.digest).cloned()
+    }
+
+    /// Keeps a value a provider resolved, for the next lookup of the same mapping; not when
+    /// a new snapshot (another HMAC key, perhaps a newer value) came in since `key` was made.
+    pub fn fill(&self, key: &CacheKey, value: &SecretValue) {
+        let mut fills = lock(&self.fills);
+        if self.snapshot.load().generation == key.generation {
+            fills.insert(key.digest, value.clone());
+        }
     }
 
     pub fn health(&self) -> Health {
@@ -116,16 +147,23 @@ impl LiveCache {
         }
     }
 
+    /// Puts a loaded snapshot in use, under a new generation.
+    fn install(&self, entries: Entries, version: Option<u8>) {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        self.snapshot.store(Arc::new(Snapshot {
+            entries,
+            version,
+            loaded: true,
+            generation,
+        }));
+    }
+
     /// Loads the file and swaps it in; on failure keeps the current snapshot.
     async fn reload(&self) {
         match load(&self.path, &self.backend).await {
             Ok(Some(loaded)) => {
                 let entries = loaded.entries.len();
-                self.snapshot.store(Arc::new(Snapshot {
-                    entries: loaded.entries,
-                    version: Some(loaded.version),
-                    loaded: true,
-                }));
+                self.install(loaded.entries, Some(loaded.version));
                 // The fills were digested under the old key and may be stale values.
                 lock(&self.fills).clear();
                 *lock(&self.failure) = None;
@@ -133,11 +171,7 @@ impl LiveCache {
             }
             Ok(None) => {
                 if !self.snapshot.load().loaded {
-                    self.snapshot.store(Arc::new(Snapshot {
-                        entries: Entries::empty(),
-                        version: None,
-                        loaded: true,
-                    }));
+                    self.install(Entries::empty(), None);
                 }
                 *lock(&self.failure) = None;
                 tracing::info!(event = "cache.load", outcome = "success", entries = 0, path = %self.path.display(), "no cache file yet; starting empty");

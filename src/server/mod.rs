@@ -12,11 +12,14 @@
 //! cannot keep `/healthz` out. Request bodies are buffered against a shared byte budget, so
 //! many uploads at once cannot grow the heap beyond it.
 
+mod connection;
+mod fast;
 pub mod routes;
 
 use std::future::Future;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixListener as StdListener;
+use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,14 +29,12 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::net::UnixStream;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{collect_capped, Collect};
 use crate::config::EnvLookup;
@@ -329,50 +330,68 @@ pub async fn run(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped> {
-    listener.set_nonblocking(true).map_err(|err| Error::Io {
+    let socket_error = |err| Error::Io {
         context: "socket".into(),
         source: err,
-    })?;
-    let listener = UnixListener::from_std(listener).map_err(|err| Error::Io {
-        context: "socket".into(),
-        source: err,
-    })?;
+    };
+    listener.set_nonblocking(true).map_err(socket_error)?;
+    let listener = register(listener).map_err(socket_error)?;
     let slots = Arc::new(Slots {
         free: Arc::new(Semaphore::new(app.limits.max_connections)),
         evict: Notify::new(),
         silent: AtomicUsize::new(0),
     });
     let graceful = GracefulShutdown::new();
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+    'accepting: loop {
+        let mut ready = tokio::select! {
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                Err(err) => return Err(socket_error(err)),
             },
             () = &mut shutdown => break,
         };
-        let slot = tokio::select! {
-            slot = slots.take() => slot,
-            () = &mut shutdown => break,
-        };
-        tokio::spawn(serve_connection(
-            stream,
-            slot,
-            Arc::clone(&slots),
-            Arc::clone(&app),
-            graceful.watcher(),
-        ));
+        // What is queued, a batch at a time so other tasks on this thread get their turn.
+        for _ in 0..ACCEPT_BATCH {
+            let stream = match ready.try_io(|listener| accept(listener.get_ref())) {
+                // Nothing queued: wait for readiness again.
+                Err(_would_block) => break,
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) if retry_accept(&err) => continue,
+                Ok(Err(err)) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    break;
+                }
+            };
+            let step = connection::attempt(
+                &app,
+                |buf| (&stream).read(buf),
+                |parts| (&stream).write_vectored(parts),
+            );
+            if let connection::Step::Close = step {
+                continue;
+            }
+            let slot = tokio::select! {
+                slot = slots.take() => slot,
+                () = &mut shutdown => break 'accepting,
+            };
+            let shared = connection::Shared {
+                slots: Arc::clone(&slots),
+                app: Arc::clone(&app),
+                graceful: graceful.watcher(),
+                stop: stopping.clone(),
+            };
+            tokio::spawn(connection::serve(stream, step, slot, shared));
+        }
     }
     drop(listener);
-    // Connections still waiting for their first byte count too; they end within
-    // `first_byte`, or as soon as they speak (hyper closes a connection told to shut down
-    // before it read a request).
+    let _ = stop.send(true);
+    // Connections still waiting for a request close now; those in a request get
+    // `shutdown_grace` to finish (hyper closes a connection told to shut down before it
+    // read a request).
     if tokio::time::timeout(app.limits.shutdown_grace, graceful.shutdown())
         .await
         .is_ok()
@@ -383,43 +402,46 @@ pub async fn run(
     Ok(Stopped::GraceExpired)
 }
 
-/// One connection: wait for its first byte, then HTTP/1.1 until it closes. `slot` is held
-/// until then.
-async fn serve_connection(
-    stream: UnixStream,
-    slot: OwnedSemaphorePermit,
-    slots: Arc<Slots>,
-    app: Arc<App>,
-    graceful: Watcher,
-) {
-    if !slots.first_byte(&stream, app.limits.first_byte).await {
-        return;
-    }
-    let limits = app.limits;
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header)
-        // A client may shut its write side down once the request is out (`nc -N`, some
-        // proxies); it still wants the answer.
-        .half_close(true)
-        // The read buffer a connection may grow to (hyper's default is ~400 KiB): request
-        // heads are small, and bodies are copied out as they arrive.
-        .max_buf_size(MAX_READ_BUFFER)
-        .serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let app = Arc::clone(&app);
-                async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
-            }),
-        );
-    if let Err(err) = graceful.watch(connection).await {
-        tracing::debug!(error = %err, "connection ended with an error");
-    }
-    drop(slot);
+/// Connections accepted per wake-up of the accept loop before it lets other tasks run.
+const ACCEPT_BATCH: usize = 64;
+
+/// How long the accept loop backs off after `accept` fails for want of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The listener, registered with the reactor for readability.
+#[allow(unsafe_code)]
+fn register(listener: StdListener) -> std::io::Result<AsyncFd<StdListener>> {
+    // SAFETY: the listener owns its descriptor, which stays open and the same for as long
+    // as the AsyncFd owns the listener.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }.map_err(Into::into)
 }
 
-/// Largest read buffer of one connection.
-const MAX_READ_BUFFER: usize = 64 * 1024;
+/// Accepts a connection, non-blocking from the start (`accept4`; std's `accept` would need
+/// a second call to make it so).
+#[allow(unsafe_code)]
+fn accept(listener: &StdListener) -> std::io::Result<StdStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: accept4 with null address pointers writes nothing back; the listener's
+    // descriptor is valid for the call.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok(unsafe { StdStream::from_raw_fd(fd) })
+}
+
+/// Accept errors that concern one connection (or none), not the listener.
+fn retry_accept(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::Interrupted || err.raw_os_error() == Some(libc::ECONNABORTED)
+}
 
 /// Handles one request: route, auth, then the resolver call. Writes exactly one audit line
 /// for secret operations (the resolver does) or for refusals (here).
@@ -445,7 +467,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let result = match route {
         Route::Healthz => {
             tracing::debug!(event = "healthz", outcome = "success");
-            Ok(Bytes::from_static(b"ok"))
+            Ok(Bytes::from_static(routes::HEALTHY))
         }
         Route::HealthzCache => {
             return match app.resolver.cache() {

@@ -17,6 +17,9 @@ use crate::error::Error;
 use crate::pyjson;
 use crate::secret::{SecretId, SecretString};
 
+/// The body of a `200` from `/healthz`.
+pub const HEALTHY: &[u8] = b"ok";
+
 /// Largest request body accepted (a mapping or a raw value to seal).
 pub const MAX_BODY: usize = 1024 * 1024;
 

@@ -1,0 +1,268 @@
+//! The fast path: the requests Podman makes at every container start, answered without
+//! hyper, without a task of their own and without the blocking pool.
+//!
+//! A driver command connects, writes one `GET /lookup/{id}` and waits. When that request is
+//! whole in the first read, is plain (HTTP/1.1, GET or HEAD, no body, nothing after it) and
+//! its answer is ready at once (`/healthz`, or a cache hit for a mapping file read before:
+//! [`Resolver::lookup_cached`](crate::resolver::Resolver::lookup_cached)), it is answered
+//! here with one `writev`. Everything else, errors included, goes to hyper with the bytes
+//! already read, so every status, header and log line but those two 200s has one source.
+//!
+//! The fast answers are the bytes hyper writes for the same response (status line,
+//! `connection: close` when the client asked for it, `content-length`, `date`), which a
+//! test checks by sending the same request both ways.
+
+use std::io::{self, IoSlice};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::Method;
+use zeroize::Zeroizing;
+
+use super::routes::{self, Route};
+use super::App;
+use crate::secret::SecretValue;
+
+/// Bytes the fast path reads at once. Driver requests are under 300 bytes; a request that
+/// fills the buffer may go on and is left to hyper.
+pub const READ_BUFFER: usize = 2048;
+
+/// Answers larger than this go to hyper, which writes them as the socket drains: the fast
+/// path writes once and keeps nothing for later.
+const MAX_FAST_BODY: usize = 64 * 1024;
+
+/// A request the fast path can answer by itself.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plain<'a> {
+    pub method: Method,
+    /// The target's path, without its query.
+    pub path: &'a str,
+    pub authorization: Option<&'a [u8]>,
+    /// The client said `Connection: close`: the answer says so too, and the connection ends.
+    pub close: bool,
+}
+
+/// `bytes` as one plain request, or `None` when it is not whole, not plain, or followed by
+/// more bytes (a pipelined request): hyper takes those.
+pub fn parse(bytes: &[u8]) -> Option<Plain<'_>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len == bytes.len() => {}
+        _ => return None,
+    }
+    if request.version != Some(1) {
+        return None;
+    }
+    let method = match request.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    // Origin form with visible ASCII only, so the path is the one hyper's URI parser would
+    // give `routes::route`; anything unusual takes hyper's way.
+    let target = request.path?;
+    if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        return None;
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let mut authorization = None;
+    let mut close = false;
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("authorization") {
+            // Two of them: hyper's first-one rule decides, not a second parser.
+            if authorization.replace(header.value).is_some() {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in header.value.split(|&b| b == b',') {
+                let option = option.trim_ascii();
+                if option.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !option.eq_ignore_ascii_case(b"keep-alive") {
+                    return None;
+                }
+            }
+        } else if ["content-length", "transfer-encoding", "expect", "upgrade"]
+            .iter()
+            .any(|framing| name.eq_ignore_ascii_case(framing))
+        {
+            return None;
+        }
+    }
+    Some(Plain {
+        method,
+        path,
+        authorization,
+        close,
+    })
+}
+
+/// A fast answer: a `200` with its body.
+pub struct Answer {
+    head: [u8; 128],
+    head_len: usize,
+    body: Body,
+}
+
+enum Body {
+    Static(&'static [u8]),
+    Secret(SecretValue),
+}
+
+impl Answer {
+    fn new(request: &Plain<'_>, body: Body) -> Answer {
+        let len = match &body {
+            Body::Static(bytes) => bytes.len(),
+            Body::Secret(value) => value.expose().len(),
+        };
+        let mut head = [0u8; 128];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            head[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(b"HTTP/1.1 200 OK\r\n");
+        if request.close {
+            put(b"connection: close\r\n");
+        }
+        put(b"content-length: ");
+        put(decimal(len, &mut [0u8; 20]));
+        put(b"\r\ndate: ");
+        put(&http_date());
+        put(b"\r\n\r\n");
+        let body = if request.method == Method::HEAD {
+            Body::Static(b"")
+        } else {
+            body
+        };
+        Answer {
+            head,
+            head_len: at,
+            body,
+        }
+    }
+
+    /// Writes the answer with one vectored `write`. What the socket did not take comes back,
+    /// for the caller to write when it drains (it never does for a fresh connection, whose
+    /// buffer holds far more than [`MAX_FAST_BODY`]; a client that sends request after request
+    /// without reading the answers could get there).
+    pub fn write(
+        &self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<Option<Zeroizing<Vec<u8>>>> {
+        let body = match &self.body {
+            Body::Static(bytes) => bytes,
+            Body::Secret(value) => value.expose(),
+        };
+        let head = &self.head[..self.head_len];
+        let written = loop {
+            match write(&[IoSlice::new(head), IoSlice::new(body)]) {
+                Ok(n) => break n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break 0,
+                Err(err) => return Err(err),
+            }
+        };
+        if written == head.len() + body.len() {
+            return Ok(None);
+        }
+        let mut rest = Zeroizing::new(Vec::with_capacity(head.len() + body.len() - written));
+        rest.extend_from_slice(head.get(written..).unwrap_or_default());
+        rest.extend_from_slice(&body[written.saturating_sub(head.len())..]);
+        Ok(Some(rest))
+    }
+}
+
+/// The fast answer to `request`, or `None` when it needs hyper: anything but `/healthz` and
+/// a lookup the cache answers at once with the right token.
+pub fn answer(app: &App, request: &Plain<'_>) -> Option<Answer> {
+    let route = routes::route(&request.method, request.path).ok()?;
+    routes::authorize(Ok(&route), app.token.as_ref(), request.authorization).ok()?;
+    let body = match route {
+        Route::Healthz => {
+            tracing::debug!(event = "healthz", outcome = "success");
+            Body::Static(routes::HEALTHY)
+        }
+        Route::Lookup(id) => {
+            let value = app.resolver.lookup_cached(&id)?;
+            if value.expose().len() > MAX_FAST_BODY {
+                // hyper writes it; the lookup is answered again there, from the cache.
+                return None;
+            }
+            Body::Secret(value)
+        }
+        _ => return None,
+    };
+    Some(Answer::new(request, body))
+}
+
+/// `n` in decimal, in `buf`.
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// The `date` header's value (IMF-fixdate, 29 bytes), formatted once a second per thread,
+/// as hyper caches its own.
+fn http_date() -> [u8; 29] {
+    thread_local! {
+        static DATE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let mut text = [0u8; 29];
+        text.copy_from_slice(&httpdate::fmt_http_date(now).as_bytes()[..29]);
+        cached.set((second, text));
+        text
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_requests_are_recognised_and_everything_else_is_left_to_hyper() {
+        let plain = parse(b"GET /lookup/a%20b?x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(plain.method, Method::GET);
+        assert_eq!(plain.path, "/lookup/a%20b");
+        assert_eq!(plain.authorization, Some(&b"Bearer t"[..]));
+        assert!(plain.close);
+        assert!(!parse(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap().close);
+        for other in [
+            &b"GET /healthz HTTP/1.1\r\nHost: x\r\n"[..],
+            b"GET /healthz HTTP/1.0\r\n\r\n",
+            b"POST /store/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
+            b"GET http://x/healthz HTTP/1.1\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+            b"GET /a#b HTTP/1.1\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            assert_eq!(parse(other), None, "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 64, 65_536, usize::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+}
