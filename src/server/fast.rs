@@ -83,7 +83,12 @@ pub fn parse(bytes: &[u8]) -> Option<Plain<'_>> {
                     return None;
                 }
             }
-        } else if ["content-length", "transfer-encoding", "expect", "upgrade"]
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // An empty body, as some clients declare on every request, is no body.
+            if header.value != b"0" {
+                return None;
+            }
+        } else if ["transfer-encoding", "expect", "upgrade"]
             .iter()
             .any(|framing| name.eq_ignore_ascii_case(framing))
         {
@@ -242,11 +247,13 @@ mod tests {
         assert_eq!(plain.authorization, Some(&b"Bearer t"[..]));
         assert!(plain.close);
         assert!(!parse(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap().close);
+        assert!(parse(b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
         for other in [
             &b"GET /healthz HTTP/1.1\r\nHost: x\r\n"[..],
             b"GET /healthz HTTP/1.0\r\n\r\n",
             b"POST /store/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
-            b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nConnection: close, x\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",

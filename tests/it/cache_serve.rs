@@ -279,3 +279,78 @@ fn without_its_key_the_cache_is_unavailable_and_lookups_go_live() {
     );
     assert_eq!(reply.body, b"db.internal");
 }
+
+/// The fast path (a cache hit answered at once, for a mapping file serve has read before)
+/// gives the bytes hyper gives, and never an answer its mapping file or the cache file no
+/// longer says: a file rewritten in place, a file replaced, a new cache file, a removed file.
+#[test]
+fn a_cached_answer_is_hypers_answer_and_follows_its_files() {
+    let fake = infisical();
+    let Some((env, _creds)) = env_with_cache(&fake, Some(&[5u8; 32])) else {
+        return;
+    };
+    setup(&env);
+    wait_for_load(&env, 2);
+    let socket = env.sandbox.socket();
+    let ids = secret_ids(env.podman());
+    let (pass, host) = (&ids["myapp--DB_PASS"], &ids["myapp--DB_HOST"]);
+    let lookup = |id: &str| get(&socket, &format!("/lookup/{id}"));
+    assert_eq!(lookup(pass).body, b"pass-1");
+
+    // Byte for byte what hyper answers (`Connection: close, x` is a form the fast path
+    // leaves to hyper), for a lookup, for /healthz, and with and without `close`.
+    for (fast, slow) in [
+        (
+            format!("GET /lookup/{pass} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            format!("GET /lookup/{pass} HTTP/1.1\r\nHost: x\r\nConnection: close, x\r\n\r\n"),
+        ),
+        (
+            format!("GET /lookup/{pass} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            format!("GET /lookup/{pass} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x\r\n\r\n"),
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
+            "GET /healthz HTTP/1.1\r\nConnection: close, x\r\n\r\n".to_owned(),
+        ),
+        (
+            "HEAD /healthz HTTP/1.1\r\n\r\n".to_owned(),
+            "HEAD /healthz HTTP/1.1\r\nConnection: keep-alive, x\r\n\r\n".to_owned(),
+        ),
+    ] {
+        let (fast_reply, slow_reply) = http::both_ways(&socket, fast.as_bytes(), slow.as_bytes());
+        assert_eq!(
+            String::from_utf8_lossy(&fast_reply),
+            String::from_utf8_lossy(&slow_reply),
+            "{fast:?}"
+        );
+        assert!(fast_reply.starts_with(b"HTTP/1.1 200 OK\r\n"), "{fast:?}");
+    }
+
+    // Rewritten in place (same inode) to name the other secret.
+    let (pass_file, host_file) = (env.state_dir().join(pass), env.state_dir().join(host));
+    let pass_mapping = std::fs::read(&pass_file).unwrap();
+    let host_mapping = std::fs::read(&host_file).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&pass_file)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, &host_mapping))
+        .unwrap();
+    assert_eq!(lookup(pass).body, b"db.internal");
+    // Replaced by rename, as psi writes mappings.
+    let staged = env.state_dir().join(".staged");
+    std::fs::write(&staged, &pass_mapping).unwrap();
+    std::fs::rename(&staged, &pass_file).unwrap();
+    assert_eq!(lookup(pass).body, b"pass-1");
+    assert_eq!(lookup(pass).body, b"pass-1");
+
+    // A new cache file with a new value.
+    fake.set_secret(PROJECT, "prod", "/app", "DB_PASS", "pass-2");
+    setup(&env);
+    wait_for_load(&env, 3);
+    assert_eq!(lookup(pass).body, b"pass-2");
+
+    // Removed.
+    std::fs::remove_file(&pass_file).unwrap();
+    assert_eq!(lookup(pass).status, 404);
+}

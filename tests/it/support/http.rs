@@ -80,3 +80,36 @@ pub fn parse(raw: &[u8]) -> Reply {
         body: raw[split + 4..].to_vec(),
     }
 }
+
+/// Sends `raw` as it is on a new connection, shuts the sending side and returns every byte
+/// psi answers until it closes: for comparing answers byte for byte.
+pub fn exchange(socket: &Path, raw: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(socket).expect("connect to psi socket");
+    stream.write_all(raw).expect("send the request");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shut the sending side");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("read the answer");
+    reply
+}
+
+/// The answers of `exchange` to `fast` and to `slow`, taken within the same second (their
+/// `date` headers then agree): `slow` is the same request in a form psi's fast path leaves
+/// to hyper, so equal answers mean both ways give the client the same bytes.
+pub fn both_ways(socket: &Path, fast: &[u8], slow: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let date = |reply: &[u8]| {
+        let text = String::from_utf8_lossy(reply).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("date: "))
+            .map(str::to_owned)
+    };
+    loop {
+        let (a, b) = (exchange(socket, fast), exchange(socket, slow));
+        if date(&a) == date(&b) {
+            return (a, b);
+        }
+    }
+}
