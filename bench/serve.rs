@@ -47,22 +47,75 @@ const CLIENTS: [usize; 3] = [1, 4, 16];
 /// Entries of the encrypted cache, each with its mapping file.
 const CACHE_ENTRIES: usize = 10_000;
 
+/// The tables, by the name that picks them: `cargo bench --bench serve -- load` prints only
+/// the load table (any of them, in any order); no name prints the first three. `profile`
+/// is for a profiler, not a table: see [`profile`].
+const TABLES: [&str; 5] = ["start-up", "load", "driver", "profile", "profile-keep-alive"];
+
 fn main() {
+    // cargo passes `--bench`; the rest are table names.
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    if let Some(unknown) = chosen.iter().find(|c| !TABLES.contains(&c.as_str())) {
+        eprintln!("unknown table {unknown:?}; the tables are {}", TABLES.join(", "));
+        std::process::exit(2);
+    }
+    let wanted = |table: &str| {
+        (chosen.is_empty() && !table.starts_with("profile")) || chosen.iter().any(|c| c == table)
+    };
     let floor = floor::Floor::build();
     let bench = Bench::new();
-    start_up(&bench);
+    if wanted("start-up") {
+        start_up(&bench);
+    }
     let serves = [Cache::Off, Cache::On].map(|cache| bench.start_serve(cache).0);
-    let floors = MODES.map(|mode| floor.start_server(&bench.floor_socket(mode), mode));
-    println!(
-        "\n## Load on psi serve and on the floor server\n\n/healthz/cache: {}\n",
-        String::from_utf8_lossy(&get(&bench.socket(Cache::On), "/healthz/cache"))
+    if wanted("load") {
+        let floors = MODES.map(|mode| floor.start_server(&bench.floor_socket(mode), mode));
+        println!(
+            "\n## Load on psi serve and on the floor server\n\n/healthz/cache: {}\n",
+            String::from_utf8_lossy(&get(&bench.socket(Cache::On), "/healthz/cache"))
+        );
+        load_table(&bench, |server, mode| match server {
+            Server::Psi(cache) => (serves[cache as usize].id(), bench.socket(cache)),
+            Server::Floor => (floors[mode as usize].id(), bench.floor_socket(mode)),
+        });
+        floors.into_iter().for_each(stop);
+    }
+    if wanted("driver") {
+        driver::table(&driver_lookups(&bench, &floor));
+    }
+    for (table, mode) in [("profile", Mode::PerRequest), ("profile-keep-alive", Mode::KeepAlive)] {
+        if wanted(table) {
+            profile(&bench, serves[Cache::On as usize].id(), mode);
+        }
+    }
+    serves.into_iter().for_each(stop);
+}
+
+/// Cache-hit lookups from 16 clients for 30 s, one connection per request (`profile`) or
+/// kept alive (`profile-keep-alive`), with the serve process's PID printed first: what
+/// README's cost model was profiled on, with `perf record -g -p PID -- sleep 20` started
+/// once the PID is printed.
+fn profile(bench: &Bench, pid: u32, mode: Mode) {
+    let targets: Vec<String> = (0..CACHE_ENTRIES)
+        .map(|i| format!("/lookup/{}", cache_id(i)))
+        .collect();
+    println!("profile: psi serve is PID {pid}; cache-hit load for 30 s from now");
+    let before = cpu_time(pid);
+    let stats = load(
+        &bench.socket(Cache::On),
+        &targets,
+        mode,
+        16,
+        Duration::from_secs(30),
     );
-    load_table(&bench, |server, mode| match server {
-        Server::Psi(cache) => (serves[cache as usize].id(), bench.socket(cache)),
-        Server::Floor => (floors[mode as usize].id(), bench.floor_socket(mode)),
-    });
-    driver::table(&driver_lookups(&bench, &floor));
-    serves.into_iter().chain(floors).for_each(stop);
+    let cpu_us = (cpu_time(pid) - before).as_secs_f64() * 1e6 / stats.latencies.len() as f64;
+    println!(
+        "profile: {:.0} lookups/s, {cpu_us:.1} µs of server CPU per request",
+        stats.rate()
+    );
 }
 
 /// Prints the start-up times of `psi serve`, with and without a cache.

@@ -117,6 +117,17 @@ impl FileStamp {
         }
     }
 
+    /// Whether the file last changed at least `margin` before `now`. A file changed within
+    /// the timestamp granularity of its file system (a clock tick, or a second on some) can
+    /// change again with the same times and size, so only a settled file's stamp proves it
+    /// unchanged later (git's "racily clean" files have the same problem).
+    pub fn settled(&self, now: std::time::SystemTime, margin: std::time::Duration) -> bool {
+        let (secs, nanos) = self.ctime;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        now.duration_since(changed).is_ok_and(|age| age >= margin)
+    }
+
     /// The stamp of what `path` names now (following symlinks, as opening it would). One
     /// `statx`: it never opens the file, so a FIFO or a device cannot block it.
     pub fn stat(path: &Path) -> io::Result<FileStamp> {

@@ -33,6 +33,12 @@ use crate::unitgen::dropin::{Delivery, SecretLine};
 /// gets an error. Podman waits for the driver at container start; an answer beats a hang.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long ago a mapping file must have changed before its stamp is trusted to tell a later
+/// change. The file systems a state directory lives on (ext4, XFS, btrfs, tmpfs) keep
+/// nanoseconds but take them from a clock that advances once per kernel tick (at most 10 ms),
+/// so a file changed twice within one tick can look unchanged; five ticks is a safe margin.
+const SETTLED: Duration = Duration::from_millis(50);
+
 /// Turns secret IDs into values (and stores, deletes, lists their mappings): the state dir
 /// says which provider, the cache answers first, the provider on a miss.
 pub struct Resolver {
@@ -103,9 +109,14 @@ impl Resolver {
     }
 
     /// Resolves `id`: the mapping from the state dir, then the cache, then its provider.
-    /// The hot path: no disk writes, one file read; a cache hit takes no lock and logs at
-    /// DEBUG; a provider call is bounded by the deadline and its value kept in memory.
+    /// The hot path: no disk writes, at most one file read (none for a mapping file read
+    /// before and unchanged: [`Resolver::lookup_cached`]); a cache hit takes no lock and
+    /// logs at DEBUG; a provider call is bounded by the deadline and its value kept in
+    /// memory.
     pub async fn lookup(&self, id: &SecretId) -> Result<SecretValue> {
+        if let Some(value) = self.lookup_cached(id) {
+            return Ok(value);
+        }
         let result = self.resolve(id).await;
         match &result {
             Ok((_, provider, "cache")) => audit_cache_hit(id, provider),
@@ -182,9 +193,12 @@ impl Resolver {
             })?
     }
 
-    /// Keeps what a lookup learned about `id`'s mapping file for [`Resolver::lookup_cached`].
+    /// Keeps what a lookup learned about `id`'s mapping file for [`Resolver::lookup_cached`],
+    /// once the file has settled ([`FileStamp::settled`]): until then every lookup reads it.
     fn remember(&self, id: &SecretId, known: Known) {
-        write(&self.known).insert(id.clone(), known);
+        if known.stamp.settled(std::time::SystemTime::now(), SETTLED) {
+            write(&self.known).insert(id.clone(), known);
+        }
     }
 
     /// The secrets of workload `name` straight from its provider, by the same discovery as

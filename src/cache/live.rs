@@ -166,6 +166,7 @@ impl LiveCache {
                 self.install(loaded.entries, Some(loaded.version));
                 // The fills were digested under the old key and may be stale values.
                 lock(&self.fills).clear();
+                release_freed_memory();
                 *lock(&self.failure) = None;
                 tracing::info!(event = "cache.load", outcome = "success", entries, path = %self.path.display(), version = loaded.version, "secret cache loaded");
             }
@@ -182,6 +183,17 @@ impl LiveCache {
                 *lock(&self.failure) = Some(err.to_string());
             }
         }
+    }
+}
+
+/// Gives the heap memory a load freed (the decrypted file, the decoding's scratch, the
+/// previous snapshot) back to the system: without it RSS stays at the load's peak.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -32,7 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let settings = Settings::load_for_process(&overrides)?;
     match cli.command {
         Command::Serve => {
-            let runtime = runtime()?;
+            let runtime = serve_runtime()?;
             let result = runtime.block_on(serve::run(settings));
             // serve already gave in-flight requests their grace period: a thread stuck in a
             // blocking call (open() of a FIFO) must not keep the process from exiting, as
@@ -72,13 +72,22 @@ fn block_on<T, F: Future<Output = Result<T>>>(future: F) -> Result<T> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Error::Io {
-            context: "cannot start the async runtime".into(),
-            source: err,
-        })
+    build(&mut tokio::runtime::Builder::new_multi_thread())
+}
+
+/// psi serve's runtime: one thread. Its requests are short and its waits (providers,
+/// children, the HSM's thread) asynchronous, so a second worker would mostly add the
+/// wake-ups between threads that cost more than the requests themselves; file access
+/// that may block goes to the blocking pool as before.
+fn serve_runtime() -> Result<tokio::runtime::Runtime> {
+    build(&mut tokio::runtime::Builder::new_current_thread())
+}
+
+fn build(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime> {
+    builder.enable_all().build().map_err(|err| Error::Io {
+        context: "cannot start the async runtime".into(),
+        source: err,
+    })
 }
 
 /// Reads all of stdin (at most `limit` bytes) into a buffer that zeroizes on drop.

@@ -19,6 +19,7 @@ const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(settings: Settings) -> Result<()> {
     raise_open_file_limit();
+    one_malloc_arena();
     if !settings.config_found {
         tracing::info!(
             config = %settings.config_path.display(),
@@ -120,5 +121,17 @@ async fn open_cache(settings: &Settings, resolver: &Resolver) -> CacheState {
             tracing::warn!(event = "cache.open", outcome = "error", error = %err, "secret cache backend unavailable; falling back to live provider lookups");
             CacheState::Unavailable(err.to_string())
         }
+    }
+}
+
+/// Keeps every allocation in glibc's main arena. serve allocates from one thread, plus
+/// blocking-pool threads now and then; each of those would otherwise get an arena of its
+/// own whose freed memory stays with the process (about 2 MiB of RSS for nothing).
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
