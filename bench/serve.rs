@@ -17,9 +17,9 @@
 //!    rows with the same connection mode and clients, and every psi row says how far it is
 //!    from the floor;
 //! 3. the driver's cost per secret as Podman pays it (`serve/driver.rs`): `sh -c "<lookup
-//!    command>"` with a shell builtin, the floor client (`bench/floor/client.rs`), `psi client`
-//!    and curl, interleaved, once and for a container with 50 secrets (50 in sequence), each
-//!    against the floor client.
+//!    command>"` with a shell builtin, the floor client (`bench/floor/client.rs`), `psi-client`
+//!    (built as shipped, `cargo build-psi-client`), `psi client` and curl, interleaved, once
+//!    and for a container with 50 secrets (50 in sequence), each against the floor client.
 //!
 //! The floor programs are built by the bench with the cargo that runs it (`serve/floor.rs`).
 
@@ -158,6 +158,8 @@ fn driver_lookups(bench: &Bench, floor: &floor::Floor) -> [driver::Lookup; 3] {
         size(&floor.client)
     );
     let psi_client = format!("psi client ({:.1} MB)", size(Path::new(psi)));
+    let lean = driver::build_psi_client();
+    let lean_client = format!("psi-client (static, {:.2} MB)", size(lean));
     [
         ("cache hit", Cache::On, cache_id(0), true),
         ("systemd-creds", Cache::Off, "bench".to_owned(), true),
@@ -188,6 +190,11 @@ fn driver_lookups(bench: &Bench, floor: &floor::Floor) -> [driver::Lookup; 3] {
                     &floor_client,
                     driver::Kind::Floor,
                     format!("{} {socket} >/dev/null", floor.client.display()),
+                ),
+                client(
+                    &lean_client,
+                    driver::Kind::Driver,
+                    format!("{} lookup --socket {socket} >/dev/null", lean.display()),
                 ),
                 client(
                     &psi_client,
