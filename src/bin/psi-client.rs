@@ -2,10 +2,10 @@
 //! psi, for the commands Podman runs once per secret on every container start.
 //!
 //! What a driver command costs is mostly loading the program: psi is a 17 MB executable
-//! (Tokio, OpenSSL, the providers) and this is a few hundred KB. It compiles the client's
+//! (Tokio, OpenSSL, the providers) and this is about 1 MB. It compiles the client's
 //! source (`src/client/lean.rs`) with the two leaves of psi it uses, each under the path it
 //! has in the library, so both binaries run one code. The fast build, static and not
-//! position-independent, is `cargo psi-client` (`.cargo/config.toml`; README, "Build").
+//! position-independent, is `cargo build-psi-client` (`.cargo/config.toml`; README, "Build").
 
 #[path = "../client/lean.rs"]
 mod client;
