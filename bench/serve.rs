@@ -17,9 +17,9 @@
 //!    rows with the same connection mode and clients, and every psi row says how far it is
 //!    from the floor;
 //! 3. the driver's cost per secret as Podman pays it (`serve/driver.rs`): `sh -c "<lookup
-//!    command>"` with a shell builtin, the floor client (`bench/floor/client.rs`), `psi client`
-//!    and curl, interleaved, once and for a container with 50 secrets (50 in sequence), each
-//!    against the floor client.
+//!    command>"` with a shell builtin, the floor client (`bench/floor/client.rs`), `psi-client`
+//!    (built as shipped, `cargo build-psi-client`), `psi client` and curl, interleaved, once
+//!    and for a container with 50 secrets (50 in sequence), each against the floor client.
 //!
 //! The floor programs are built by the bench with the cargo that runs it (`serve/floor.rs`).
 
@@ -50,7 +50,13 @@ const CACHE_ENTRIES: usize = 10_000;
 /// The tables, by the name that picks them: `cargo bench --bench serve -- load` prints only
 /// the load table (any of them, in any order); no name prints the first three. `profile`
 /// is for a profiler, not a table: see [`profile`].
-const TABLES: [&str; 5] = ["start-up", "load", "driver", "profile", "profile-keep-alive"];
+const TABLES: [&str; 5] = [
+    "start-up",
+    "load",
+    "driver",
+    "profile",
+    "profile-keep-alive",
+];
 
 fn main() {
     // cargo passes `--bench`; the rest are table names.
@@ -59,7 +65,10 @@ fn main() {
         .filter(|arg| !arg.starts_with("--"))
         .collect();
     if let Some(unknown) = chosen.iter().find(|c| !TABLES.contains(&c.as_str())) {
-        eprintln!("unknown table {unknown:?}; the tables are {}", TABLES.join(", "));
+        eprintln!(
+            "unknown table {unknown:?}; the tables are {}",
+            TABLES.join(", ")
+        );
         std::process::exit(2);
     }
     let wanted = |table: &str| {
@@ -86,7 +95,10 @@ fn main() {
     if wanted("driver") {
         driver::table(&driver_lookups(&bench, &floor));
     }
-    for (table, mode) in [("profile", Mode::PerRequest), ("profile-keep-alive", Mode::KeepAlive)] {
+    for (table, mode) in [
+        ("profile", Mode::PerRequest),
+        ("profile-keep-alive", Mode::KeepAlive),
+    ] {
         if wanted(table) {
             profile(&bench, serves[Cache::On as usize].id(), mode);
         }
@@ -211,6 +223,8 @@ fn driver_lookups(bench: &Bench, floor: &floor::Floor) -> [driver::Lookup; 3] {
         size(&floor.client)
     );
     let psi_client = format!("psi client ({:.1} MB)", size(Path::new(psi)));
+    let lean = driver::build_psi_client();
+    let lean_client = format!("psi-client (static, {:.2} MB)", size(lean));
     [
         ("cache hit", Cache::On, cache_id(0), true),
         ("systemd-creds", Cache::Off, "bench".to_owned(), true),
@@ -241,6 +255,11 @@ fn driver_lookups(bench: &Bench, floor: &floor::Floor) -> [driver::Lookup; 3] {
                     &floor_client,
                     driver::Kind::Floor,
                     format!("{} {socket} >/dev/null", floor.client.display()),
+                ),
+                client(
+                    &lean_client,
+                    driver::Kind::Driver,
+                    format!("{} lookup --socket {socket} >/dev/null", lean.display()),
                 ),
                 client(
                     &psi_client,

@@ -1,225 +1,43 @@
-//! `psi client store|lookup|delete|list`: the driver commands as a minimal HTTP/1.1 client on
-//! psi serve's Unix socket, in place of curl.
+//! `psi client store|lookup|delete|list`, the driver commands without curl, and psi's other
+//! blocking requests to psi serve (`psi healthcheck`, `psi run`).
 //!
-//! Podman runs the `lookup` command once per secret on every container start, so what this
-//! costs is mostly process start-up. `main.rs` dispatches here before clap, logging or
-//! anything else, and this module builds no async runtime, initialises no TLS, reads no
-//! configuration file and sets up no tracing: one `connect`, one `write`, reads until the
-//! server closes, one `write` to stdout.
-//!
-//! It behaves like the curl commands it replaces: the same routes, `SECRET_ID` from the
-//! environment, stdin as the store body, the exact response bytes on stdout for a 2xx.
-//! Exit codes: `0` for a 2xx; `1` for any other status (psi's JSON `detail` goes to stderr,
-//! which Podman shows for a refused store) or when psi serve cannot be reached; `2` for a
-//! usage error (bad arguments, `SECRET_ID` unset, an unreadable or invalid token file).
-//!
-//! The socket token comes from a file (`--token-file`), not argv: curl's `-H` puts it in
-//! `/proc/<pid>/cmdline`, readable by every local user while curl runs.
+//! The client itself is [`lean`]: one source for `psi client` in this binary (which existing
+//! `psi.conf` files and secrets name) and for the small `psi-client` binary that
+//! `psi install` and `psi setup` now write into the driver commands. This module adds what
+//! only the library needs: its errors as psi's [`Error`] and values as [`SecretValue`].
 
-use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use zeroize::Zeroizing;
+use crate::error::{Error, Result};
+use crate::secret::SecretValue;
 
-use crate::config::validate_socket_token;
-use crate::encoding::uri_component;
-use crate::error::Error;
-use crate::server::routes::MAX_BODY;
+pub mod lean;
 
-/// How long the client waits on the socket. psi answers a stalled provider with a 503
-/// after 30 seconds (`resolver::LOOKUP_DEADLINE`); this only stops a wedged server from
-/// holding a container start forever.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-const USAGE: &str = "usage: psi client store|lookup|delete|list --socket PATH [--token-file PATH]
-
-Podman's shell-driver operations against psi serve, for SECRET_ID from the environment.
-store sends stdin; lookup and list print the answer byte for byte.
-The socket defaults to $PSI_SOCKET; --token-file names a file holding the socket token.";
-
-/// The four driver operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Store,
-    Lookup,
-    Delete,
-    List,
-}
-
-impl Op {
-    fn parse(word: &str) -> Option<Op> {
-        Some(match word {
-            "store" => Op::Store,
-            "lookup" => Op::Lookup,
-            "delete" => Op::Delete,
-            "list" => Op::List,
-            _ => return None,
-        })
-    }
-
-    /// Name, method and route prefix, as the curl commands send them.
-    fn request(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Op::Store => ("store", "POST", "/store/"),
-            Op::Lookup => ("lookup", "GET", "/lookup/"),
-            Op::Delete => ("delete", "DELETE", "/delete/"),
-            Op::List => ("list", "GET", "/list"),
-        }
-    }
-}
-
-/// A parsed command line.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Invocation {
-    pub op: Op,
-    pub socket: PathBuf,
-    pub token_file: Option<PathBuf>,
-}
-
-/// What went wrong, with the exit code it maps to.
-enum Failure {
-    /// Bad arguments or environment: exit 2.
-    Usage(String),
-    /// psi serve unreachable, a non-2xx answer, a broken reply: exit 1.
-    Serve(String),
-}
-
-impl Failure {
-    /// For the library callers (`psi healthcheck`, `psi run`): whatever stopped the
-    /// exchange, serve could not be asked, which exits 1 there (not 2 as in `psi client`).
-    fn into_serve(self) -> Error {
-        match self {
-            Failure::Usage(why) | Failure::Serve(why) => Error::Serve(why),
-        }
-    }
-}
+use lean::{build_request, error_detail, exchange, parse_response, Failure};
+pub use lean::{parse, secret_id_from_env, validate_socket_token, Invocation, Op};
 
 /// Runs `psi client ARGS...` (the words after `client`) and returns the exit code.
 /// `socket` is the socket when `--socket` is not given (`$PSI_SOCKET`, or the global flag).
-pub fn main(args: impl IntoIterator<Item = OsString>, socket: Option<PathBuf>) -> u8 {
-    let invocation = match parse(args, socket) {
-        Ok(Some(invocation)) => invocation,
-        Ok(None) => {
-            println!("{USAGE}");
-            return 0;
-        }
-        Err(message) => {
-            eprintln!("psi: {message}\n{USAGE}");
-            return 2;
-        }
-    };
-    match run(&invocation) {
-        Ok(()) => 0,
-        Err(Failure::Usage(message)) => {
-            eprintln!("psi: {message}");
-            2
-        }
-        Err(Failure::Serve(message)) => {
-            eprintln!("psi: {message}");
-            1
-        }
-    }
+pub fn main(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    socket: Option<std::path::PathBuf>,
+) -> u8 {
+    lean::main("psi client", args, socket)
 }
 
-/// Parses the words after `client`; `Ok(None)` for `--help`. A String error: [`main`]
-/// prints it above the usage and exits 2.
-pub fn parse(
-    args: impl IntoIterator<Item = OsString>,
-    socket: Option<PathBuf>,
-) -> Result<Option<Invocation>, String> {
-    let mut op = None;
-    let mut socket = socket;
-    let mut token_file = None;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let text = arg.to_string_lossy();
-        let (flag, inline) = match text.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(OsString::from(value))),
-            _ => (text.as_ref(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .map(PathBuf::from)
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag {
-            "-h" | "--help" => return Ok(None),
-            "--socket" => socket = Some(value("--socket")?),
-            "--token-file" => token_file = Some(value("--token-file")?),
-            word if op.is_none() && !word.starts_with('-') => {
-                op = Some(Op::parse(word).ok_or_else(|| format!("unknown operation '{word}'"))?)
-            }
-            other => return Err(format!("unexpected argument '{other}'")),
-        }
+/// Whatever stopped an exchange: serve could not be asked, which exits 1 for these callers
+/// (not 2 as a usage error does in `psi client`).
+fn serve_error(failure: Failure) -> Error {
+    match failure {
+        Failure::Usage(why) | Failure::Serve(why) => Error::Serve(why),
     }
-    Ok(Some(Invocation {
-        op: op.ok_or("which operation: store, lookup, delete or list?")?,
-        socket: socket.ok_or("no socket: pass --socket PATH or set PSI_SOCKET")?,
-        token_file,
-    }))
-}
-
-fn run(invocation: &Invocation) -> Result<(), Failure> {
-    let (name, method, route) = invocation.op.request();
-    let mut target = String::from(route);
-    let mut id = String::new();
-    if invocation.op != Op::List {
-        id = crate::secret::secret_id_from_env()
-            .map_err(Failure::Usage)?
-            .ok_or_else(|| Failure::Usage("SECRET_ID is not set".into()))?;
-        target.extend(uri_component(&id));
-    }
-    let token = match &invocation.token_file {
-        Some(path) => Some(read_token(path)?),
-        None => None,
-    };
-    let body = match invocation.op {
-        Op::Store => Some(read_stdin()?),
-        _ => None,
-    };
-    let request = build_request(
-        method,
-        &target,
-        token.as_deref().map(String::as_str),
-        body.as_deref().map(Vec::as_slice),
-    );
-
-    let reply = exchange(&invocation.socket, &request)?;
-    let response = parse_response(&reply).map_err(|why| {
-        Failure::Serve(format!(
-            "{}: malformed reply from psi serve: {why}",
-            invocation.socket.display()
-        ))
-    })?;
-    if (200..300).contains(&response.status) {
-        let mut out = std::io::stdout().lock();
-        return out
-            .write_all(&response.body)
-            .and_then(|()| out.flush())
-            .map_err(|err| Failure::Serve(format!("cannot write to stdout: {err}")));
-    }
-    let what = if id.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name} {id}")
-    };
-    Err(Failure::Serve(format!(
-        "{what}: HTTP {}: {}",
-        response.status,
-        error_detail(&response.body)
-    )))
 }
 
 /// `psi healthcheck`: `GET /healthz`, and with `cache` also `GET /healthz/cache` (which
 /// needs `token` when serve has one), must answer 200. Blocking and runtime-free like the
 /// driver commands: Podman runs it in the container every `HealthInterval`. The error says
 /// which route failed and how.
-pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> crate::error::Result<()> {
+pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> Result<()> {
     let routes: &[&str] = if cache {
         &["/healthz", "/healthz/cache"]
     } else {
@@ -227,7 +45,7 @@ pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> crate::er
     };
     for route in routes {
         let request = build_request("GET", route, token, None);
-        let reply = exchange(socket, &request).map_err(Failure::into_serve)?;
+        let reply = exchange(socket, &request).map_err(serve_error)?;
         let response = parse_response(&reply).map_err(|why| {
             Error::Serve(format!("{route}: malformed reply from psi serve: {why}"))
         })?;
@@ -244,15 +62,11 @@ pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> crate::er
 
 /// `GET /lookup/{id}` on `socket`: what the driver's lookup prints, for `psi run`. The error
 /// is serve's own explanation (never a value).
-pub fn lookup(
-    socket: &Path,
-    token: Option<&str>,
-    id: &str,
-) -> crate::error::Result<crate::secret::SecretValue> {
+pub fn lookup(socket: &Path, token: Option<&str>, id: &str) -> Result<SecretValue> {
     let mut target = String::from("/lookup/");
-    target.extend(uri_component(id));
+    target.extend(crate::encoding::uri_component(id));
     let request = build_request("GET", &target, token, None);
-    let reply = exchange(socket, &request).map_err(Failure::into_serve)?;
+    let reply = exchange(socket, &request).map_err(serve_error)?;
     let response = parse_response(&reply).map_err(|why| {
         Error::Serve(format!(
             "lookup {id}: malformed reply from psi serve: {why}"
@@ -265,213 +79,13 @@ pub fn lookup(
             error_detail(&response.body)
         )));
     }
-    Ok(crate::secret::SecretValue::new(response.body.to_vec()))
-}
-
-/// Connects, sends `request`, and reads the reply until psi closes the connection.
-fn exchange(socket: &Path, request: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    let failed = |what: &str, err: std::io::Error| {
-        Failure::Serve(format!("{what} {}: {err}", socket.display()))
-    };
-    let mut stream = UnixStream::connect(socket).map_err(|e| failed("cannot connect to", e))?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| failed("cannot set timeouts on", e))?;
-    stream
-        .write_all(request)
-        .map_err(|e| failed("cannot send the request to", e))?;
-    // A value is at most MAX_BODY (psi serve refuses larger stores); the head is small.
-    const MAX_REPLY: usize = MAX_BODY + 64 * 1024;
-    crate::fsutil::read_bounded(stream, 4096, MAX_REPLY).map_err(|err| match err {
-        crate::fsutil::Bounded::Over => Failure::Serve(format!(
-            "the answer from {} is larger than {MAX_REPLY} bytes",
-            socket.display()
-        )),
-        crate::fsutil::Bounded::Io(e) => failed("cannot read the answer from", e),
-    })
-}
-
-/// One request, `Connection: close` (one request per connection, as curl makes it).
-fn build_request(
-    method: &str,
-    target: &str,
-    token: Option<&str>,
-    body: Option<&[u8]>,
-) -> Zeroizing<Vec<u8>> {
-    let mut request = Zeroizing::new(Vec::with_capacity(256 + body.map_or(0, <[u8]>::len)));
-    let mut push = |part: &[u8]| request.extend_from_slice(part);
-    for part in [method, " ", target, " HTTP/1.1\r\nHost: localhost\r\n"] {
-        push(part.as_bytes());
-    }
-    if let Some(token) = token {
-        push(b"Authorization: Bearer ");
-        push(token.as_bytes());
-        push(b"\r\n");
-    }
-    if let Some(body) = body {
-        push(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    push(b"Connection: close\r\n\r\n");
-    if let Some(body) = body {
-        push(body);
-    }
-    request
-}
-
-/// The token from `path`, surrounding whitespace removed, checked against the token
-/// alphabet (which also keeps CR/LF out of the request head).
-fn read_token(path: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
-    let text = crate::fsutil::read_capped(path, crate::fsutil::TOKEN)
-        .map_err(|err| Failure::Usage(format!("cannot read {}: {err}", path.display())))?;
-    let token = std::str::from_utf8(&text)
-        .map(|t| Zeroizing::new(t.trim().to_owned()))
-        .map_err(|_| Failure::Usage(format!("{} is not UTF-8", path.display())))?;
-    validate_socket_token(&token)
-        .map_err(|why| Failure::Usage(format!("{}: {why}", path.display())))?;
-    Ok(token)
-}
-
-/// All of stdin, refused above the server's body limit (psi would answer 413 anyway).
-fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Failure> {
-    crate::fsutil::read_bounded(std::io::stdin().lock(), 0, MAX_BODY).map_err(|err| match err {
-        crate::fsutil::Bounded::Over => Failure::Serve(format!(
-            "stdin holds more than {MAX_BODY} bytes, psi's limit"
-        )),
-        crate::fsutil::Bounded::Io(err) => Failure::Serve(format!("cannot read stdin: {err}")),
-    })
-}
-
-struct Response {
-    status: u16,
-    body: Zeroizing<Vec<u8>>,
-}
-
-/// Parses a whole HTTP/1.1 reply: status line, headers, and a body framed by
-/// `Content-Length`, chunked encoding, or the end of the connection.
-/// A String error: the caller puts it into its own message after the route.
-fn parse_response(reply: &[u8]) -> Result<Response, String> {
-    let head_end = find(reply, b"\r\n\r\n").ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&reply[..head_end]).map_err(|_| "headers are not UTF-8")?;
-    let rest = &reply[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|s| s.get(2..5))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or("bad header line")?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        }
-    }
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(length) = length {
-        Zeroizing::new(
-            rest.get(..length)
-                .ok_or("body shorter than Content-Length")?
-                .to_vec(),
-        )
-    } else {
-        Zeroizing::new(rest.to_vec())
-    };
-    Ok(Response { status, body })
-}
-
-/// Decodes a chunked body (psi sends `Content-Length` today; a streamed body would be
-/// chunked).
-fn dechunk(mut data: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut body = Zeroizing::new(Vec::with_capacity(data.len()));
-    loop {
-        let line_end = find(data, b"\r\n").ok_or("truncated chunk size")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        let chunk = data.get(..size).ok_or("truncated chunk")?;
-        body.extend_from_slice(chunk);
-        data = data.get(size + 2..).ok_or("truncated chunk")?;
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// psi's `{"error": ..., "detail": ...}` detail, or the body as text for anything else.
-fn error_detail(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|json| json.get("detail")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
+    Ok(SecretValue::new(response.body.to_vec()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn words(line: &str) -> Vec<OsString> {
-        line.split_whitespace().map(OsString::from).collect()
-    }
-
     #[test]
-    fn parses_operation_socket_and_token_file_in_any_order() {
-        let parsed = parse(words("lookup --socket /s --token-file /t"), None).unwrap();
-        assert_eq!(
-            parsed,
-            Some(Invocation {
-                op: Op::Lookup,
-                socket: "/s".into(),
-                token_file: Some("/t".into()),
-            })
-        );
-        let parsed = parse(words("--socket=/s store"), Some("/env".into())).unwrap();
-        assert_eq!(parsed.unwrap().socket, PathBuf::from("/s"));
-        let parsed = parse(words("list"), Some("/env".into())).unwrap();
-        assert_eq!(parsed.unwrap().socket, PathBuf::from("/env"));
-        assert_eq!(parse(words("lookup --help"), None).unwrap(), None);
-        assert!(parse(words("lookup"), None).is_err());
-        assert!(parse(words("fetch --socket /s"), None).is_err());
-        assert!(parse(words("lookup list --socket /s"), None).is_err());
-        assert!(parse(words("lookup --socket"), None).is_err());
-    }
-
-    #[test]
-    fn requests_are_what_curl_sends() {
-        let request = build_request("POST", "/store/a%20b", Some("tok"), Some(b"x\0y"));
-        assert_eq!(
-            &request[..],
-            b"POST /store/a%20b HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer tok\r\nContent-Length: 3\r\nConnection: close\r\n\r\nx\0y"
-        );
-        assert_eq!(
-            uri_component("3f2a-b.c~d/e f").to_string(),
-            "3f2a-b.c~d%2Fe%20f"
-        );
-    }
-
-    #[test]
-    fn responses_by_length_chunks_or_end_of_stream() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\na\0b").unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"a\0b"[..]));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\n\r\n\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(&r.body[..], b"abc\r\n");
-        let r = parse_response(b"HTTP/1.0 404 Not Found\r\n\r\n{\"detail\": \"gone\"}").unwrap();
-        assert_eq!((r.status, error_detail(&r.body)), (404, "gone".to_owned()));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc").is_err());
-        assert!(parse_response(b"garbage").is_err());
+    fn the_client_refuses_a_store_where_serve_would() {
+        assert_eq!(super::lean::MAX_BODY, crate::server::routes::MAX_BODY);
     }
 }

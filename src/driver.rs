@@ -2,10 +2,16 @@
 //! (psi.conf) and `psi setup` (the options of the secrets it creates), so both write the
 //! same commands.
 //!
-//! `psi client` by the absolute path of the running binary is the default: it saves the
-//! start-up of a curl process on every secret of every container start. curl stays the
-//! choice inside a container (the path of psi in its image means nothing to the host's
-//! Podman) and when psi cannot tell its own path.
+//! psi's own client is the default: it saves the start-up of a curl process on every secret
+//! of every container start. curl stays the choice inside a container (the path of psi in
+//! its image means nothing to the host's Podman) and when psi cannot tell its own path.
+//!
+//! psi's client is the small `psi-client` binary when it sits in the same directory as the
+//! psi binary the commands name (`driver.psi_path`, else this binary's own path), and
+//! `<psi> client` otherwise, with a warning: the same client inside the whole of psi, which
+//! works but costs more per secret (README, "Point Podman at psi"). Falling back rather
+//! than failing keeps an install that has only `psi` (as before `psi-client` existed)
+//! working, including its boot-time `psi setup`; the warning says what to install.
 //!
 //! With the psi client, the socket token goes in a 0600 file in the state directory, named
 //! by `--token-file`, rather than on the command line, where every local user could read it
@@ -23,12 +29,41 @@ use crate::unitgen::driver_conf::{commands, Client, DriverConf, DriverOpts};
 /// Files that mark a container: Podman's and Docker's.
 const CONTAINER_MARKERS: [&str; 2] = ["/run/.containerenv", "/.dockerenv"];
 
+/// The file name of the small client binary, looked for beside psi.
+pub const LEAN_CLIENT: &str = "psi-client";
+
 /// The resolved choice, owning what [`DriverConf`] borrows.
 #[derive(Debug)]
 pub struct Driver<'a> {
     settings: &'a Settings,
-    /// The psi binary and its token file, or `None` for curl.
-    psi: Option<(PathBuf, Option<PathBuf>)>,
+    /// psi's client and its token file, or `None` for curl.
+    psi: Option<(Program, Option<PathBuf>)>,
+}
+
+/// Which binary runs psi's client.
+#[derive(Debug)]
+enum Program {
+    /// `psi-client OP`.
+    Lean(PathBuf),
+    /// `psi client OP`.
+    Psi(PathBuf),
+}
+
+impl Program {
+    /// `psi-client` beside the psi binary `psi`, else `psi` itself, with a warning.
+    fn beside(psi: PathBuf) -> Program {
+        let lean = psi.with_file_name(LEAN_CLIENT);
+        if lean.is_file() {
+            return Program::Lean(lean);
+        }
+        tracing::warn!(
+            missing = %lean.display(),
+            "no psi-client beside psi: the driver commands run `psi client`, which works but \
+             costs more on every container start; install psi-client in that directory \
+             (README, \"Build\") and run this again"
+        );
+        Program::Psi(psi)
+    }
 }
 
 impl<'a> Driver<'a> {
@@ -60,7 +95,7 @@ impl<'a> Driver<'a> {
                 .socket_token
                 .as_ref()
                 .map(|_| StateDir::new(&settings.state_dir).socket_token_path());
-            Some((binary, token_file))
+            Some((Program::beside(binary), token_file))
         } else {
             None
         };
@@ -93,7 +128,11 @@ impl<'a> Driver<'a> {
 
     pub fn conf(&self) -> DriverConf<'_> {
         let client = match &self.psi {
-            Some((binary, token_file)) => Client::Psi {
+            Some((Program::Lean(binary), token_file)) => Client::Lean {
+                binary,
+                token_file: token_file.as_deref(),
+            },
+            Some((Program::Psi(binary), token_file)) => Client::Psi {
                 binary,
                 token_file: token_file.as_deref(),
             },

@@ -44,7 +44,8 @@
 //!   Ignition JSON).
 //! - [`commands`]: one module per command group; the only place that builds a runtime.
 //! - [`client`]: `psi client`, the driver commands as a minimal blocking HTTP client (no
-//!   runtime, no logging), which `main.rs` dispatches first; also `psi healthcheck`.
+//!   runtime, no logging), which `main.rs` dispatches first; also `psi healthcheck`. Its
+//!   core, `client/lean.rs`, is also the whole of the `psi-client` binary (`src/bin/`).
 //! - [`driver`]: which client the driver commands use (psi or curl) and the token file.
 //! - [`encoding`]: hex and percent-encoding, one of each.
 //! - [`shell`]: POSIX shell variable names and single quoting.

@@ -9,6 +9,9 @@ use zeroize::Zeroizing;
 
 use crate::{fsutil, pyjson, state};
 
+/// How the driver reads `SECRET_ID`, defined with the client that must compile alone.
+pub use crate::client::secret_id_from_env;
+
 /// Longest accepted secret ID, in bytes. Podman's IDs are 25 hex characters and names are
 /// short. The ID becomes a file name inside the state directory, and it is written through a
 /// temporary file whose name is [`fsutil::TEMP_NAME_OVERHEAD`] bytes longer, which must
@@ -100,20 +103,6 @@ impl SecretId {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-/// `SECRET_ID` from the environment, where Podman's shell driver puts it: `Ok(None)` when it
-/// is unset or empty (each caller says so in its own words), an error when it is not UTF-8,
-/// which no secret ID can be.
-pub fn secret_id_from_env() -> Result<Option<String>, String> {
-    match std::env::var_os("SECRET_ID") {
-        None => Ok(None),
-        Some(raw) if raw.is_empty() => Ok(None),
-        Some(raw) => raw
-            .into_string()
-            .map(Some)
-            .map_err(|_| "SECRET_ID is not valid UTF-8".to_owned()),
     }
 }
 

@@ -1,7 +1,9 @@
 //! What Podman pays per secret: `sh -c "<lookup command>"` with a shell builtin (the cost of
-//! the shell alone), the floor client, `psi client` and curl, run interleaved (one of each in
-//! turn) so that the machine's noise falls on all of them alike, and compared by medians.
+//! the shell alone), the floor client, `psi-client`, `psi client` and curl, run interleaved
+//! (one of each in turn) so that the machine's noise falls on all of them alike, and
+//! compared by medians.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,19 @@ pub struct Lookup {
     pub found: bool,
     /// The clients, one of them the floor.
     pub clients: Vec<Client>,
+}
+
+/// Builds `psi-client` as it is shipped (`cargo build-psi-client`, `.cargo/config.toml`:
+/// static, not position-independent) over the one cargo built for the bench, and returns its
+/// path. Cargo no longer holds the build directory while the bench runs.
+pub fn build_psi_client() -> &'static Path {
+    let status = Command::new(env!("CARGO"))
+        .arg("build-psi-client")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "cargo build-psi-client failed");
+    Path::new(env!("CARGO_BIN_EXE_psi-client"))
 }
 
 /// Prints the table: per lookup, one row per client.

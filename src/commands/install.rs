@@ -32,6 +32,6 @@ pub fn run(settings: &Settings, args: &InstallArgs) -> Result<()> {
     }
     fsutil::write_atomic(&path, text.as_bytes(), spec.mode())?;
     fsutil::ensure_dir(&settings.state_dir, 0o700)?;
-    tracing::info!(path = %path.display(), socket = %settings.socket_path.display(), auth = settings.socket_token.is_some(), client = match spec.client { Client::Psi { .. } => "psi", Client::Curl { .. } => "curl" }, "wrote Podman driver configuration");
+    tracing::info!(path = %path.display(), socket = %settings.socket_path.display(), auth = settings.socket_token.is_some(), client = match spec.client { Client::Lean { .. } | Client::Psi { .. } => "psi", Client::Curl { .. } => "curl" }, "wrote Podman driver configuration");
     Ok(())
 }

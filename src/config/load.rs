@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::schema::{ConfigFile, CredsConfig, ProvidersConfig, RawValues, StoreConfig};
 use super::scope::{Scope, ScopePaths};
-use super::validate::{validate, validate_socket_token};
+use super::validate::validate;
+use super::validate_socket_token;
 use super::yaml_error::describe_yaml_error;
 use super::{
     process_env, CacheSettings, CredentialSource, EnvLookup, ExplicitPaths, Overrides,

@@ -45,6 +45,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::client::validate_socket_token;
 pub use load::resolve_credential;
 pub use schema::{
     AltName, AuthConfig, AuthMethod, CacheBackend, CertConfig, CertOutput, CredsConfig,
@@ -53,7 +54,6 @@ pub use schema::{
     WorkloadConfig,
 };
 pub use scope::{Scope, ScopePaths};
-pub use validate::validate_socket_token;
 pub use values::{ApiUrl, FileMode, Hook, KeyId, PcrList, TimerSpan};
 
 use crate::error::{Error, Result};

@@ -256,15 +256,3 @@ fn check_target(target: &str) -> Result<(), String> {
         Ok(())
     }
 }
-
-/// The socket token must be at least 8 characters of `[A-Za-z0-9._~+/=-]`, the whole string:
-/// that alphabet is what makes embedding it in single quotes in `psi.conf` safe.
-/// A String error: the config loader makes it an `Error::Config`, `psi client` a usage error.
-pub fn validate_socket_token(token: &str) -> Result<(), String> {
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._~+/=-".contains(&b);
-    if token.len() >= 8 && token.bytes().all(allowed) {
-        Ok(())
-    } else {
-        Err("invalid socket token: it must be at least 8 characters from [A-Za-z0-9._~+/=-]".into())
-    }
-}

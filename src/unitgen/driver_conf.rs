@@ -1,6 +1,7 @@
 //! `containers.conf.d/psi.conf`: Podman's shell secret driver as four commands against
-//! `psi serve`, run either with curl (the original's form) or with `psi client` (no curl
-//! process start-up per secret).
+//! `psi serve`, run with curl (the original's form), with the small `psi-client` binary, or
+//! with `psi client` (both without a curl process start-up per secret; `psi-client` also
+//! without loading all of psi).
 //!
 //! The lookup, delete and list lines are the original's byte for byte (existing secrets carry
 //! them in their driver options). The store line is the one deliberate change: the body goes
@@ -28,7 +29,14 @@ pub enum Client<'a> {
     /// curl, with the token embedded as an `Authorization` header. Its alphabet
     /// (`config::validate_socket_token`) makes single quotes safe.
     Curl { token: Option<&'a str> },
-    /// `<binary> client OP`, with the token read from `token_file` (kept out of argv).
+    /// `<binary> OP`, `binary` being `psi-client`, with the token read from `token_file`
+    /// (kept out of argv).
+    Lean {
+        binary: &'a Path,
+        token_file: Option<&'a Path>,
+    },
+    /// `<binary> client OP`, `binary` being psi itself: the same client as [`Client::Lean`]
+    /// inside the whole of psi, which psi wrote before `psi-client` existed.
     Psi {
         binary: &'a Path,
         token_file: Option<&'a Path>,
@@ -52,28 +60,30 @@ pub fn commands(spec: &DriverConf<'_>) -> [(&'static str, String); 4] {
     let socket = shell_word(&spec.socket.to_string_lossy());
     match spec.client {
         Client::Curl { token } => curl_commands(&socket, token),
+        Client::Lean { binary, token_file } => psi_commands(
+            &shell_word(&binary.to_string_lossy()),
+            &socket,
+            token_file.map(|f| f.to_string_lossy()).as_deref(),
+        ),
         Client::Psi { binary, token_file } => psi_commands(
-            &binary.to_string_lossy(),
+            &format!("{} client", shell_word(&binary.to_string_lossy())),
             &socket,
             token_file.map(|f| f.to_string_lossy()).as_deref(),
         ),
     }
 }
 
+/// The commands of psi's own client: `program` (`psi-client`, or `psi client`, shell-quoted)
+/// with the operation, the socket and the token file.
 fn psi_commands(
-    binary: &str,
+    program: &str,
     socket: &str,
     token_file: Option<&str>,
 ) -> [(&'static str, String); 4] {
     let token_file = token_file
         .map(|f| format!(" --token-file {}", shell_word(f)))
         .unwrap_or_default();
-    let psi = |op: &str| {
-        format!(
-            "{} client {op} --socket {socket}{token_file}",
-            shell_word(binary)
-        )
-    };
+    let psi = |op: &str| format!("{program} {op} --socket {socket}{token_file}");
     [
         ("store", psi("store")),
         ("lookup", psi("lookup")),
@@ -133,7 +143,7 @@ enum Auth {
     TokenFile(PathBuf),
 }
 
-/// Reads back commands that are exactly psi's own, in either client's form (the store line
+/// Reads back commands that are exactly psi's own, in any client's form (the store line
 /// included, so the original's `-d @-` store line never passes); `None` for anything else.
 fn parse(opts: &BTreeMap<String, String>) -> Option<Target> {
     let words = shlex::split(opts.get("lookup")?)?;
@@ -149,13 +159,22 @@ fn parse(opts: &BTreeMap<String, String>) -> Option<Target> {
         let regenerated = curl_commands(&quoted, token.as_deref());
         let auth = token.map_or(Auth::None, |t| Auth::Token(Zeroizing::new(t)));
         (regenerated, auth)
-    } else if words.get(1..4) == Some(&["client".into(), "lookup".into(), "--socket".into()][..]) {
+    } else {
+        // `psi-client lookup --socket` or `psi client lookup --socket`.
+        let program = shell_word(words.first()?);
+        let program = match words.get(1..4)? {
+            [lookup, flag, _] if lookup == "lookup" && flag == "--socket" => program,
+            [client, lookup, flag]
+                if client == "client" && lookup == "lookup" && flag == "--socket" =>
+            {
+                format!("{program} client")
+            }
+            _ => return None,
+        };
         let token_file = after("--token-file");
-        let regenerated = psi_commands(&words[0], &quoted, token_file.as_deref());
+        let regenerated = psi_commands(&program, &quoted, token_file.as_deref());
         let auth = token_file.map_or(Auth::None, |f| Auth::TokenFile(PathBuf::from(f)));
         (regenerated, auth)
-    } else {
-        return None;
     };
     let regenerated: BTreeMap<String, String> = regenerated
         .into_iter()
@@ -174,7 +193,8 @@ fn same(stored: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -
 
 /// The driver options `psi setup` gives the secrets it creates, and its test for the options
 /// of existing ones: the same commands, or (unless `exact`, `psi setup --fix-opts`) psi's
-/// own commands in the other client's form for the same socket and token. psi serve cannot
+/// own commands in another client's form (curl, `psi-client`, `psi client`) for the same
+/// socket and token. psi serve cannot
 /// tell such a secret from a current one, so re-creating it would only churn Podman. Its
 /// `Debug` leaves out the commands and the token: curl's commands carry the token inline.
 pub struct DriverOpts {
@@ -257,12 +277,25 @@ mod tests {
     }
 
     fn psi(binary: &str, token_file: Option<&str>) -> BTreeMap<String, String> {
+        let client = Client::Psi {
+            binary: Path::new(binary),
+            token_file: token_file.map(Path::new),
+        };
+        psi_form(client)
+    }
+
+    fn lean(binary: &str, token_file: Option<&str>) -> BTreeMap<String, String> {
+        let client = Client::Lean {
+            binary: Path::new(binary),
+            token_file: token_file.map(Path::new),
+        };
+        psi_form(client)
+    }
+
+    fn psi_form(client: Client<'_>) -> BTreeMap<String, String> {
         let conf = DriverConf {
             socket: Path::new(SOCKET),
-            client: Client::Psi {
-                binary: Path::new(binary),
-                token_file: token_file.map(Path::new),
-            },
+            client,
         };
         DriverOpts::new(commands(&conf), None, None, false).commands
     }
@@ -295,8 +328,41 @@ mod tests {
         assert!(opts.accepts(&curl(SOCKET, Some("tok"))));
         assert!(opts.accepts(&psi("/usr/local/bin/psi", Some(TOKEN_FILE))));
         assert!(opts.accepts(&psi("/opt/my psi/psi", Some(TOKEN_FILE))));
+        assert!(opts.accepts(&lean("/usr/local/bin/psi-client", Some(TOKEN_FILE))));
+        assert!(opts.accepts(&lean("/opt/my psi/psi-client", Some(TOKEN_FILE))));
         let none = current(None, false);
         assert!(none.accepts(&psi("/usr/bin/psi", None)));
+        assert!(none.accepts(&lean("/usr/bin/psi-client", None)));
+    }
+
+    #[test]
+    fn psi_client_and_psi_forms_differ_only_in_the_program() {
+        let lean = lean("/usr/local/bin/psi-client", Some(TOKEN_FILE));
+        let psi = psi("/usr/local/bin/psi", Some(TOKEN_FILE));
+        assert_eq!(
+            lean["lookup"],
+            format!("/usr/local/bin/psi-client lookup --socket {SOCKET} --token-file {TOKEN_FILE}")
+        );
+        assert_eq!(
+            psi["lookup"],
+            format!("/usr/local/bin/psi client lookup --socket {SOCKET} --token-file {TOKEN_FILE}")
+        );
+        // Where setup now writes psi-client, the secrets made with `psi client` or curl stay.
+        let conf = DriverConf {
+            socket: Path::new(SOCKET),
+            client: Client::Lean {
+                binary: Path::new("/usr/local/bin/psi-client"),
+                token_file: Some(Path::new(TOKEN_FILE)),
+            },
+        };
+        let token = Some("tok".to_owned());
+        let now = DriverOpts::new(commands(&conf), token, Some(TOKEN_FILE.into()), false);
+        assert!(now.accepts(&lean));
+        assert!(now.accepts(&psi));
+        assert!(now.accepts(&curl(SOCKET, Some("tok"))));
+        assert!(!now.accepts(&curl(SOCKET, Some("old"))));
+        let exact = DriverOpts::new(commands(&conf), None, Some(TOKEN_FILE.into()), true);
+        assert!(!exact.accepts(&psi));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! `psi client` and `psi install --client`: the driver commands without curl. The rendered
-//! psi.conf for both clients, the client against a real `psi serve` (exact bytes, statuses,
-//! the token file), and real Podman running containers through it.
+//! `psi-client`, `psi client` and `psi install --client`: the driver commands without curl.
+//! The rendered psi.conf for each client, the client against a real `psi serve` (exact
+//! bytes, statuses, the token file) run once as `psi-client` and once as `psi client` (one
+//! source, so one set of assertions), and real Podman running containers through it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,7 +10,12 @@ use std::process::{Command, Output};
 use psi::unitgen::driver_conf::{render, Client, DriverConf};
 
 use crate::support::podman::PodmanEnv;
-use crate::support::{psi_bin, require, run_with_stdin, Sandbox, ServeProcess};
+use crate::support::{require, run_with_stdin, Sandbox, ServeProcess};
+
+/// The small client binary, built beside psi.
+fn psi_client_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_psi-client")
+}
 
 const CURL: &str = r#"[secrets]
 driver = "shell"
@@ -29,6 +35,16 @@ store = "/usr/local/bin/psi client store --socket /run/psi/psi.sock"
 lookup = "/usr/local/bin/psi client lookup --socket /run/psi/psi.sock"
 delete = "/usr/local/bin/psi client delete --socket /run/psi/psi.sock"
 list = "/usr/local/bin/psi client list --socket /run/psi/psi.sock"
+"#;
+
+const PSI_CLIENT: &str = r#"[secrets]
+driver = "shell"
+
+[secrets.opts]
+store = "/usr/local/bin/psi-client store --socket /run/psi/psi.sock --token-file /var/lib/psi/.socket-token"
+lookup = "/usr/local/bin/psi-client lookup --socket /run/psi/psi.sock --token-file /var/lib/psi/.socket-token"
+delete = "/usr/local/bin/psi-client delete --socket /run/psi/psi.sock --token-file /var/lib/psi/.socket-token"
+list = "/usr/local/bin/psi-client list --socket /run/psi/psi.sock --token-file /var/lib/psi/.socket-token"
 "#;
 
 const PSI_WITH_TOKEN_FILE: &str = r#"[secrets]
@@ -69,6 +85,15 @@ fn psi_conf_for_each_client() {
     assert_eq!(render(&with_file), PSI_WITH_TOKEN_FILE);
     // The token is in the file, not in psi.conf.
     assert_eq!(with_file.mode(), 0o644);
+    let lean = DriverConf {
+        socket,
+        client: Client::Lean {
+            binary: Path::new("/usr/local/bin/psi-client"),
+            token_file: Some(Path::new("/var/lib/psi/.socket-token")),
+        },
+    };
+    assert_eq!(render(&lean), PSI_CLIENT);
+    assert_eq!(lean.mode(), 0o644);
 }
 
 #[test]
@@ -87,11 +112,12 @@ fn install_picks_the_client_and_writes_the_token_file() {
         String::from_utf8(out.stdout).unwrap()
     };
     let socket = sandbox.socket();
+    // psi-client is beside psi (cargo builds both into one directory): install names it.
     let psi_conf = |token_file: Option<&Path>| {
         render(&DriverConf {
             socket: &socket,
-            client: Client::Psi {
-                binary: Path::new(psi_bin()),
+            client: Client::Lean {
+                binary: Path::new(psi_client_bin()),
                 token_file,
             },
         })
@@ -128,6 +154,57 @@ fn install_picks_the_client_and_writes_the_token_file() {
         .unwrap());
 }
 
+/// psi-client is named only where it is: beside the psi binary the commands name
+/// (`driver.psi_path` here). Without it, `psi client`, with a warning saying what to install.
+#[test]
+fn install_names_psi_client_beside_psi_or_falls_back_to_psi_client_with_a_warning() {
+    let sandbox = Sandbox::new();
+    let bin = sandbox.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let psi = bin.join("psi");
+    std::fs::write(&psi, "").unwrap();
+    let config = sandbox.config(&format!("driver:\n  psi_path: {}\n", psi.display()));
+    let install = || {
+        let out = sandbox
+            .psi()
+            .args(["-c", config.to_str().unwrap(), "install", "--stdout"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (String::from_utf8(out.stdout.clone()).unwrap(), stderr(&out))
+    };
+    let socket = sandbox.socket();
+    let (conf, warning) = install();
+    let fallback = Client::Psi {
+        binary: &psi,
+        token_file: None,
+    };
+    assert_eq!(
+        conf,
+        render(&DriverConf {
+            socket: &socket,
+            client: fallback
+        })
+    );
+    assert!(warning.contains("no psi-client beside psi"), "{warning}");
+
+    let lean = bin.join("psi-client");
+    std::fs::write(&lean, "").unwrap();
+    let (conf, warning) = install();
+    let client = Client::Lean {
+        binary: &lean,
+        token_file: None,
+    };
+    assert_eq!(
+        conf,
+        render(&DriverConf {
+            socket: &socket,
+            client
+        })
+    );
+    assert!(!warning.contains("psi-client"), "{warning}");
+}
+
 /// A `psi serve` on a sandbox, with `extra` configuration and `token` in its environment.
 struct Served {
     sandbox: Sandbox,
@@ -154,17 +231,31 @@ fn serve(extra: &str, token: Option<&str>) -> Option<Served> {
     })
 }
 
+/// The two ways to run the client, one source: every test against serve runs with both.
+#[derive(Debug, Clone, Copy)]
+enum Program {
+    /// `psi-client OP`.
+    PsiClient,
+    /// `psi client OP`.
+    Psi,
+}
+
+const PROGRAMS: [Program; 2] = [Program::PsiClient, Program::Psi];
+
 impl Served {
-    /// `psi client OP --socket S [extra...]` for `id`, as Podman's driver runs it.
-    fn client(&self, op: &str, id: Option<&str>, extra: &[&str]) -> Command {
-        let mut cmd = self.sandbox.psi();
-        cmd.args([
-            "client",
-            op,
-            "--socket",
-            self.sandbox.socket().to_str().unwrap(),
-        ])
-        .args(extra);
+    /// `psi-client OP --socket S [extra...]` or `psi client OP ...` for `id`, as Podman's
+    /// driver runs it.
+    fn client(&self, program: Program, op: &str, id: Option<&str>, extra: &[&str]) -> Command {
+        let mut cmd = match program {
+            Program::PsiClient => self.sandbox.command(psi_client_bin()),
+            Program::Psi => {
+                let mut cmd = self.sandbox.psi();
+                cmd.arg("client");
+                cmd
+            }
+        };
+        cmd.args([op, "--socket", self.sandbox.socket().to_str().unwrap()])
+            .args(extra);
         if let Some(id) = id {
             cmd.env("SECRET_ID", id);
         }
@@ -187,42 +278,72 @@ fn client_against_serve_store_lookup_list_delete() {
     let Some(served) = serve("", None) else {
         return;
     };
-    let id = "0123456789abcdef012345678";
-    // NUL, CR, LF and a trailing newline: the bytes must come back exactly.
-    let value = b"line one\r\nline two\n\0tail\n";
-    let out = run_with_stdin(&mut served.client("store", Some(id), &[]), value);
-    assert!(out.status.success(), "store: {}", stderr(&out));
-    assert_eq!(out.stdout, b"", "a store answers with no body");
+    for program in PROGRAMS {
+        let id = "0123456789abcdef012345678";
+        // NUL, CR, LF and a trailing newline: the bytes must come back exactly.
+        let value = b"line one\r\nline two\n\0tail\n";
+        let out = run_with_stdin(&mut served.client(program, "store", Some(id), &[]), value);
+        assert!(out.status.success(), "{program:?} store: {}", stderr(&out));
+        assert_eq!(out.stdout, b"", "a store answers with no body");
 
-    let out = served.client("lookup", Some(id), &[]).output().unwrap();
-    assert!(out.status.success(), "lookup: {}", stderr(&out));
-    assert_eq!(out.stdout, value);
+        let out = served
+            .client(program, "lookup", Some(id), &[])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program:?} lookup: {}", stderr(&out));
+        assert_eq!(out.stdout, value);
 
-    let out = served.client("list", None, &[]).output().unwrap();
-    assert!(out.status.success(), "list: {}", stderr(&out));
-    assert_eq!(out.stdout, id.as_bytes());
+        let out = served.client(program, "list", None, &[]).output().unwrap();
+        assert!(out.status.success(), "{program:?} list: {}", stderr(&out));
+        assert_eq!(out.stdout, id.as_bytes());
 
-    let out = served.client("delete", Some(id), &[]).output().unwrap();
-    assert!(out.status.success(), "delete: {}", stderr(&out));
-    assert!(!served.sandbox.state_dir().join(id).exists());
+        let out = served
+            .client(program, "delete", Some(id), &[])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program:?} delete: {}", stderr(&out));
+        assert!(!served.sandbox.state_dir().join(id).exists());
 
-    // Gone: a 404 is a failure with psi's reason, and nothing on stdout.
-    let out = served.client("lookup", Some(id), &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(out.stdout.is_empty());
-    assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
+        // Gone: a 404 is a failure with psi's reason, and nothing on stdout.
+        let out = served
+            .client(program, "lookup", Some(id), &[])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty());
+        assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
 
-    // An unsafe ID is percent-encoded and refused by psi serve, not by the client.
-    let out = served.client("lookup", Some("../x"), &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("HTTP 400"), "{}", stderr(&out));
+        // An unsafe ID is percent-encoded and refused by psi serve, not by the client.
+        let out = served
+            .client(program, "lookup", Some("../x"), &[])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("HTTP 400"), "{}", stderr(&out));
 
-    // Usage errors exit 2: no SECRET_ID.
-    let out = served.client("lookup", None, &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("SECRET_ID is not set"));
+        // Usage errors exit 2: no SECRET_ID.
+        let out = served
+            .client(program, "lookup", None, &[])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("SECRET_ID is not set"));
 
-    // Also reachable after global options, through clap.
+        // --help: the usage, naming the program as it was run.
+        let out = served
+            .client(program, "lookup", None, &["--help"])
+            .output()
+            .unwrap();
+        let name = match program {
+            Program::PsiClient => "psi-client",
+            Program::Psi => "psi client",
+        };
+        let usage = format!("usage: {name} store|lookup|delete|list --socket PATH");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with(&usage));
+        assert_eq!(out.status.code(), Some(0));
+    }
+
+    // `psi client` is also reachable after global options, through clap.
     let out = served
         .sandbox
         .psi()
@@ -239,41 +360,46 @@ fn client_reads_the_token_from_its_file() {
     let Some(served) = serve("", Some("right-token-1")) else {
         return;
     };
-    let id = "abcdefabcdefabcdefabcdef0";
-    let right = served.token_file("right-token-1");
-    let out = run_with_stdin(
-        &mut served.client("store", Some(id), &["--token-file", &right]),
-        b"v",
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = served
-        .client("lookup", Some(id), &["--token-file", &right])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(out.stdout, b"v");
+    for program in PROGRAMS {
+        let id = "abcdefabcdefabcdefabcdef0";
+        let right = served.token_file("right-token-1");
+        let out = run_with_stdin(
+            &mut served.client(program, "store", Some(id), &["--token-file", &right]),
+            b"v",
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = served
+            .client(program, "lookup", Some(id), &["--token-file", &right])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(out.stdout, b"v");
 
-    let out = served.client("lookup", Some(id), &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("HTTP 401: invalid or missing token"),
-        "{}",
-        stderr(&out)
-    );
-    let wrong = served.token_file("wrong-token-2");
-    let out = served
-        .client("list", None, &["--token-file", &wrong])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    // A token that could inject a header is refused before connecting.
-    let bad = served.token_file("token-1\r\nX-Other: 1");
-    let out = served
-        .client("list", None, &["--token-file", &bad])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid socket token"));
+        let out = served
+            .client(program, "lookup", Some(id), &[])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("HTTP 401: invalid or missing token"),
+            "{}",
+            stderr(&out)
+        );
+        let wrong = served.token_file("wrong-token-2");
+        let out = served
+            .client(program, "list", None, &["--token-file", &wrong])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        // A token that could inject a header is refused before connecting.
+        let bad = served.token_file("token-1\r\nX-Other: 1");
+        let out = served
+            .client(program, "list", None, &["--token-file", &bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("invalid socket token"));
+    }
 }
 
 #[test]
@@ -281,29 +407,37 @@ fn client_reports_refusals_and_an_absent_server() {
     let Some(served) = serve("store:\n  raw_values: reject\n", None) else {
         return;
     };
-    let out = run_with_stdin(
-        &mut served.client("store", Some("abc"), &[]),
-        b"plain value",
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out)
-            .contains("HTTP 400: the data is not a psi mapping and store.raw_values is 'reject'"),
-        "{}",
-        stderr(&out)
-    );
+    for program in PROGRAMS {
+        let out = run_with_stdin(
+            &mut served.client(program, "store", Some("abc"), &[]),
+            b"plain value",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains(
+                "HTTP 400: the data is not a psi mapping and store.raw_values is 'reject'"
+            ),
+            "{}",
+            stderr(&out)
+        );
 
-    let mut cmd = served.sandbox.psi();
-    cmd.args(["client", "lookup", "--socket"])
-        .arg(served.sandbox.path().join("absent.sock"))
-        .env("SECRET_ID", "abc");
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot connect to"),
-        "{}",
-        stderr(&out)
-    );
+        let absent = served.sandbox.path().join("absent.sock");
+        let out = served
+            .client(
+                program,
+                "lookup",
+                Some("abc"),
+                &["--socket", absent.to_str().unwrap()],
+            )
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("cannot connect to"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 fn check(out: &Output, what: &str) {
@@ -324,7 +458,7 @@ fn podman_runs_containers_through_psi_client() {
     };
     let conf = std::fs::read_to_string(env.sandbox.path().join("containers.conf")).unwrap();
     assert!(
-        conf.contains(&format!("lookup = \"{} client lookup --socket", psi_bin())),
+        conf.contains(&format!("lookup = \"{} lookup --socket", psi_client_bin())),
         "{conf}"
     );
     assert!(!conf.contains("podman-token-1"), "token in psi.conf");

@@ -774,7 +774,7 @@ fn driver_client_forms_are_equivalent_until_fix_opts() {
     let (code, report, stderr) = setup(&env, &[]);
     assert_eq!(code, 0, "{report}\n{stderr}");
     assert!(
-        lookup_opt().contains(" client lookup --socket "),
+        lookup_opt().contains("client lookup --socket "),
         "{}",
         lookup_opt()
     );

@@ -140,7 +140,12 @@ impl Sandbox {
 
     /// A `psi` command with this sandbox's environment (host key, no inherited psi vars).
     pub fn psi(&self) -> Command {
-        let mut cmd = Command::new(psi_bin());
+        self.command(psi_bin())
+    }
+
+    /// `program` (psi, or another of its binaries) with this sandbox's environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
         cmd.env("SYSTEMD_CREDENTIAL_SECRET", self.credential_secret());
         for var in [
             "PSI_CONFIG",
