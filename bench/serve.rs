@@ -19,7 +19,12 @@
 //! 3. the driver's cost per secret as Podman pays it (`serve/driver.rs`): `sh -c "<lookup
 //!    command>"` with a shell builtin, the floor client (`bench/floor/client.rs`), `psi-client`
 //!    (built as shipped, `cargo build-psi-client`), `psi client` and curl, interleaved, once
-//!    and for a container with 50 secrets (50 in sequence), each against the floor client.
+//!    and for a container with 50 secrets (50 in sequence), each against the floor client;
+//! 4. memory: a fresh serve's `VmRSS` idle, after a minute of cache-hit load from 16 clients
+//!    and 15 s after it, and its peak.
+//!
+//! `cargo bench --bench serve -- load memory` prints only the tables named; `profile` and
+//! `profile-keep-alive` hold a cache-hit load for 30 s for `perf` (README's cost model).
 //!
 //! The floor programs are built by the bench with the cargo that runs it (`serve/floor.rs`).
 
@@ -48,7 +53,7 @@ const CLIENTS: [usize; 3] = [1, 4, 16];
 const CACHE_ENTRIES: usize = 10_000;
 
 /// The tables, by the name that picks them: `cargo bench --bench serve -- load` prints only
-/// the load table (any of them, in any order); no name prints the first three. `profile`
+/// the load table (any of them, in any order); no name prints the first four. `profile`
 /// is for a profiler, not a table: see [`profile`].
 const TABLES: [&str; 5] = [
     "start-up",
@@ -95,6 +100,9 @@ fn main() {
     if wanted("driver") {
         driver::table(&driver_lookups(&bench, &floor));
     }
+    if wanted("memory") {
+        memory(&bench);
+    }
     for (table, mode) in [
         ("profile", Mode::PerRequest),
         ("profile-keep-alive", Mode::KeepAlive),
@@ -104,6 +112,41 @@ fn main() {
         }
     }
     serves.into_iter().for_each(stop);
+}
+
+/// Resident memory of a fresh `psi serve` with the 10,000-entry cache: idle after start,
+/// after a minute of cache-hit lookups from 16 clients (one connection per request), and
+/// 15 s after the load stopped (blocking-pool threads end after 10 s idle).
+fn memory(bench: &Bench) {
+    let (serve, _) = bench.start_serve(Cache::On);
+    let pid = serve.id();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let idle = rss_kib(pid);
+    let targets: Vec<String> = (0..CACHE_ENTRIES)
+        .map(|i| format!("/lookup/{}", cache_id(i)))
+        .collect();
+    let stats = load(
+        &bench.socket(Cache::On),
+        &targets,
+        Mode::PerRequest,
+        16,
+        Duration::from_secs(60),
+    );
+    let loaded = rss_kib(pid);
+    std::thread::sleep(Duration::from_secs(15));
+    let after = rss_kib(pid);
+    let peak = status_kib(pid, "VmHWM:");
+    println!("\n## Memory of psi serve with 10,000 cache entries\n");
+    println!("| idle after start | after 60 s at 16 clients ({:.0} lookups/s) | 15 s after the load | peak (VmHWM) |", stats.rate());
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        mib(idle),
+        mib(loaded),
+        mib(after),
+        mib(peak)
+    );
+    stop(serve);
 }
 
 /// Cache-hit lookups from 16 clients for 30 s, one connection per request (`profile`) or
@@ -552,10 +595,15 @@ fn cpu_time(pid: u32) -> Duration {
 
 /// `VmRSS` of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A KiB field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }

@@ -63,16 +63,14 @@ pub fn read_capped_stamped(
     read::read_capped_meta(path, limit).map(|(bytes, meta)| (bytes, FileStamp::of(&meta)))
 }
 
-/// A file's identity and version as `stat` reports them: device, inode, size, and the
-/// modification and change times to the nanosecond. Two equal stamps mean the same file,
-/// unchanged: psi replaces files by rename (a new inode), and any write in place moves the
-/// change time, which no caller can set back.
+/// A file's identity and version as `stat` reports them: device, inode and change time (to
+/// the nanosecond). Two equal stamps mean the same file, unchanged: psi replaces files by
+/// rename (a new inode), and every change to a file's content or metadata sets its change
+/// time to the current time, which no program can set back (unlike the modification time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     dev: u64,
     ino: u64,
-    size: u64,
-    mtime: (i64, i64),
     ctime: (i64, i64),
 }
 
@@ -81,8 +79,6 @@ impl FileStamp {
         FileStamp {
             dev: meta.dev(),
             ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
         }
     }

@@ -63,6 +63,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     })?;
     tracing::info!(socket = %settings.socket_path.display(), activated = bound.file.activated(), "listening");
     server::notify(&process_env, "READY=1");
+    release_start_up_pages();
 
     let shutdown = async move {
         let name = tokio::select! {
@@ -133,5 +134,46 @@ fn one_malloc_arena() {
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Hands the pages of psi's executable back to the kernel once start-up is over. Reading
+/// the CLI and the config, setting up logging, TLS and the providers touch code and data
+/// that requests never use again, and with the kernel's fault-around each touched page
+/// maps its neighbours too: several MiB of the resident set that only the start-up needed.
+/// `MADV_PAGEOUT` only reclaims pages nothing else maps and that need no write-back (the
+/// executable's own file pages), so it changes nothing but where the pages are: what a
+/// request needs comes back from the page cache (or the disk) on its first use.
+#[allow(unsafe_code)]
+fn release_start_up_pages() {
+    let (Ok(exe), Ok(maps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/maps"),
+    ) else {
+        return;
+    };
+    for line in maps.lines() {
+        // start-end perms offset dev inode path
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3))
+        else {
+            continue;
+        };
+        if perms.contains('w') || std::path::Path::new(path) != exe {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-').and_then(|(a, b)| {
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        }) else {
+            continue;
+        };
+        // SAFETY: the range is a mapping of this process (from its own maps); MADV_PAGEOUT
+        // never changes what the memory holds, only whether it is resident.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+        }
     }
 }
