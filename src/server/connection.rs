@@ -1,5 +1,5 @@
-//! One connection after `accept`: the fast path ([`fast`]) for as long as the client sends
-//! plain requests it can answer, hyper from the first one it cannot, and the limits on
+//! One connection after `accept`: psi's own HTTP/1.1 loop ([`fast`]) for as long as the
+//! client sends plain requests, hyper from the first one that is not, and the limits on
 //! connections that stay silent or idle.
 //!
 //! The accept loop makes the first [`attempt`] itself, on the socket as accepted: a driver
@@ -23,7 +23,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use zeroize::Zeroizing;
 
-use super::{fast, handle, readable, App, Slots};
+use super::fast::Reply;
+use super::routes::Route;
+use super::{answer, fast, handle, App, Slots};
 
 /// What a connection needs next.
 pub(super) enum Step {
@@ -38,13 +40,15 @@ pub(super) enum Step {
         rest: Zeroizing<Vec<u8>>,
         close: bool,
     },
+    /// A plain request whose answer has to wait (a provider, the state directory).
+    Later { ask: fast::Ask, route: Route },
     /// A request the fast path leaves to hyper: the bytes read so far, for hyper to start
     /// from.
     Hyper(Vec<u8>),
 }
 
 /// Reads what the connection has (`read`, non-blocking) and answers it with `write` when
-/// the fast path can.
+/// the answer is ready at once.
 pub(super) fn attempt(
     app: &App,
     read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
@@ -65,14 +69,18 @@ pub(super) fn attempt(
         Err(_) => return Step::Close,
     };
     let read = &buffer[..n];
-    let answered = (n < buffer.len())
-        .then(|| fast::parse(read))
-        .flatten()
-        .and_then(|request| Some((fast::answer(app, &request)?, request.close)));
-    let Some((answer, close)) = answered else {
+    let Some(request) = (n < buffer.len()).then(|| fast::parse(read)).flatten() else {
         return Step::Hyper(read.to_vec());
     };
-    match answer.write(write) {
+    match fast::reply(app, &request) {
+        (ask, Reply::Later(route)) => Step::Later { ask, route },
+        (ask, Reply::Now(answer)) => written(answer.write(write), ask.close),
+    }
+}
+
+/// The step after writing an answer.
+fn written(result: io::Result<Option<Zeroizing<Vec<u8>>>>, close: bool) -> Step {
+    match result {
         Ok(None) if close => Step::Close,
         Ok(None) => Step::Again,
         Ok(Some(rest)) => Step::Flush { rest, close },
@@ -111,6 +119,13 @@ pub(super) async fn serve(
                 with_hyper(stream, start, shared.app, shared.graceful).await;
                 break;
             }
+            Step::Later { ask, route } => {
+                let answer = fast::Answer::of(&ask, answer(&shared.app, route).await);
+                written(
+                    answer.write(|parts| stream.try_write_vectored(parts)),
+                    ask.close,
+                )
+            }
             Step::Flush { rest, close } => {
                 if stream.write_all(&rest).await.is_err() || close {
                     break;
@@ -120,7 +135,8 @@ pub(super) async fn serve(
             Step::Again | Step::Wait => {
                 let wait = async {
                     if spoke {
-                        tokio::time::timeout(limits.header, readable(&stream))
+                        // A spurious wake-up reads nothing and waits again.
+                        tokio::time::timeout(limits.header, stream.readable())
                             .await
                             .is_ok_and(|ready| ready.is_ok())
                     } else {

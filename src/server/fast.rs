@@ -1,21 +1,30 @@
-//! The fast path: the requests Podman makes at every container start, answered without
-//! hyper, without a task of their own and without the blocking pool.
+//! The fast path: plain requests (the ones Podman's driver makes at every container start,
+//! and every other GET) read, answered and written by psi itself, with hyper kept for the
+//! rest: requests with a body (`store`), unusual framing, anything incomplete in the first
+//! read.
 //!
 //! A driver command connects, writes one `GET /lookup/{id}` and waits. When that request is
-//! whole in the first read, is plain (HTTP/1.1, GET or HEAD, no body, nothing after it) and
-//! its answer is ready at once (`/healthz`, or a cache hit for a mapping file read before:
-//! [`Resolver::lookup_cached`](crate::resolver::Resolver::lookup_cached)), it is answered
-//! here with one `writev`. Everything else, errors included, goes to hyper with the bytes
-//! already read, so every status, header and log line but those two 200s has one source.
+//! whole in the first read and is plain (HTTP/1.1, GET or HEAD, no body, nothing after it),
+//! it is routed and its token checked here ([`reply`]); `/healthz`, a refusal, and a cache
+//! hit for a mapping file read before
+//! ([`Resolver::lookup_cached`](crate::resolver::Resolver::lookup_cached)) are answered at
+//! once with one `writev`, without a task, the blocking pool or hyper. Any other route is
+//! answered later by the same code hyper's requests go through (`server::answer`).
 //!
-//! The fast answers are the bytes hyper writes for the same response (status line,
-//! `connection: close` when the client asked for it, `content-length`, `date`), which a
-//! test checks by sending the same request both ways.
+//! Answers are the bytes hyper writes for the same response (status line, `connection:
+//! close` when the client asked for it, the response's headers, `content-length`, `date`),
+//! which a test checks by sending the same requests both ways.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::Method;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Body as _;
+use hyper::header::HeaderMap;
+use hyper::{Method, Response, StatusCode};
 use zeroize::Zeroizing;
 
 use super::routes::{self, Route};
@@ -103,49 +112,78 @@ pub fn parse(bytes: &[u8]) -> Option<Plain<'_>> {
     })
 }
 
-/// A fast answer: a `200` with its body.
+/// An answer as bytes on the wire: the head hyper would write for the same response, and the
+/// body (none for `HEAD`, whose head still gives the length).
 pub struct Answer {
-    head: [u8; 128],
-    head_len: usize,
+    head: Vec<u8>,
     body: Body,
 }
 
 enum Body {
     Static(&'static [u8]),
     Secret(SecretValue),
+    /// A response's body (a looked-up value in it zeroizes when dropped).
+    Bytes(Bytes),
+}
+
+impl Body {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Static(bytes) => bytes,
+            Body::Secret(value) => value.expose(),
+            Body::Bytes(bytes) => bytes,
+        }
+    }
 }
 
 impl Answer {
-    fn new(request: &Plain<'_>, body: Body) -> Answer {
-        let len = match &body {
-            Body::Static(bytes) => bytes.len(),
-            Body::Secret(value) => value.expose().len(),
-        };
-        let mut head = [0u8; 128];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            head[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        put(b"HTTP/1.1 200 OK\r\n");
+    /// `status`, `headers` and `body` as hyper writes them for `request`: status line,
+    /// `connection: close` when the client asked for it, the response's headers,
+    /// `content-length`, `date`.
+    fn new(request: &Ask, status: StatusCode, headers: &HeaderMap, body: Body) -> Answer {
+        let mut head = Vec::with_capacity(192);
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        head.extend_from_slice(b"\r\n");
         if request.close {
-            put(b"connection: close\r\n");
+            head.extend_from_slice(b"connection: close\r\n");
         }
-        put(b"content-length: ");
-        put(decimal(len, &mut [0u8; 20]));
-        put(b"\r\ndate: ");
-        put(&http_date());
-        put(b"\r\n\r\n");
-        let body = if request.method == Method::HEAD {
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(decimal(body.bytes().len(), &mut [0u8; 20]));
+        head.extend_from_slice(b"\r\ndate: ");
+        head.extend_from_slice(&http_date());
+        head.extend_from_slice(b"\r\n\r\n");
+        let body = if request.head_only {
             Body::Static(b"")
         } else {
             body
         };
-        Answer {
-            head,
-            head_len: at,
-            body,
-        }
+        Answer { head, body }
+    }
+
+    /// A `200` with `body`.
+    fn ok(request: &Ask, body: Body) -> Answer {
+        Answer::new(request, StatusCode::OK, &HeaderMap::new(), body)
+    }
+
+    /// `response` (whose body is whole in memory: psi's answers are) as an answer.
+    pub fn of(request: &Ask, response: Response<Full<Bytes>>) -> Answer {
+        let (parts, mut body) = response.into_parts();
+        // A `Full` body gives its one frame at once, with no waker needed.
+        let mut cx = Context::from_waker(Waker::noop());
+        let bytes = match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            _ => Bytes::new(),
+        };
+        Answer::new(request, parts.status, &parts.headers, Body::Bytes(bytes))
     }
 
     /// Writes the answer with one vectored `write`. What the socket did not take comes back,
@@ -156,11 +194,7 @@ impl Answer {
         &self,
         mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<Option<Zeroizing<Vec<u8>>>> {
-        let body = match &self.body {
-            Body::Static(bytes) => bytes,
-            Body::Secret(value) => value.expose(),
-        };
-        let head = &self.head[..self.head_len];
+        let (head, body) = (&self.head[..], self.body.bytes());
         let written = loop {
             match write(&[IoSlice::new(head), IoSlice::new(body)]) {
                 Ok(n) => break n,
@@ -179,27 +213,50 @@ impl Answer {
     }
 }
 
-/// The fast answer to `request`, or `None` when it needs hyper: anything but `/healthz` and
-/// a lookup the cache answers at once with the right token.
-pub fn answer(app: &App, request: &Plain<'_>) -> Option<Answer> {
-    let route = routes::route(&request.method, request.path).ok()?;
-    routes::authorize(Ok(&route), app.token.as_ref(), request.authorization).ok()?;
-    let body = match route {
+/// What of a plain request its answer needs once the read buffer is gone.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    head_only: bool,
+    /// The client said `Connection: close`: the answer says so too, and the connection ends.
+    pub close: bool,
+}
+
+/// How a plain request is answered.
+pub enum Reply {
+    /// At once: `/healthz`, a cache hit for a mapping file read before, a refusal.
+    Now(Answer),
+    /// After `answer` (a provider, the state directory): the route, admitted.
+    Later(Route),
+}
+
+/// The reply to `request`, admitted (route and token) once, with its audit line.
+pub fn reply(app: &App, request: &Plain<'_>) -> (Ask, Reply) {
+    let ask = Ask {
+        head_only: request.method == Method::HEAD,
+        close: request.close,
+    };
+    let route = match super::admit(app, &request.method, request.path, request.authorization) {
+        Ok(route) => route,
+        Err(refused) => {
+            let refusal = routes::error_response(&refused);
+            return (ask, Reply::Now(Answer::of(&ask, refusal)));
+        }
+    };
+    let reply = match route {
         Route::Healthz => {
             tracing::debug!(event = "healthz", outcome = "success");
-            Body::Static(routes::HEALTHY)
+            Reply::Now(Answer::ok(&ask, Body::Static(routes::HEALTHY)))
         }
-        Route::Lookup(id) => {
-            let value = app.resolver.lookup_cached(&id)?;
-            if value.expose().len() > MAX_FAST_BODY {
-                // hyper writes it; the lookup is answered again there, from the cache.
-                return None;
+        Route::Lookup(id) => match app.resolver.lookup_cached(&id) {
+            // A large value goes the long way, which writes it as the socket drains.
+            Some(value) if value.expose().len() <= MAX_FAST_BODY => {
+                Reply::Now(Answer::ok(&ask, Body::Secret(value)))
             }
-            Body::Secret(value)
-        }
-        _ => return None,
+            _ => Reply::Later(Route::Lookup(id)),
+        },
+        other => Reply::Later(other),
     };
-    Some(Answer::new(request, body))
+    (ask, reply)
 }
 
 /// `n` in decimal, in `buf`.

@@ -443,28 +443,47 @@ fn retry_accept(err: &std::io::Error) -> bool {
     err.kind() == std::io::ErrorKind::Interrupted || err.raw_os_error() == Some(libc::ECONNABORTED)
 }
 
-/// Handles one request: route, auth, then the resolver call. Writes exactly one audit line
-/// for secret operations (the resolver does) or for refusals (here).
+/// Handles one request hyper parsed: route, auth, then the resolver call. Writes exactly one
+/// audit line for secret operations (the resolver does) or for refusals (here).
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let route = routes::route(req.method(), req.uri().path());
     let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    match admit(app, req.method(), req.uri().path(), auth) {
+        Err(refused) => routes::error_response(&refused),
+        // Store and delete answer 200 with no body (the original said `ok`): Podman copies
+        // the driver command's stdout into its own, so a body would precede the ID that
+        // `podman secret create` and `podman secret rm` print.
+        Ok(Route::Store(id)) => match read_body(app, req).await {
+            Ok(body) => respond(app.resolver.store(&id, &body).await.map(|()| Bytes::new())),
+            Err(err) => {
+                tracing::warn!(event = "secret.store", secret_id = %id, outcome = "error", error = %err);
+                routes::error_response(&err)
+            }
+        },
+        Ok(route) => answer(app, route).await,
+    }
+}
+
+/// The route of a request, once its token is checked; else why it is refused (logged here,
+/// answered with [`routes::error_response`]).
+fn admit(app: &App, method: &hyper::Method, path: &str, auth: Option<&[u8]>) -> Result<Route> {
+    let route = routes::route(method, path);
     if let Err(err) = routes::authorize(route.as_ref(), app.token.as_ref(), auth) {
         tracing::warn!(
             event = "socket.auth",
-            path = req.uri().path(),
+            path,
             outcome = "error",
             "unauthorized request"
         );
-        return routes::error_response(&err);
+        return Err(err);
     }
-    let route = match route {
-        Ok(route) => route,
-        Err(err) => {
-            tracing::info!(event = "http.request", method = %req.method(), path = req.uri().path(), outcome = "error", error = %err);
-            return routes::error_response(&err);
-        }
-    };
-    let result = match route {
+    route.inspect_err(|err| {
+        tracing::info!(event = "http.request", %method, path, outcome = "error", error = %err);
+    })
+}
+
+/// The answer to an admitted request that has no body (every route but store).
+async fn answer(app: &App, route: Route) -> Response<Full<Bytes>> {
+    respond(match route {
         Route::Healthz => {
             tracing::debug!(event = "healthz", outcome = "success");
             Ok(Bytes::from_static(routes::HEALTHY))
@@ -481,23 +500,19 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .lookup(&id)
             .await
             .map(|value| Bytes::from_owner(Outgoing(value))),
-        // Store and delete answer 200 with no body (the original said `ok`): Podman copies
-        // the driver command's stdout into its own, so a body would precede the ID that
-        // `podman secret create` and `podman secret rm` print.
-        Route::Store(id) => match read_body(app, req).await {
-            Ok(body) => app.resolver.store(&id, &body).await.map(|()| Bytes::new()),
-            Err(err) => {
-                tracing::warn!(event = "secret.store", secret_id = %id, outcome = "error", error = %err);
-                Err(err)
-            }
-        },
+        Route::Store(id) => Err(Error::InvalidBody(format!(
+            "a store of {id} needs its body"
+        ))),
         Route::Delete(id) => app.resolver.delete(&id).await.map(|()| Bytes::new()),
         Route::List => app
             .resolver
             .list()
             .await
             .map(|ids| Bytes::from(ids.join("\n"))),
-    };
+    })
+}
+
+fn respond(result: Result<Bytes>) -> Response<Full<Bytes>> {
     match result {
         Ok(body) => routes::ok(body),
         Err(err) => routes::error_response(&err),
