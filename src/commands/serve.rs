@@ -137,43 +137,87 @@ fn one_malloc_arena() {
     }
 }
 
-/// Hands the pages of psi's executable back to the kernel once start-up is over. Reading
-/// the CLI and the config, setting up logging, TLS and the providers touch code and data
-/// that requests never use again, and with the kernel's fault-around each touched page
-/// maps its neighbours too: several MiB of the resident set that only the start-up needed.
-/// `MADV_PAGEOUT` only reclaims pages nothing else maps and that need no write-back (the
-/// executable's own file pages), so it changes nothing but where the pages are: what a
-/// request needs comes back from the page cache (or the disk) on its first use.
+/// Unmaps the pages of psi's executable once start-up is over. Reading the CLI and the
+/// config, setting up logging, TLS and the providers touch code and data that requests never
+/// use again, and with the kernel's fault-around each touched page maps its neighbours too:
+/// several MiB of the resident set that only start-up needed. `MADV_DONTNEED` on a mapping
+/// with no private dirty page only drops this process's page-table entries: the pages stay
+/// in the page cache, and the code a request runs is mapped back on its first use. Mappings
+/// with dirty pages (the relocated read-only data, a debugger's breakpoints) are left alone:
+/// for them it would discard what was written.
 #[allow(unsafe_code)]
 fn release_start_up_pages() {
-    let (Ok(exe), Ok(maps)) = (
+    let (Ok(exe), Ok(smaps)) = (
         std::fs::read_link("/proc/self/exe"),
-        std::fs::read_to_string("/proc/self/maps"),
+        std::fs::read_to_string("/proc/self/smaps"),
     ) else {
         return;
     };
-    for line in maps.lines() {
-        // start-end perms offset dev inode path
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3))
-        else {
-            continue;
-        };
-        if perms.contains('w') || std::path::Path::new(path) != exe {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-').and_then(|(a, b)| {
-            Some((
-                usize::from_str_radix(a, 16).ok()?,
-                usize::from_str_radix(b, 16).ok()?,
-            ))
-        }) else {
-            continue;
-        };
-        // SAFETY: the range is a mapping of this process (from its own maps); MADV_PAGEOUT
-        // never changes what the memory holds, only whether it is resident.
+    for (start, end) in clean_mappings_of(&smaps, &exe) {
+        // SAFETY: the range is a mapping of this process's executable with no private dirty
+        // page (from its own smaps), so dropping its page-table entries loses no data; the
+        // pages fault back in from the file.
         unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
+    }
+}
+
+/// The address ranges of `exe`'s read-only mappings with no private dirty page, from
+/// `/proc/self/smaps` text.
+fn clean_mappings_of(smaps: &str, exe: &std::path::Path) -> Vec<(usize, usize)> {
+    let mut clean = Vec::new();
+    // The current mapping's range, while its fields are read.
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((start, end)) = first.split_once('-') {
+            // A mapping's header: start-end perms offset dev inode path
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            current = match (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                (Ok(start), Ok(end))
+                    if !perms.contains('w') && std::path::Path::new(path) == exe =>
+                {
+                    Some((start, end))
+                }
+                _ => None,
+            };
+        } else if first == "Private_Dirty:" {
+            if let (Some(range), Some("0")) = (current.take(), fields.next()) {
+                clean.push(range);
+            }
+        }
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn only_the_executables_clean_read_only_mappings_are_released() {
+        let smaps = "\
+5600-5700 r--p 00000000 08:01 42 /usr/bin/psi
+Size:                  4 kB
+Private_Dirty:         0 kB
+5700-5800 r-xp 00001000 08:01 42 /usr/bin/psi
+Private_Dirty:         0 kB
+5800-5900 r--p 00002000 08:01 42 /usr/bin/psi
+Private_Dirty:         8 kB
+5900-5a00 rw-p 00003000 08:01 42 /usr/bin/psi
+Private_Dirty:         0 kB
+7000-7100 r-xp 00000000 08:01 7 /usr/lib/libc.so.6
+Private_Dirty:         0 kB
+";
+        assert_eq!(
+            super::clean_mappings_of(smaps, Path::new("/usr/bin/psi")),
+            vec![(0x5600, 0x5700), (0x5700, 0x5800)]
+        );
     }
 }
