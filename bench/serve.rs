@@ -55,10 +55,11 @@ const CACHE_ENTRIES: usize = 10_000;
 /// The tables, by the name that picks them: `cargo bench --bench serve -- load` prints only
 /// the load table (any of them, in any order); no name prints the first four. `profile`
 /// is for a profiler, not a table: see [`profile`].
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "start-up",
     "load",
     "driver",
+    "memory",
     "profile",
     "profile-keep-alive",
 ];
