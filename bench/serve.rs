@@ -20,8 +20,8 @@
 //!    command>"` with a shell builtin, the floor client (`bench/floor/client.rs`), `psi-client`
 //!    (built as shipped, `cargo build-psi-client`), `psi client` and curl, interleaved, once
 //!    and for a container with 50 secrets (50 in sequence), each against the floor client;
-//! 4. memory: a fresh serve's `VmRSS` idle, after a minute of cache-hit load from 16 clients
-//!    and 15 s after it, and its peak.
+//! 4. memory (printed after the start-up table): a fresh serve's `VmRSS` idle, after a minute
+//!    of cache-hit load from 16 clients and 15 s after it, and its peak.
 //!
 //! `cargo bench --bench serve -- load memory` prints only the tables named; `profile` and
 //! `profile-keep-alive` hold a cache-hit load for 30 s for `perf` (README's cost model).
@@ -85,6 +85,10 @@ fn main() {
     if wanted("start-up") {
         start_up(&bench);
     }
+    // A serve of its own, before the others take the sockets.
+    if wanted("memory") {
+        memory(&bench);
+    }
     let serves = [Cache::Off, Cache::On].map(|cache| bench.start_serve(cache).0);
     if wanted("load") {
         let floors = MODES.map(|mode| floor.start_server(&bench.floor_socket(mode), mode));
@@ -100,9 +104,6 @@ fn main() {
     }
     if wanted("driver") {
         driver::table(&driver_lookups(&bench, &floor));
-    }
-    if wanted("memory") {
-        memory(&bench);
     }
     for (table, mode) in [
         ("profile", Mode::PerRequest),
