@@ -73,17 +73,32 @@ pub(super) async fn apply(
         };
         outcomes.push(outcome);
     }
-    // The report says what Podman holds now, not what the run meant to do.
-    let after = match super::shell_secrets(podman, state).await {
-        Ok(secrets) => Some(Classification::of(
-            &secrets,
+    // The report says what Podman holds now, not what the run meant to do. A run that
+    // changed nothing leaves what it found: no need to list Podman's secrets and read every
+    // mapping file again to say so (most of an unchanged re-run's time).
+    let changed = plan.workloads.iter().any(|w| {
+        matches!(&w.step, Step::Planned { plan, .. }
+            if plan.dropin.is_some() || plan.actions.iter().any(Action::changes_podman))
+    });
+    let after = if !changed {
+        Some(Classification::of(
+            &plan.shell,
             &plan.opts,
             &plan.names(),
-            |w| super::read_dropin(settings, w),
-        )),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot list Podman's secrets after the run; the report leaves out the state after it");
-            None
+            |w| plan.dropins.get(w).cloned(),
+        ))
+    } else {
+        match super::shell_secrets(podman, state).await {
+            Ok(secrets) => Some(Classification::of(
+                &secrets,
+                &plan.opts,
+                &plan.names(),
+                |w| super::read_dropin(settings, w),
+            )),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list Podman's secrets after the run; the report leaves out the state after it");
+                None
+            }
         }
     };
     let cache = super::cached::write(settings, registry, values, &fresh, &keep).await;
