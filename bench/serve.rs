@@ -100,7 +100,7 @@ fn main() {
             Server::Psi(cache) => (serves[cache as usize].id(), bench.socket(cache)),
             Server::Floor => (floors[mode as usize].id(), bench.floor_socket(mode)),
         });
-        floors.into_iter().for_each(stop);
+        drop(floors);
     }
     if wanted("driver") {
         driver::table(&driver_lookups(&bench, &floor));
@@ -113,7 +113,7 @@ fn main() {
             profile(&bench, serves[Cache::On as usize].id(), mode);
         }
     }
-    serves.into_iter().for_each(stop);
+    drop(serves);
 }
 
 /// Resident memory of a fresh `psi serve` with the 10,000-entry cache: idle after start,
@@ -148,7 +148,7 @@ fn memory(bench: &Bench) {
         mib(after),
         mib(peak)
     );
-    stop(serve);
+    drop(serve);
 }
 
 /// Cache-hit lookups from 16 clients for 30 s, one connection per request (`profile`) or
@@ -182,7 +182,7 @@ fn start_up(bench: &Bench) {
         let mut startups: Vec<Duration> = (0..7)
             .map(|_| {
                 let (serve, took) = bench.start_serve(cache);
-                stop(serve);
+                drop(serve);
                 took
             })
             .collect();
@@ -520,7 +520,7 @@ impl Bench {
 
     /// Starts `psi serve` and returns it with the time from spawn to the first 200 from
     /// `/healthz`. Logs go to a file in the temp directory, as they would to journald.
-    fn start_serve(&self, cache: Cache) -> (Child, Duration) {
+    fn start_serve(&self, cache: Cache) -> (Running, Duration) {
         let log = self.dir.path().join(format!("{}.log", cache.file_stem()));
         let log = std::fs::File::create(log).unwrap();
         let started = Instant::now();
@@ -533,7 +533,7 @@ impl Bench {
         let deadline = started + Duration::from_secs(10);
         loop {
             if healthy(&self.socket(cache)) {
-                return (child, started.elapsed());
+                return (Running(child), started.elapsed());
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("psi serve exited with {status}");
@@ -577,10 +577,26 @@ fn healthy(socket: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn stop(mut serve: Child) {
-    let pid = nix::unistd::Pid::from_raw(serve.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let _ = serve.wait();
+/// A server process the bench started: stopped (SIGTERM, then waited for) when dropped, so a
+/// bench that panics leaves no server behind.
+pub struct Running(Child);
+
+impl Running {
+    pub fn new(child: Child) -> Running {
+        Running(child)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
 
 /// utime + stime of process `pid` (fields 14 and 15 of `/proc/<pid>/stat`).

@@ -9,10 +9,10 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Mode;
+use super::{Mode, Running};
 
 pub struct Floor {
     server: PathBuf,
@@ -75,7 +75,7 @@ impl Floor {
 
     /// Starts the floor server on `socket`, answering each connection once or keeping it, as
     /// `mode` asks, and waits until it listens.
-    pub fn start_server(&self, socket: &Path, mode: Mode) -> Child {
+    pub fn start_server(&self, socket: &Path, mode: Mode) -> Running {
         let mut server = Command::new(&self.server);
         server.arg(socket).stdout(Stdio::null());
         if let Mode::KeepAlive = mode {
@@ -91,7 +91,7 @@ impl Floor {
             assert!(Instant::now() < deadline, "the floor server did not start");
             std::thread::sleep(Duration::from_micros(200));
         }
-        child
+        Running::new(child)
     }
 }
 
