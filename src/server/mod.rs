@@ -1,10 +1,14 @@
 //! `psi serve`'s server: the listening socket (bound race-free, or adopted from systemd),
-//! the accept loop with one task per connection, request handling, systemd notification and
-//! graceful shutdown. The request logic itself is pure and lives in [`routes`].
+//! the accept loop, request handling, systemd notification and graceful shutdown. The
+//! request logic itself is pure and lives in [`routes`]; a connection's life is in
+//! `connection`, psi's own HTTP/1.1 for plain requests in `fast`, and hyper serves the rest.
 //!
-//! Concurrency: every connection runs on its own task and provider calls are async, so a
-//! slow provider delays only the lookups waiting on it, never `/healthz` or other lookups.
-//! File access runs on the blocking pool (see [`crate::resolver`]), never on these workers.
+//! Concurrency: serve runs on one thread. The accept loop answers what is ready at once
+//! (`/healthz`, refusals, cache hits for mapping files read before) before accepting the
+//! next connection; every connection with more to do gets a task of its own, and provider
+//! calls are async, so a slow provider delays only the lookups waiting on it, never
+//! `/healthz` or other lookups. File access runs on the blocking pool (see
+//! [`crate::resolver`]), apart from the cache hit's `stat`, which cannot block.
 //!
 //! Exhaustion: at most [`Limits::max_connections`] connections are served at once. One that
 //! has sent nothing yet is closed after [`Limits::first_byte`], and gives its slot up at
