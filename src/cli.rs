@@ -85,6 +85,28 @@ pub enum Command {
     Infisical(InfisicalCommand),
     /// Run a command with secrets in its environment (nothing written to disk)
     Run(RunArgs),
+    /// Print the shell completion script for bash, zsh or fish
+    ///
+    /// bash: psi completions bash > /etc/bash_completion.d/psi;
+    /// zsh: psi completions zsh > /usr/local/share/zsh/site-functions/_psi;
+    /// fish: psi completions fish > /etc/fish/completions/psi.fish
+    Completions(CompletionsArgs),
+    /// Print psi's man page, or write one page per command with --dir
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish (also elvish, powershell)
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write psi.1, psi-setup.1, ... (one per command, mode 0644) into DIR instead
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

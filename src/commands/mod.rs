@@ -4,6 +4,7 @@
 pub mod butane;
 pub mod cache;
 pub mod creds;
+pub mod help;
 pub mod infisical;
 pub mod infisical_import;
 pub mod infisical_tls;
@@ -25,6 +26,12 @@ use crate::secret::SecretId;
 /// Runs every command but `psi client`, which `main.rs` dispatches before logging and
 /// configuration (see [`crate::client`]).
 pub fn run(cli: Cli) -> Result<()> {
+    // Generated help needs no configuration: a broken config must not break tab completion.
+    match &cli.command {
+        Command::Completions(args) => return help::completions(args.shell),
+        Command::Man(args) => return help::man(args),
+        _ => {}
+    }
     let overrides = Overrides {
         config: cli.config,
         socket: cli.socket,
@@ -64,6 +71,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let env = block_on(run::resolve(&settings, &args))?;
             Err(run::exec(&args.command, env))
         }
+        // Answered above, before the configuration; the same answer if this is ever reached.
+        Command::Completions(args) => help::completions(args.shell),
+        Command::Man(args) => help::man(&args),
     }
 }
 

@@ -359,6 +359,14 @@ fn image_runs_psi_secrets_for_the_hosts_podman() {
             script,
         ])
     };
+    // The completions and man pages psi generated for itself at build time, where bash,
+    // zsh, fish and man look for them.
+    let help = in_image(
+        "ls /usr/share/bash-completion/completions/psi /usr/share/zsh/vendor-completions/_psi \
+         /usr/share/fish/vendor_completions.d/psi.fish /usr/share/man/man1/psi.1 \
+         /usr/share/man/man1/psi-setup.1 && head -c 12 /usr/share/zsh/vendor-completions/_psi",
+    );
+    assert!(help.trim_end().ends_with("#compdef psi"), "{help}");
     let ldd = in_image("ldd /usr/local/bin/psi");
     let mut libs: Vec<&str> = ldd
         .lines()
