@@ -1,0 +1,190 @@
+//! Rotation, the pure part: which workloads a run changed and what becomes of the running
+//! ones. A workload changed when a value it uses differs from the previous cache's
+//! ([`Compared`]), when one of its Podman secrets was created, replaced or removed, or when
+//! its drop-in was written. Env and file secrets are read at container start, so only a
+//! restart hands a running container the new values; `on_change` says whether psi does it.
+//! `apply` carries the restarts out; the report shows [`Rotation`].
+
+use serde::Serialize;
+
+use super::cached::Compared;
+use super::desired::Desired;
+use super::plan::{Action, WorkloadPlan};
+
+/// What a run changed in one workload, and what became of its running unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// Its Podman secrets whose value or secret changed, by name (never a value).
+    pub changed_secrets: Vec<String>,
+    pub dropin_changed: bool,
+    pub restart: Restart,
+}
+
+/// What became of a changed workload's unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Restart {
+    Restarted,
+    /// `on_change: none`: it keeps the values it started with until it restarts.
+    NotRestarted,
+    /// Its unit was not active: it gets the new values when it starts.
+    NotRunning,
+    Failed {
+        error: String,
+    },
+}
+
+impl Restart {
+    pub fn human(&self) -> String {
+        match self {
+            Restart::Restarted => "restarted".into(),
+            Restart::NotRestarted => "not restarted (on_change: none)".into(),
+            Restart::NotRunning => "not running".into(),
+            Restart::Failed { error } => format!("restart failed: {error}"),
+        }
+    }
+}
+
+/// The secrets of an applied workload that the run changed, sorted: those whose value
+/// differs from the previous cache's, and those whose Podman secret was created, replaced
+/// or removed. `None` when neither they nor the drop-in changed.
+pub fn changed(
+    desired: &Desired,
+    plan: &WorkloadPlan,
+    compared: &Compared,
+) -> Option<(Vec<String>, bool)> {
+    let mut secrets: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|a| a.changes_podman())
+        .map(Action::name)
+        .map(str::to_owned)
+        .collect();
+    if let Compared::Values(values) = compared {
+        secrets.extend(
+            desired
+                .secrets
+                .iter()
+                .filter(|(_, mapping)| values.contains(*mapping))
+                .map(|(name, _)| name.clone()),
+        );
+    }
+    secrets.sort();
+    secrets.dedup();
+    let dropin = plan.dropin.is_some();
+    (dropin || !secrets.is_empty()).then_some((secrets, dropin))
+}
+
+/// The systemd unit (or, for a template workload `name@`, the pattern of its instances)
+/// that runs workload `name`: quadlet's `NAME.container` becomes `NAME.service`.
+pub fn unit(workload: &str) -> String {
+    if workload.ends_with('@') {
+        format!("{workload}*.service")
+    } else {
+        format!("{workload}.service")
+    }
+}
+
+/// Whether systemd's `ActiveState` values (one per unit the pattern matched) say something
+/// runs: `try-restart` does nothing, successfully, when nothing does.
+pub fn running<'a>(states: impl IntoIterator<Item = &'a str>) -> bool {
+    states
+        .into_iter()
+        .any(|s| matches!(s, "active" | "activating" | "reloading"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn desired() -> Desired {
+        Desired {
+            secrets: [("w--A", "a"), ("w--B", "b"), ("w--C", "c")]
+                .iter()
+                .map(|(n, m)| ((*n).to_owned(), m.as_bytes().to_vec()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn keep_all() -> WorkloadPlan {
+        WorkloadPlan {
+            actions: ["w--A", "w--B", "w--C"]
+                .iter()
+                .map(|n| Action::Keep {
+                    name: (*n).into(),
+                    id: "1".into(),
+                })
+                .collect(),
+            dropin: None,
+        }
+    }
+
+    #[test]
+    fn unchanged_values_secrets_and_dropin_change_nothing() {
+        let none = Compared::Values(BTreeSet::new());
+        assert_eq!(changed(&desired(), &keep_all(), &none), None);
+        let unknown = Compared::Unknown("no cache");
+        assert_eq!(changed(&desired(), &keep_all(), &unknown), None);
+    }
+
+    #[test]
+    fn changed_values_and_podman_changes_name_their_secrets() {
+        let values = Compared::Values(BTreeSet::from([b"b".to_vec()]));
+        assert_eq!(
+            changed(&desired(), &keep_all(), &values),
+            Some((vec!["w--B".to_owned()], false))
+        );
+        let mut plan = keep_all();
+        plan.actions[2] = Action::Replace {
+            name: "w--C".into(),
+            id: "3".into(),
+            reason: super::super::plan::Reason::MappingChanged,
+        };
+        plan.actions.push(Action::Remove {
+            name: "w--OLD".into(),
+            id: "4".into(),
+        });
+        plan.actions.push(Action::Drift {
+            name: "w--KEPT".into(),
+            id: "5".into(),
+        });
+        plan.dropin = Some("text".into());
+        assert_eq!(
+            changed(&desired(), &plan, &values),
+            Some((vec!["w--B".into(), "w--C".into(), "w--OLD".into()], true))
+        );
+        // Only the drop-in changed: still a change, with no secret named.
+        let mut plan = keep_all();
+        plan.dropin = Some("text".into());
+        assert_eq!(
+            changed(&desired(), &plan, &Compared::Unknown("x")),
+            Some((vec![], true))
+        );
+    }
+
+    #[test]
+    fn units_and_running_states() {
+        assert_eq!(unit("web"), "web.service");
+        assert_eq!(unit("worker@"), "worker@*.service");
+        assert!(running(["inactive", "active"]));
+        assert!(!running(["inactive", "failed"]));
+        assert!(!running([]));
+    }
+
+    #[test]
+    fn restart_outcomes_read_as_the_report_says() {
+        assert_eq!(
+            Restart::NotRestarted.human(),
+            "not restarted (on_change: none)"
+        );
+        assert_eq!(
+            Restart::Failed { error: "x".into() }.human(),
+            "restart failed: x"
+        );
+        let json = serde_json::to_string(&Restart::NotRunning).unwrap();
+        assert_eq!(json, r#"{"outcome":"not-running"}"#);
+    }
+}
