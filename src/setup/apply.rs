@@ -130,10 +130,15 @@ pub(super) async fn apply(
             .get(w)
             .is_some_and(|c| c.on_change == OnChange::Restart)
     };
+    // Said when it matters: a workload to restart keeps secrets whose values may have
+    // changed unseen (on a first run every secret is created, which is seen).
+    let keeps_secrets = |w: &super::plan::WorkloadStep| {
+        restarts_wanted(&w.name)
+            && matches!(&w.step, Step::Planned { plan, .. }
+                if plan.actions.iter().any(|a| matches!(a, Action::Keep { .. })))
+    };
     let values_not_compared = match compared {
-        Compared::Unknown(why) if plan.workloads.iter().any(|w| restarts_wanted(&w.name)) => {
-            Some(why)
-        }
+        Compared::Unknown(why) if plan.workloads.iter().any(keeps_secrets) => Some(why),
         _ => None,
     };
     // What changed per applied workload; the restarts come after the cache is written and
@@ -249,7 +254,9 @@ async fn serve_uses_new_cache(settings: &Settings, cached: bool) -> (String, Opt
                 Ok(Err(why)) => why,
                 Err(err) => err.to_string(),
             };
-            let wait = settings.cache.watch_interval * 2 + Duration::from_secs(1);
+            // Twice the watcher's interval, within reason: a setup run does not wait hours.
+            let wait = (settings.cache.watch_interval * 2 + Duration::from_secs(1))
+                .min(Duration::from_secs(30));
             tracing::info!(event = "cache.reload", outcome = "unreachable", error = %why, wait_ms = wait.as_millis() as u64, "psi serve cannot be asked to load the new cache; waiting for its watcher");
             tokio::time::sleep(wait).await;
             (
