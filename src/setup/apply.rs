@@ -270,9 +270,11 @@ async fn serve_uses_new_cache(settings: &Settings, cached: bool) -> (String, Opt
     }
 }
 
-/// `systemctl try-restart` of workload `name`'s unit, once it is known to run (try-restart
-/// succeeds, doing nothing, on a unit that does not). Through the same host path as the
-/// daemon-reload, so it works natively and from setup's container.
+/// `systemctl try-restart --no-block` of workload `name`'s unit, once it is known to run
+/// (try-restart succeeds, doing nothing, on a unit that does not). Through the same host
+/// path as the daemon-reload, so it works natively and from setup's container. Without
+/// waiting for the job: the drop-in orders the workload after setup's unit, whose start job
+/// lasts as long as this run, so a restart job waits for this run to end.
 async fn restart(settings: &Settings, name: &str) -> Restart {
     let unit = rotate::unit(name);
     // Where systemd cannot be asked, try-restart says why.
@@ -281,8 +283,9 @@ async fn restart(settings: &Settings, name: &str) -> Restart {
             return Restart::NotRunning;
         }
     }
-    match crate::systemd::systemctl(settings.scope, &["try-restart", "--", &unit]).await {
-        Ok(()) => Restart::Restarted,
+    let args = ["try-restart", "--no-block", "--", &unit];
+    match crate::systemd::systemctl(settings.scope, &args).await {
+        Ok(()) => Restart::Queued,
         Err(err) => {
             tracing::error!(event = "setup.restart", workload = name, unit, error = %err, "restart failed");
             Restart::Failed {

@@ -24,7 +24,11 @@ pub struct Rotation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Restart {
-    Restarted,
+    /// systemd took the restart job. It runs once setup's own unit is done: the drop-in
+    /// orders the workload after it, so waiting for the job from inside setup's unit would
+    /// wait forever.
+    #[serde(rename = "restart-queued")]
+    Queued,
     /// `on_change: none`: it keeps the values it started with until it restarts.
     NotRestarted,
     /// Its unit was not active: it gets the new values when it starts.
@@ -37,7 +41,7 @@ pub enum Restart {
 impl Restart {
     pub fn human(&self) -> String {
         match self {
-            Restart::Restarted => "restarted".into(),
+            Restart::Queued => "restart queued".into(),
             Restart::NotRestarted => "not restarted (on_change: none)".into(),
             Restart::NotRunning => "not running".into(),
             Restart::Failed { error } => format!("restart failed: {error}"),
@@ -186,5 +190,7 @@ mod tests {
         );
         let json = serde_json::to_string(&Restart::NotRunning).unwrap();
         assert_eq!(json, r#"{"outcome":"not-running"}"#);
+        let json = serde_json::to_string(&Restart::Queued).unwrap();
+        assert_eq!(json, r#"{"outcome":"restart-queued"}"#);
     }
 }

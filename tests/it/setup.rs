@@ -893,7 +893,7 @@ fn changed_values_are_reported_and_a_failed_restart_stops_no_other_workload() {
     assert_eq!(got[0].1["restart"]["outcome"], "failed", "{report}");
     let error = got[0].1["restart"]["error"].as_str().unwrap();
     assert!(
-        error.contains("systemctl try-restart -- myapp.service failed"),
+        error.contains("systemctl try-restart --no-block -- myapp.service failed"),
         "{error}"
     );
     assert_eq!(
