@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
 use super::cached::Compared;
 use super::desired::Desired;
 use super::plan::{Action, SetupPlan, Step, WorkloadPlan};
 use super::report::{CacheReport, Classification};
-use super::rotate::{self, Restart, Rotation};
+use super::rotate::{self, Changed, Restart, Rotation};
 use crate::config::{OnChange, Settings};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -124,6 +126,37 @@ pub(super) async fn apply(
             }
         }
     }
+    let cache_written = cache.as_ref().map(|c| c.error.is_none());
+    let rotated = rotate_changed(settings, plan, &outcomes, &compared, cache_written).await;
+    Applied {
+        outcomes,
+        after,
+        reloaded,
+        cache,
+        rotations: rotated.rotations,
+        values_not_compared: rotated.values_not_compared,
+        serve_cache: rotated.serve_cache,
+    }
+}
+
+/// What [`rotate_changed`] found and did.
+struct Rotated {
+    rotations: Vec<Option<Rotation>>,
+    values_not_compared: Option<&'static str>,
+    serve_cache: Option<String>,
+}
+
+/// For each applied workload this run changed: with `on_change: restart`, once psi serve
+/// uses the new cache, restarts its unit; else notes that it was left running. After the
+/// cache is written and systemd reloaded, so a restarted container gets the new secrets
+/// and drop-in. `cache_written`: `None` without a cache, else whether it was written.
+async fn rotate_changed(
+    settings: &Settings,
+    plan: &SetupPlan,
+    outcomes: &[Option<std::result::Result<(), (usize, Error)>>],
+    compared: &Compared,
+    cache_written: Option<bool>,
+) -> Rotated {
     let restarts_wanted = |w: &str| {
         settings
             .workloads
@@ -137,19 +170,18 @@ pub(super) async fn apply(
             && matches!(&w.step, Step::Planned { plan, .. }
                 if plan.actions.iter().any(|a| matches!(a, Action::Keep { .. })))
     };
-    let values_not_compared = match compared {
+    let values_not_compared = match *compared {
         Compared::Unknown(why) if plan.workloads.iter().any(keeps_secrets) => Some(why),
         _ => None,
     };
-    // What changed per applied workload; the restarts come after the cache is written and
-    // systemd reloaded, so a restarted container gets the new secrets and drop-in.
-    let changed: Vec<Option<(Vec<String>, bool)>> = plan
+    // What changed per applied workload.
+    let changed: Vec<Option<Changed>> = plan
         .workloads
         .iter()
-        .zip(&outcomes)
+        .zip(outcomes)
         .map(|(w, outcome)| match (&w.step, outcome) {
             (Step::Planned { desired, plan, .. }, Some(Ok(()))) => {
-                rotate::changed(desired, plan, &compared)
+                rotate::changed(desired, plan, compared)
             }
             _ => None,
         })
@@ -162,13 +194,13 @@ pub(super) async fn apply(
         .zip(&changed)
         .any(|(w, c)| c.is_some() && restarts_wanted(&w.name))
     {
-        let (note, stale) = serve_uses_new_cache(settings, cache.is_some()).await;
+        let (note, stale) = serve_uses_new_cache(settings, cache_written).await;
         serve_cache = Some(note);
         serve_stale = stale;
     }
     let mut rotations = Vec::with_capacity(changed.len());
     for (w, change) in plan.workloads.iter().zip(changed) {
-        let Some((changed_secrets, dropin_changed)) = change else {
+        let Some(changed) = change else {
             rotations.push(None);
             continue;
         };
@@ -179,18 +211,10 @@ pub(super) async fn apply(
         } else {
             restart(settings, &w.name).await
         };
-        tracing::info!(event = "setup.rotate", workload = w.name, secrets = ?changed_secrets, dropin_changed, outcome = %restart.human(), "secrets changed");
-        rotations.push(Some(Rotation {
-            changed_secrets,
-            dropin_changed,
-            restart,
-        }));
+        tracing::info!(event = "setup.rotate", workload = w.name, secrets = ?changed.changed_secrets, dropin_changed = changed.dropin_changed, outcome = %restart.human(), "secrets changed");
+        rotations.push(Some(Rotation { changed, restart }));
     }
-    Applied {
-        outcomes,
-        after,
-        reloaded,
-        cache,
+    Rotated {
         rotations,
         values_not_compared,
         serve_cache,
@@ -203,30 +227,43 @@ pub(super) async fn apply(
 /// (`POST /cache/reload` on its socket); where serve cannot be asked (not running, or its
 /// socket is not reachable from here, as from setup's container), waits for the watcher.
 /// Returns what happened, and why restarting would be wrong when serve kept an old cache.
-async fn serve_uses_new_cache(settings: &Settings, cached: bool) -> (String, Option<String>) {
-    if !cached {
-        return (
-            "no cache is configured; psi serve asks the providers".into(),
-            None,
-        );
+async fn serve_uses_new_cache(
+    settings: &Settings,
+    cache_written: Option<bool>,
+) -> (String, Option<String>) {
+    match cache_written {
+        None => {
+            let note = "no cache is configured; psi serve asks the providers";
+            return (note.into(), None);
+        }
+        Some(false) => {
+            let why = "the cache could not be written (see above); not restarted, since psi serve would hand the old values from it";
+            return (why.into(), Some(why.into()));
+        }
+        Some(true) => {}
     }
     let socket = settings.socket_path.clone();
     let token = settings
         .socket_token
         .as_ref()
-        .map(|(t, _)| t.expose().to_owned())
+        .map(|(t, _)| Zeroizing::new(t.expose().to_owned()))
         .or_else(|| {
             // A token serve has only as a credential reaches setup through the psi
             // client's token file, when there is one.
             let path = StateDir::new(&settings.state_dir).socket_token_path();
             fsutil::read_capped_text(&path, fsutil::CONFIG)
                 .ok()
-                .map(|t| t.trim().to_owned())
+                .map(|t| Zeroizing::new(t.trim().to_owned()))
                 .filter(|t| crate::client::validate_socket_token(t).is_ok())
         });
     let asked = tokio::task::spawn_blocking(move || {
         use crate::client::lean::{build_request, error_detail, exchange, parse_response, Failure};
-        let request = build_request("POST", "/cache/reload", token.as_deref(), None);
+        let request = build_request(
+            "POST",
+            "/cache/reload",
+            token.as_deref().map(String::as_str),
+            None,
+        );
         let reply = exchange(&socket, &request).map_err(|f| match f {
             Failure::Usage(why) | Failure::Serve(why) => why,
         })?;

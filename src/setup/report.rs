@@ -351,13 +351,8 @@ impl SetupReport {
                     c.key, c.kept, c.dropped
                 );
             }
-            if let Some(r) = &w.rotation {
-                let what = if r.changed_secrets.is_empty() {
-                    "drop-in changed".to_owned()
-                } else {
-                    format!("secrets changed: {}", r.changed_secrets.join(", "))
-                };
-                let _ = writeln!(out, "  {what}; {}", r.restart.human());
+            if let Some(line) = w.rotation.as_ref().and_then(rotation_line) {
+                let _ = writeln!(out, "  {line}");
             }
         }
         // A dry run shows Podman as it is, with the details (the original's dry run), then
@@ -440,6 +435,27 @@ fn summary(w: &WorkloadReport, dry_run: bool) -> String {
         (_, true) => format!("would be: {text}"),
         _ => text,
     }
+}
+
+/// The line a workload's rotation adds to the text report. For a workload left running
+/// (`on_change: none`) only when a value changed upstream: created, replaced and removed
+/// secrets and a written drop-in have lines of their own already.
+fn rotation_line(r: &Rotation) -> Option<String> {
+    let changed = &r.changed;
+    let what = if r.restart == Restart::NotRestarted {
+        if changed.changed_values.is_empty() {
+            return None;
+        }
+        format!(
+            "values changed upstream: {}",
+            changed.changed_values.join(", ")
+        )
+    } else if changed.changed_secrets.is_empty() {
+        "drop-in changed".to_owned()
+    } else {
+        format!("secrets changed: {}", changed.changed_secrets.join(", "))
+    };
+    Some(format!("{what}; {}", r.restart.human()))
 }
 
 fn reason_text(reason: plan::Reason) -> &'static str {

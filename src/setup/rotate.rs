@@ -14,10 +14,19 @@ use super::plan::{Action, WorkloadPlan};
 /// What a run changed in one workload, and what became of its running unit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rotation {
-    /// Its Podman secrets whose value or secret changed, by name (never a value).
-    pub changed_secrets: Vec<String>,
-    pub dropin_changed: bool,
+    #[serde(flatten)]
+    pub changed: Changed,
     pub restart: Restart,
+}
+
+/// What a run changed in one workload (secrets by name, never a value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Changed {
+    /// Its Podman secrets whose value or secret changed.
+    pub changed_secrets: Vec<String>,
+    /// Those of them whose value changed upstream (the Podman secret stayed).
+    pub changed_values: Vec<String>,
+    pub dropin_changed: bool,
 }
 
 /// What became of a changed workload's unit.
@@ -49,34 +58,34 @@ impl Restart {
     }
 }
 
-/// The secrets of an applied workload that the run changed, sorted: those whose value
-/// differs from the previous cache's, and those whose Podman secret was created, replaced
-/// or removed. `None` when neither they nor the drop-in changed.
-pub fn changed(
-    desired: &Desired,
-    plan: &WorkloadPlan,
-    compared: &Compared,
-) -> Option<(Vec<String>, bool)> {
-    let mut secrets: Vec<String> = plan
+/// What the run changed in an applied workload, names sorted: the secrets whose value
+/// differs from the previous cache's, those whose Podman secret was created, replaced or
+/// removed, and the drop-in. `None` when nothing changed.
+pub fn changed(desired: &Desired, plan: &WorkloadPlan, compared: &Compared) -> Option<Changed> {
+    let podman: Vec<&str> = plan
         .actions
         .iter()
         .filter(|a| a.changes_podman())
         .map(Action::name)
-        .map(str::to_owned)
         .collect();
-    if let Compared::Values(values) = compared {
-        secrets.extend(
-            desired
-                .secrets
-                .iter()
-                .filter(|(_, mapping)| values.contains(*mapping))
-                .map(|(name, _)| name.clone()),
-        );
-    }
-    secrets.sort();
-    secrets.dedup();
-    let dropin = plan.dropin.is_some();
-    (dropin || !secrets.is_empty()).then_some((secrets, dropin))
+    let changed_values: Vec<String> = match compared {
+        Compared::Values(values) => desired
+            .secrets
+            .iter()
+            .filter(|(name, mapping)| values.contains(*mapping) && !podman.contains(&name.as_str()))
+            .map(|(name, _)| name.clone())
+            .collect(),
+        Compared::Unknown(_) => Vec::new(),
+    };
+    let mut changed_secrets: Vec<String> = podman.iter().map(|n| (*n).to_owned()).collect();
+    changed_secrets.extend(changed_values.iter().cloned());
+    changed_secrets.sort();
+    let changed = Changed {
+        changed_secrets,
+        changed_values,
+        dropin_changed: plan.dropin.is_some(),
+    };
+    (changed.dropin_changed || !changed.changed_secrets.is_empty()).then_some(changed)
 }
 
 /// The systemd unit (or, for a template workload `name@`, the pattern of its instances)
@@ -139,7 +148,11 @@ mod tests {
         let values = Compared::Values(BTreeSet::from([b"b".to_vec()]));
         assert_eq!(
             changed(&desired(), &keep_all(), &values),
-            Some((vec!["w--B".to_owned()], false))
+            Some(Changed {
+                changed_secrets: vec!["w--B".into()],
+                changed_values: vec!["w--B".into()],
+                dropin_changed: false
+            })
         );
         let mut plan = keep_all();
         plan.actions[2] = Action::Replace {
@@ -156,16 +169,25 @@ mod tests {
             id: "5".into(),
         });
         plan.dropin = Some("text".into());
+        // A secret re-created in Podman whose value changed too is named once.
+        let values = Compared::Values(BTreeSet::from([b"b".to_vec(), b"c".to_vec()]));
         assert_eq!(
             changed(&desired(), &plan, &values),
-            Some((vec!["w--B".into(), "w--C".into(), "w--OLD".into()], true))
+            Some(Changed {
+                changed_secrets: vec!["w--B".into(), "w--C".into(), "w--OLD".into()],
+                changed_values: vec!["w--B".into()],
+                dropin_changed: true
+            })
         );
         // Only the drop-in changed: still a change, with no secret named.
         let mut plan = keep_all();
         plan.dropin = Some("text".into());
         assert_eq!(
             changed(&desired(), &plan, &Compared::Unknown("x")),
-            Some((vec![], true))
+            Some(Changed {
+                dropin_changed: true,
+                ..Changed::default()
+            })
         );
     }
 

@@ -494,7 +494,8 @@ fn native_appliance_restarts_a_workload_whose_secret_changed() {
     assert_eq!(show(&machine, "other.service", "InvocationID"), other_run);
     assert_eq!(other_log(), "DB_USER=alice\n");
     assert!(
-        journal.contains("  secrets changed: other--DB_USER; not restarted (on_change: none)"),
+        journal
+            .contains("  values changed upstream: other--DB_USER; not restarted (on_change: none)"),
         "{journal}"
     );
     assert_no_failed_psi_unit(&machine, "rotation, after the refresh");

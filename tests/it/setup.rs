@@ -922,6 +922,7 @@ fn changed_values_are_reported_and_a_failed_restart_stops_no_other_workload() {
         got[0].1,
         serde_json::json!({
             "changed_secrets": ["myapp--DB_HOST"],
+            "changed_values": ["myapp--DB_HOST"],
             "dropin_changed": false,
             "restart": got[0].1["restart"].clone(),
         })
@@ -929,7 +930,7 @@ fn changed_values_are_reported_and_a_failed_restart_stops_no_other_workload() {
     assert_eq!(got[0].1["restart"]["outcome"], "failed");
     assert_eq!(
         got[1].1,
-        serde_json::json!({"changed_secrets": ["proxy--DB_HOST"], "dropin_changed": false, "restart": {"outcome": "not-restarted"}})
+        serde_json::json!({"changed_secrets": ["proxy--DB_HOST"], "changed_values": ["proxy--DB_HOST"], "dropin_changed": false, "restart": {"outcome": "not-restarted"}})
     );
     assert_eq!(got[2], ("tls".to_owned(), Value::Null));
     // serve loaded the new cache before the restart: it answers the new value now, though
@@ -947,7 +948,9 @@ fn changed_values_are_reported_and_a_failed_restart_stops_no_other_workload() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("\n  secrets changed: proxy--DB_HOST; not restarted (on_change: none)\n"),
+        text.contains(
+            "\n  values changed upstream: proxy--DB_HOST; not restarted (on_change: none)\n"
+        ),
         "{text}"
     );
     assert!(
