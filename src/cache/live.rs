@@ -2,7 +2,8 @@
 //! pointer, so a cache hit takes no lock and allocates only the answer; the values of misses
 //! that a provider resolved, kept in memory beside it; and a watcher that notices when
 //! `psi setup` writes a new file and loads it off the request path, keeping the old
-//! snapshot when the new one does not decrypt.
+//! snapshot when the new one does not decrypt. Setup can also have it loaded at once
+//! ([`LiveCache::reload_now`]) before it restarts a workload.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -61,6 +62,12 @@ pub struct LiveCache {
     failure: Mutex<Option<String>>,
     /// The generation of the latest snapshot.
     generations: AtomicU64,
+    /// One load at a time: a load that read the file before setup replaced it must not
+    /// install its older snapshot after a load that read the new file.
+    loading: tokio::sync::Mutex<()>,
+    /// The file's modification time and size at the last load, so the watcher does not load
+    /// again what [`LiveCache::reload_now`] just loaded.
+    last_tried: Mutex<Option<(SystemTime, u64)>>,
 }
 
 impl LiveCache {
@@ -86,19 +93,19 @@ impl LiveCache {
             fills: Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
             generations: AtomicU64::new(0),
+            loading: tokio::sync::Mutex::new(()),
+            last_tried: Mutex::new(None),
         });
         let (loaded, first_load) = oneshot::channel();
         let task = Arc::clone(&cache);
         tokio::spawn(async move {
-            let mut last_tried = stamp(&task.path);
             task.reload().await;
             let _ = loaded.send(());
             loop {
                 tokio::time::sleep(watch).await;
                 let now = stamp(&task.path);
                 // A file that failed stays failed until it changes again: no retry loop.
-                if now.is_some() && now != last_tried {
-                    last_tried = now;
+                if now.is_some() && now != *lock(&task.last_tried) {
                     task.reload().await;
                 }
             }
@@ -158,8 +165,19 @@ impl LiveCache {
         }));
     }
 
+    /// Loads the file now, after any load in progress, and says how that went: `psi setup`
+    /// asks for this (`POST /cache/reload`) before it restarts a workload whose secrets
+    /// changed, so the restarted container gets the values setup just wrote rather than
+    /// the previous snapshot's (the watcher could take up to `cache.watch_interval`).
+    pub async fn reload_now(&self) -> Health {
+        self.reload().await;
+        self.health()
+    }
+
     /// Loads the file and swaps it in; on failure keeps the current snapshot.
     async fn reload(&self) {
+        let _one_at_a_time = self.loading.lock().await;
+        *lock(&self.last_tried) = stamp(&self.path);
         match load(&self.path, &self.backend).await {
             Ok(Some(loaded)) => {
                 let entries = loaded.entries.len();

@@ -15,11 +15,20 @@ pub async fn setup(settings: &Settings, args: &SetupArgs) -> Result<()> {
     };
     let report = setup::setup(settings, &options).await?;
     super::print_report(&report, args.json, setup::SetupReport::human)?;
-    match report.failures() {
-        0 => Ok(()),
-        n => Err(Error::Incomplete(format!(
-            "{n} of {} workload(s) failed; the others were set up",
-            report.workloads.len()
+    // A workload whose restart failed runs with the old values: the run did not finish its
+    // job, as for a failed workload, though its secrets are updated.
+    match (report.failures(), report.restart_failures()) {
+        (0, 0) => Ok(()),
+        (0, n) => Err(Error::Incomplete(format!(
+            "{n} workload(s) could not be restarted after their secrets changed; they run with the old values until they restart"
+        ))),
+        (n, restarts) => Err(Error::Incomplete(format!(
+            "{n} of {} workload(s) failed; the others were set up{}",
+            report.workloads.len(),
+            match restarts {
+                0 => String::new(),
+                r => format!(", and {r} could not be restarted after their secrets changed"),
+            }
         ))),
     }
 }

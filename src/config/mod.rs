@@ -49,9 +49,9 @@ pub use crate::client::validate_socket_token;
 pub use load::resolve_credential;
 pub use schema::{
     AltName, AuthConfig, AuthMethod, CacheBackend, CertConfig, CertOutput, CredsConfig,
-    DriverClient, DriverConfig, FileSecret, InfisicalConfig, NitrokeyConfig, ProjectConfig,
-    ProvidersConfig, SealWith, SecretKind, SecretSource, TlsConfig, TokenConfig, WithKey,
-    WorkloadConfig,
+    DriverClient, DriverConfig, FileSecret, InfisicalConfig, NitrokeyConfig, OnChange,
+    ProjectConfig, ProvidersConfig, SealWith, SecretKind, SecretSource, TlsConfig, TokenConfig,
+    WithKey, WorkloadConfig,
 };
 pub use scope::{Scope, ScopePaths};
 pub use values::{ApiUrl, FileMode, Hook, KeyId, PcrList, TimerSpan};

@@ -382,6 +382,34 @@ pub struct WorkloadConfig {
     pub secrets: Vec<SecretSource>,
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// New: what `psi setup` does when the workload's secrets changed in a run.
+    #[serde(default)]
+    pub on_change: OnChange,
+}
+
+/// `on_change:`, what `psi setup` does with a running workload whose secrets it changed.
+/// Its env and file secrets are read at container start, so only a restart hands it the
+/// new values.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    /// `systemctl try-restart` its unit (a unit that is not running stays stopped).
+    Restart,
+    /// Leave it running; the report says its secrets changed. The default, as `podman
+    /// auto-update` is opt-in: restarting a production service is the operator's decision,
+    /// and users of the original get no restarts they did not ask for.
+    #[default]
+    None,
+}
+
+impl OnChange {
+    /// The configuration spelling, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnChange::Restart => "restart",
+            OnChange::None => "none",
+        }
+    }
 }
 
 fn default_workload_provider() -> String {

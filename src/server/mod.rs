@@ -499,6 +499,13 @@ async fn answer(app: &App, route: Route) -> Response<Full<Bytes>> {
                 CacheState::Live(live) => routes::cache_health(Some(&live.health()), None),
             };
         }
+        Route::CacheReload => {
+            return match app.resolver.cache() {
+                CacheState::Disabled => routes::cache_health(None, None),
+                CacheState::Unavailable(why) => routes::cache_health(None, Some(why)),
+                CacheState::Live(live) => routes::cache_reloaded(&live.reload_now().await),
+            };
+        }
         Route::Lookup(id) => app
             .resolver
             .lookup(&id)

@@ -32,6 +32,9 @@ pub enum Route {
     Store(SecretId),
     Delete(SecretId),
     List,
+    /// `POST /cache/reload`: load `cache.enc` now (`psi setup`, before it restarts a
+    /// workload whose secrets changed).
+    CacheReload,
 }
 
 /// Maps a method and a path (without query; `Uri::path`) to a route.
@@ -51,6 +54,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
             (method == Method::GET || method == Method::HEAD).then_some(Route::HealthzCache),
         ),
         "/list" => ("GET", (method == Method::GET).then_some(Route::List)),
+        "/cache/reload" => (
+            "POST",
+            (method == Method::POST).then_some(Route::CacheReload),
+        ),
         _ => {
             let (allow, expected, prefix) = if path.starts_with("/lookup/") {
                 ("GET", Method::GET, "/lookup/")
@@ -139,6 +146,15 @@ pub fn cache_health(
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The `POST /cache/reload` answer: the `/healthz/cache` body, 200 when this load worked,
+/// 503 with why when it did not (the snapshot in use is then an older one).
+pub fn cache_reloaded(health: &crate::cache::live::Health) -> Response<Full<Bytes>> {
+    match &health.error {
+        None => cache_health(Some(health), None),
+        Some(error) => cache_health(None, Some(error)),
+    }
 }
 
 /// `text` with every absolute path replaced by its file name, for answers to clients: where

@@ -1,14 +1,21 @@
 //! Setup's apply step: carries a [`SetupPlan`] out. Per workload, Podman first, then the
-//! drop-in; then the state after the run, the cache and one systemd reload. What it did is
-//! data ([`Applied`]) for the report.
+//! drop-in; then the state after the run, the cache and one systemd reload; then, for the
+//! workloads whose secrets changed and that say `on_change: restart`, psi serve is made to
+//! use the new cache and their units are restarted. What it did is data ([`Applied`]) for
+//! the report.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::time::Duration;
 
+use zeroize::Zeroizing;
+
+use super::cached::Compared;
 use super::desired::Desired;
 use super::plan::{Action, SetupPlan, Step, WorkloadPlan};
 use super::report::{CacheReport, Classification};
-use crate::config::Settings;
+use super::rotate::{self, Changed, Restart, Rotation};
+use crate::config::{OnChange, Settings};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::podman::Podman;
@@ -27,6 +34,14 @@ pub struct Applied {
     pub after: Option<Classification>,
     pub reloaded: bool,
     pub cache: Option<CacheReport>,
+    /// One per step of the plan, in its order: what the run changed in an applied workload
+    /// and what became of its unit; `None` where nothing changed.
+    pub rotations: Vec<Option<Rotation>>,
+    /// Why values could not be compared with the previous cache, when a workload with
+    /// `on_change: restart` needed that.
+    pub values_not_compared: Option<&'static str>,
+    /// How psi serve came to use the new cache before the restarts, when there were any.
+    pub serve_cache: Option<String>,
 }
 
 /// Applies `plan`. `values` are the run's listed values by mapping, for the cache.
@@ -101,7 +116,7 @@ pub(super) async fn apply(
             }
         }
     };
-    let cache = super::cached::write(settings, registry, values, &fresh, &keep).await;
+    let (cache, compared) = super::cached::write(settings, registry, values, &fresh, &keep).await;
     let mut reloaded = false;
     if reload {
         match crate::systemd::daemon_reload(settings.scope).await {
@@ -111,11 +126,209 @@ pub(super) async fn apply(
             }
         }
     }
+    let cache_written = cache.as_ref().map(|c| c.error.is_none());
+    let rotated = rotate_changed(settings, plan, &outcomes, &compared, cache_written).await;
     Applied {
         outcomes,
         after,
         reloaded,
         cache,
+        rotations: rotated.rotations,
+        values_not_compared: rotated.values_not_compared,
+        serve_cache: rotated.serve_cache,
+    }
+}
+
+/// What [`rotate_changed`] found and did.
+struct Rotated {
+    rotations: Vec<Option<Rotation>>,
+    values_not_compared: Option<&'static str>,
+    serve_cache: Option<String>,
+}
+
+/// For each applied workload this run changed: with `on_change: restart`, once psi serve
+/// uses the new cache, restarts its unit; else notes that it was left running. After the
+/// cache is written and systemd reloaded, so a restarted container gets the new secrets
+/// and drop-in. `cache_written`: `None` without a cache, else whether it was written.
+async fn rotate_changed(
+    settings: &Settings,
+    plan: &SetupPlan,
+    outcomes: &[Option<std::result::Result<(), (usize, Error)>>],
+    compared: &Compared,
+    cache_written: Option<bool>,
+) -> Rotated {
+    let restarts_wanted = |w: &str| {
+        settings
+            .workloads
+            .get(w)
+            .is_some_and(|c| c.on_change == OnChange::Restart)
+    };
+    // Said when it matters: a workload to restart keeps secrets whose values may have
+    // changed unseen (on a first run every secret is created, which is seen).
+    let keeps_secrets = |w: &super::plan::WorkloadStep| {
+        restarts_wanted(&w.name)
+            && matches!(&w.step, Step::Planned { plan, .. }
+                if plan.actions.iter().any(|a| matches!(a, Action::Keep { .. })))
+    };
+    let values_not_compared = match *compared {
+        Compared::Unknown(why) if plan.workloads.iter().any(keeps_secrets) => Some(why),
+        _ => None,
+    };
+    // What changed per applied workload.
+    let changed: Vec<Option<Changed>> = plan
+        .workloads
+        .iter()
+        .zip(outcomes)
+        .map(|(w, outcome)| match (&w.step, outcome) {
+            (Step::Planned { desired, plan, .. }, Some(Ok(()))) => {
+                rotate::changed(desired, plan, compared)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut serve_cache = None;
+    let mut serve_stale = None;
+    if plan
+        .workloads
+        .iter()
+        .zip(&changed)
+        .any(|(w, c)| c.is_some() && restarts_wanted(&w.name))
+    {
+        let (note, stale) = serve_uses_new_cache(settings, cache_written).await;
+        serve_cache = Some(note);
+        serve_stale = stale;
+    }
+    let mut rotations = Vec::with_capacity(changed.len());
+    for (w, change) in plan.workloads.iter().zip(changed) {
+        let Some(changed) = change else {
+            rotations.push(None);
+            continue;
+        };
+        let restart = if !restarts_wanted(&w.name) {
+            Restart::NotRestarted
+        } else if let Some(why) = &serve_stale {
+            Restart::Failed { error: why.clone() }
+        } else {
+            restart(settings, &w.name).await
+        };
+        tracing::info!(event = "setup.rotate", workload = w.name, secrets = ?changed.changed_secrets, dropin_changed = changed.dropin_changed, outcome = %restart.human(), "secrets changed");
+        rotations.push(Some(Rotation { changed, restart }));
+    }
+    Rotated {
+        rotations,
+        values_not_compared,
+        serve_cache,
+    }
+}
+
+/// Makes the running psi serve use the cache this run wrote before a workload restarts: its
+/// watcher would notice the file only within `cache.watch_interval`, and a container that
+/// starts before then gets the old values from the old snapshot. Asks serve to load it now
+/// (`POST /cache/reload` on its socket); where serve cannot be asked (not running, or its
+/// socket is not reachable from here, as from setup's container), waits for the watcher.
+/// Returns what happened, and why restarting would be wrong when serve kept an old cache.
+async fn serve_uses_new_cache(
+    settings: &Settings,
+    cache_written: Option<bool>,
+) -> (String, Option<String>) {
+    match cache_written {
+        None => {
+            let note = "no cache is configured; psi serve asks the providers";
+            return (note.into(), None);
+        }
+        Some(false) => {
+            let why = "the cache could not be written (see above); not restarted, since psi serve would hand the old values from it";
+            return (why.into(), Some(why.into()));
+        }
+        Some(true) => {}
+    }
+    let socket = settings.socket_path.clone();
+    let token = settings
+        .socket_token
+        .as_ref()
+        .map(|(t, _)| Zeroizing::new(t.expose().to_owned()))
+        .or_else(|| {
+            // A token serve has only as a credential reaches setup through the psi
+            // client's token file, when there is one.
+            let path = StateDir::new(&settings.state_dir).socket_token_path();
+            fsutil::read_capped_text(&path, fsutil::CONFIG)
+                .ok()
+                .map(|t| Zeroizing::new(t.trim().to_owned()))
+                .filter(|t| crate::client::validate_socket_token(t).is_ok())
+        });
+    let asked = tokio::task::spawn_blocking(move || {
+        use crate::client::lean::{build_request, error_detail, exchange, parse_response, Failure};
+        let request = build_request(
+            "POST",
+            "/cache/reload",
+            token.as_deref().map(String::as_str),
+            None,
+        );
+        let reply = exchange(&socket, &request).map_err(|f| match f {
+            Failure::Usage(why) | Failure::Serve(why) => why,
+        })?;
+        let response = parse_response(&reply)?;
+        Ok::<_, String>((response.status, error_detail(&response.body)))
+    })
+    .await;
+    match asked {
+        Ok(Ok((200, _))) => {
+            tracing::info!(
+                event = "cache.reload",
+                outcome = "success",
+                "psi serve loaded the new cache"
+            );
+            ("psi serve loaded the new cache".into(), None)
+        }
+        Ok(Ok((503, detail))) => {
+            let why = format!("psi serve could not load the new cache ({detail}); not restarted, since it would start with the old values: fix the cache, then restart it");
+            tracing::warn!(event = "cache.reload", outcome = "error", error = %detail, "psi serve could not load the new cache; not restarting workloads");
+            (why.clone(), Some(why))
+        }
+        other => {
+            let why = match other {
+                Ok(Ok((status, detail))) => format!("HTTP {status}: {detail}"),
+                Ok(Err(why)) => why,
+                Err(err) => err.to_string(),
+            };
+            // Twice the watcher's interval, within reason: a setup run does not wait hours.
+            let wait = (settings.cache.watch_interval * 2 + Duration::from_secs(1))
+                .min(Duration::from_secs(30));
+            tracing::info!(event = "cache.reload", outcome = "unreachable", error = %why, wait_ms = wait.as_millis() as u64, "psi serve cannot be asked to load the new cache; waiting for its watcher");
+            tokio::time::sleep(wait).await;
+            (
+                format!(
+                    "psi serve could not be asked to load the new cache ({why}); waited {} ms for it to notice the file",
+                    wait.as_millis()
+                ),
+                None,
+            )
+        }
+    }
+}
+
+/// `systemctl try-restart --no-block` of workload `name`'s unit, once it is known to run
+/// (try-restart succeeds, doing nothing, on a unit that does not). Through the same host
+/// path as the daemon-reload, so it works natively and from setup's container. Without
+/// waiting for the job: the drop-in orders the workload after setup's unit, whose start job
+/// lasts as long as this run, so a restart job waits for this run to end.
+async fn restart(settings: &Settings, name: &str) -> Restart {
+    let unit = rotate::unit(name);
+    // Where systemd cannot be asked, try-restart says why.
+    if let Ok(properties) = crate::systemd::show(settings.scope, &unit, &["ActiveState"]).await {
+        if !rotate::running(properties.iter().map(|(_, state)| state.as_str())) {
+            return Restart::NotRunning;
+        }
+    }
+    let args = ["try-restart", "--no-block", "--", &unit];
+    match crate::systemd::systemctl(settings.scope, &args).await {
+        Ok(()) => Restart::Queued,
+        Err(err) => {
+            tracing::error!(event = "setup.restart", workload = name, unit, error = %err, "restart failed");
+            Restart::Failed {
+                error: err.to_string(),
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod desired;
 pub mod discover;
 pub mod plan;
 mod report;
+mod rotate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

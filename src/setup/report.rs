@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::apply::Applied;
 use super::desired::{Collision, Desired};
 use super::plan::{self, Action, Existing, SetupPlan, Step, WorkloadPlan};
+use super::rotate::{Restart, Rotation};
 use super::DiscoverError;
 use crate::unitgen::dropin;
 
@@ -30,6 +31,13 @@ pub struct SetupReport {
     /// The encrypted cache, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheReport>,
+    /// Why this run could not tell whether values changed upstream, when a workload with
+    /// `on_change: restart` needed to know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values_not_compared: Option<String>,
+    /// How psi serve came to use the new cache before workloads were restarted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve_cache: Option<String>,
 }
 
 /// Podman secrets and drop-ins a run changed, by kind.
@@ -78,6 +86,10 @@ pub struct WorkloadReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropin: Option<DropinReport>,
     pub collisions: Vec<Collision>,
+    /// What the run changed in it (secrets by name, drop-in) and what became of its unit;
+    /// absent when nothing changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +116,7 @@ impl SetupReport {
             plan.dropins.get(w).cloned()
         }));
         let mut outcomes = applied.as_ref().map(|a| a.outcomes.iter());
+        let mut rotations = applied.as_ref().map(|a| a.rotations.iter());
         for w in &plan.workloads {
             let outcome = outcomes
                 .as_mut()
@@ -128,6 +141,10 @@ impl SetupReport {
                     }
                 },
             }
+            let rotation = rotations.as_mut().and_then(|r| r.next()).cloned().flatten();
+            if let (Some(rotation), Some(last)) = (rotation, report.workloads.last_mut()) {
+                last.rotation = Some(rotation);
+            }
         }
         match applied {
             None => {
@@ -140,6 +157,8 @@ impl SetupReport {
                 report.after = applied.after;
                 report.reloaded = applied.reloaded;
                 report.cache = applied.cache;
+                report.values_not_compared = applied.values_not_compared.map(str::to_owned);
+                report.serve_cache = applied.serve_cache;
             }
         }
         report
@@ -154,6 +173,8 @@ impl SetupReport {
             changes: Changes::default(),
             reloaded: false,
             cache: None,
+            values_not_compared: None,
+            serve_cache: None,
         }
     }
 
@@ -161,6 +182,19 @@ impl SetupReport {
         self.workloads
             .iter()
             .filter(|w| w.status == "failed")
+            .count()
+    }
+
+    /// Workloads whose secrets were updated but whose restart failed: they run with the
+    /// old values.
+    pub fn restart_failures(&self) -> usize {
+        self.workloads
+            .iter()
+            .filter(|w| {
+                w.rotation
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.restart, Restart::Failed { .. }))
+            })
             .count()
     }
 
@@ -172,6 +206,7 @@ impl SetupReport {
             actions: Vec::new(),
             dropin: None,
             collisions: Vec::new(),
+            rotation: None,
         });
     }
 
@@ -183,6 +218,7 @@ impl SetupReport {
             actions: Vec::new(),
             dropin: None,
             collisions: Vec::new(),
+            rotation: None,
         });
     }
 
@@ -274,6 +310,7 @@ impl SetupReport {
                 changed,
             }),
             collisions: desired.collisions.clone(),
+            rotation: None,
         });
     }
 
@@ -314,6 +351,9 @@ impl SetupReport {
                     c.key, c.kept, c.dropped
                 );
             }
+            if let Some(line) = w.rotation.as_ref().and_then(rotation_line) {
+                let _ = writeln!(out, "  {line}");
+            }
         }
         // A dry run shows Podman as it is, with the details (the original's dry run), then
         // the projection; a real run what changed and the state it left, with the details
@@ -336,6 +376,12 @@ impl SetupReport {
         }
         if self.reloaded {
             out.push_str("systemd reloaded\n");
+        }
+        if let Some(why) = &self.values_not_compared {
+            let _ = writeln!(out, "note: {why}");
+        }
+        if let Some(serve) = &self.serve_cache {
+            let _ = writeln!(out, "{serve}");
         }
         if let Some(cache) = &self.cache {
             match (&cache.entries, &cache.error) {
@@ -389,6 +435,27 @@ fn summary(w: &WorkloadReport, dry_run: bool) -> String {
         (_, true) => format!("would be: {text}"),
         _ => text,
     }
+}
+
+/// The line a workload's rotation adds to the text report. For a workload left running
+/// (`on_change: none`) only when a value changed upstream: created, replaced and removed
+/// secrets and a written drop-in have lines of their own already.
+fn rotation_line(r: &Rotation) -> Option<String> {
+    let changed = &r.changed;
+    let what = if r.restart == Restart::NotRestarted {
+        if changed.changed_values.is_empty() {
+            return None;
+        }
+        format!(
+            "values changed upstream: {}",
+            changed.changed_values.join(", ")
+        )
+    } else if changed.changed_secrets.is_empty() {
+        "drop-in changed".to_owned()
+    } else {
+        format!("secrets changed: {}", changed.changed_secrets.join(", "))
+    };
+    Some(format!("{what}; {}", r.restart.human()))
 }
 
 fn reason_text(reason: plan::Reason) -> &'static str {

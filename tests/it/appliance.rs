@@ -388,3 +388,122 @@ fn native_appliance_survives_a_reboot() {
     fake.stop();
     machine.poweroff();
 }
+
+/// A second workload, left with the default `on_change: none`: appends its `DB_USER` on
+/// each start.
+const OTHER: &str = "[Unit]
+Description=A workload that keeps running when its secrets change
+
+[Container]
+Image=localhost/psi:boot
+Entrypoint=/bin/sh
+Exec=-c 'printf \"DB_USER=%%s\\n\" \"$DB_USER\" >> /out/log'
+Volume=/var/lib/other:/out:Z
+Network=host
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Waits up to `secs` for `f` to hold, polling every half second.
+fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + std::time::Duration::from_secs(secs);
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    f()
+}
+
+#[test]
+#[ignore = "builds psi's image and boots machines: minutes; scripts/test runs it"]
+fn native_appliance_restarts_a_workload_whose_secret_changed() {
+    if !require_all(&["systemd-nspawn", "debootstrap"]) {
+        return;
+    }
+    let Some(mut machine) = Machine::new("rotation") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(archive) = image(dir.path()) else {
+        return;
+    };
+    machine.load_image(&archive);
+    let fake = fake(&machine);
+    let root = machine.root().to_path_buf();
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    std::fs::copy(psi_bin(), root.join("usr/local/bin/psi")).unwrap();
+    let config = config(false, true).replace(
+        "  myapp:\n    secrets:\n",
+        "  myapp:\n    on_change: restart\n    secrets:\n",
+    ) + "  other:\n    secrets:\n      - project: web\n        path: /app\n        env: {DB_USER: DB_USER}\n";
+    write(&root, "/etc/psi/config.yaml", &config);
+    write(&root, "/etc/containers/systemd/myapp.container", WORKLOAD);
+    write(&root, "/etc/containers/systemd/other.container", OTHER);
+    for dir in ["var/lib/myapp", "var/lib/other"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    machine.boot();
+    machine.exec_ok(&["psi", "install"]);
+    machine.exec_ok(&["psi", "systemd", "install", "--mode", "native", "--enable"]);
+    machine.reboot();
+    let when = "rotation, after reboot";
+    assert_active(&machine, "psi-infisical-setup.service", when);
+    assert_no_failed_psi_unit(&machine, when);
+    // (The first boot, before psi was installed, started both without secrets.)
+    let before = workload_log(&machine);
+    assert_eq!(before.last().map(String::as_str), Some(EXPECTED), "{when}");
+    let other_log = || machine.exec_ok(&["cat", "/var/lib/other/log"]);
+    let other_before = other_log();
+    assert!(
+        other_before.ends_with("\nDB_USER=alice\n"),
+        "{when}: {other_before}"
+    );
+    let myapp_run = show(&machine, "myapp.service", "InvocationID");
+    let other_run = show(&machine, "other.service", "InvocationID");
+
+    // The value changes upstream; the refresh runs as the timer would start it.
+    fake.set_secret(PROJECT, "prod", "/app", "DB_USER", "bob");
+    let started = Instant::now();
+    machine.exec_ok(&["systemctl", "start", "psi-infisical-refresh.service"]);
+    let refreshed = started.elapsed();
+    let rotated = "DB_USER=bob DB_PASS=s3cret pass";
+    let restarted = wait_until(60, || {
+        workload_log(&machine).last().map(String::as_str) == Some(rotated)
+    });
+    let total = started.elapsed();
+    let journal = machine.journal("psi-infisical-setup.service");
+    assert!(
+        restarted,
+        "myapp did not restart with the new value: {:?}\n{journal}\n{}",
+        workload_log(&machine),
+        machine.journal("myapp.service")
+    );
+    eprintln!("refresh service done in {refreshed:?}; myapp restarted with the new value {total:?} after the refresh started");
+    assert_ne!(show(&machine, "myapp.service", "InvocationID"), myapp_run);
+    assert_eq!(workload_log(&machine).len(), before.len() + 1);
+    assert!(
+        journal.contains("  secrets changed: myapp--DB_USER; restart queued"),
+        "{journal}"
+    );
+    assert!(
+        journal.contains("psi serve loaded the new cache"),
+        "{journal}"
+    );
+    // `on_change: none`: still running with the old value, and reported.
+    assert_eq!(show(&machine, "other.service", "InvocationID"), other_run);
+    assert_eq!(other_log(), other_before);
+    assert!(
+        journal
+            .contains("  values changed upstream: other--DB_USER; not restarted (on_change: none)"),
+        "{journal}"
+    );
+    assert_no_failed_psi_unit(&machine, "rotation, after the refresh");
+    machine.poweroff();
+}

@@ -99,6 +99,12 @@ fn wrong_types_and_values_are_explained_without_quoting_values() {
         msg.contains("workloads.a.secrets[0]: missing required key 'project'"),
         "{msg}"
     );
+    let msg =
+        config_error("workloads:\n  a:\n    provider: systemd-creds\n    on_change: reboot\n");
+    assert!(
+        msg.contains("workloads.a.on_change: unknown value; expected one of: restart, none"),
+        "{msg}"
+    );
     let msg = config_error("state_dir: [unclosed\n");
     assert!(msg.contains("config.yaml"), "{msg}");
 }
@@ -583,6 +589,11 @@ fn settings_hold_resolved_typed_values() {
         .mode
         .unwrap();
     assert_eq!(mode.to_string(), "0400");
+    // Restarting a workload is opt-in.
+    assert_eq!(
+        settings.workloads["app"].on_change,
+        psi::config::OnChange::None
+    );
     assert_eq!(
         settings.podman_socket.path().unwrap(),
         Path::new("/run/podman/podman.sock")

@@ -290,3 +290,21 @@ async fn unauthorized_body_is_the_originals_byte_for_byte() {
     );
     assert_eq!(body.len(), 63);
 }
+
+#[test]
+fn cache_reload_is_a_post_that_needs_the_token() {
+    let reload = route(&Method::POST, "/cache/reload");
+    assert_eq!(reload.as_ref().unwrap(), &Route::CacheReload);
+    let err = route(&Method::GET, "/cache/reload").unwrap_err();
+    assert_eq!(err.http_status().0, 405);
+    assert_eq!(
+        error_response(&err).headers()["allow"].to_str().unwrap(),
+        "POST"
+    );
+    let token = SecretString::new("s3cr3t-token".into());
+    assert!(matches!(
+        authorize(reload.as_ref(), Some(&token), None),
+        Err(Error::Unauthorized)
+    ));
+    assert!(authorize(reload.as_ref(), Some(&token), Some(b"Bearer s3cr3t-token")).is_ok());
+}

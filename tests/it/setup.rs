@@ -827,3 +827,165 @@ fn driver_client_forms_are_equivalent_until_fix_opts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Rotation: a Podman environment whose serve and setup share an encrypted cache (key in a
+/// credentials directory). serve looks at the file only hourly, so what it answers after a
+/// setup came through `POST /cache/reload`.
+fn env_with_cache(fake: &FakeInfisical, workloads: &str) -> Option<(PodmanEnv, tempfile::TempDir)> {
+    let creds = tempfile::Builder::new()
+        .prefix("psi-creds.")
+        .tempdir()
+        .unwrap();
+    std::fs::write(creds.path().join("psi-cache-key"), [5u8; 32]).unwrap();
+    let config = format!(
+        "{}cache:\n  backend: tpm\n  watch_interval: 1h\n{workloads}",
+        providers(fake)
+    );
+    let mut env = PodmanEnv::with_env(
+        &config,
+        &[("CREDENTIALS_DIRECTORY", creds.path().as_os_str())],
+    )?;
+    env.for_setup();
+    Some((env, creds))
+}
+
+const ROTATING: &str = "workloads:\n  myapp:\n    on_change: restart\n    secrets:\n      - project: web\n        path: /app\n        env: {DB_HOST: DB_HOST}\n  proxy:\n    secrets:\n      - project: web\n        path: /app\n        env: {UPSTREAM: DB_HOST}\n  tls:\n    on_change: restart\n    secrets:\n      - project: web\n        path: /tls\n";
+
+/// Each workload's `rotation` in a setup report, by workload: `None` when nothing changed.
+fn rotations(report: &Value) -> Vec<(String, Value)> {
+    report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["workload"].as_str().unwrap().to_owned(),
+                w["rotation"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn changed_values_are_reported_and_a_failed_restart_stops_no_other_workload() {
+    let fake = infisical();
+    let Some((env, _creds)) = env_with_cache(&fake, ROTATING) else {
+        return;
+    };
+    // First run: every secret is created, so every workload changed. There is no systemd
+    // here, so the restarts of the `on_change: restart` workloads fail, are reported, and
+    // fail the run (exit 1) without stopping the other workloads.
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 1, "{report}\n{stderr}");
+    assert!(
+        stderr.contains("2 workload(s) could not be restarted after their secrets changed"),
+        "{stderr}"
+    );
+    for w in report["workloads"].as_array().unwrap() {
+        assert_eq!(w["status"], "ok", "{w}");
+    }
+    let got = rotations(&report);
+    assert_eq!(
+        got[0].1["changed_secrets"],
+        serde_json::json!(["myapp--DB_HOST"])
+    );
+    assert_eq!(got[0].1["dropin_changed"], true);
+    assert_eq!(got[0].1["restart"]["outcome"], "failed", "{report}");
+    let error = got[0].1["restart"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("systemctl try-restart --no-block -- myapp.service failed"),
+        "{error}"
+    );
+    assert_eq!(
+        got[1].1["restart"],
+        serde_json::json!({"outcome": "not-restarted"})
+    );
+    assert_eq!(got[2].1["restart"]["outcome"], "failed");
+    assert_eq!(report["serve_cache"], "psi serve loaded the new cache");
+    assert!(report.get("values_not_compared").is_none(), "{report}");
+
+    // A value changed upstream. Until the next setup, containers start with the value
+    // serve's cache holds: serve loaded the file setup wrote when setup asked it to.
+    fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db2.internal");
+    let out = env.run(&["myapp--DB_HOST,type=env,target=H"], "printf %s \"$H\"");
+    assert_eq!(out.stdout, b"db.internal");
+    // The workloads that use it changed, the other did not.
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 1, "{report}\n{stderr}");
+    assert_eq!(
+        setup_actions(&report, "myapp"),
+        ["keep myapp--DB_HOST"],
+        "no Podman change: only the value"
+    );
+    let got = rotations(&report);
+    assert_eq!(
+        got[0].1,
+        serde_json::json!({
+            "changed_secrets": ["myapp--DB_HOST"],
+            "changed_values": ["myapp--DB_HOST"],
+            "dropin_changed": false,
+            "restart": got[0].1["restart"].clone(),
+        })
+    );
+    assert_eq!(got[0].1["restart"]["outcome"], "failed");
+    assert_eq!(
+        got[1].1,
+        serde_json::json!({"changed_secrets": ["proxy--DB_HOST"], "changed_values": ["proxy--DB_HOST"], "dropin_changed": false, "restart": {"outcome": "not-restarted"}})
+    );
+    assert_eq!(got[2], ("tls".to_owned(), Value::Null));
+    // serve loaded the new cache before the restart: it answers the new value now, though
+    // its watcher would look at the file again only in an hour.
+    let out = env.run(&["myapp--DB_HOST,type=env,target=H"], "printf %s \"$H\"");
+    assert_eq!(out.stdout, b"db2.internal");
+    assert!(
+        !report.to_string().contains("db2.internal"),
+        "a value in the report"
+    );
+
+    // The text report says the same.
+    fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db3.internal");
+    let out = env.psi(&["setup"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "\n  values changed upstream: proxy--DB_HOST; not restarted (on_change: none)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  secrets changed: myapp--DB_HOST; restart failed: "),
+        "{text}"
+    );
+    assert!(text.contains("psi serve loaded the new cache\n"), "{text}");
+
+    // Nothing changed: nothing is reported as changed, nothing restarted, exit 0.
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert!(
+        rotations(&report).iter().all(|(_, r)| r.is_null()),
+        "{report}"
+    );
+    assert!(report.get("serve_cache").is_none(), "{report}");
+}
+
+#[test]
+fn without_a_cache_value_changes_are_not_seen_and_the_report_says_so() {
+    let fake = infisical();
+    let workloads = "workloads:\n  myapp:\n    on_change: restart\n    secrets:\n      - project: web\n        path: /app\n";
+    let Some((env, _)) = env_with(&fake, workloads) else {
+        return;
+    };
+    let _ = setup(&env, &[]);
+    fake.set_secret(PROJECT, "prod", "/app", "DB_HOST", "db2.internal");
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert!(
+        report["values_not_compared"]
+            .as_str()
+            .unwrap()
+            .contains("no cache is configured"),
+        "{report}"
+    );
+    assert_eq!(rotations(&report)[0].1, Value::Null);
+}
