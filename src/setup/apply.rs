@@ -11,7 +11,7 @@ use super::report::{CacheReport, Classification};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::podman::Podman;
+use crate::podman::{Podman, Replaced};
 use crate::provider::Registry;
 use crate::secret::SecretValue;
 use crate::state::StateDir;
@@ -132,13 +132,7 @@ async fn apply_workload(
     for (done, action) in plan.actions.iter().enumerate() {
         let result = match action {
             Action::Create { name } => create(podman, name, desired, opts).await,
-            Action::Replace { name, id, .. } => {
-                // Podman 4 has no replace: remove, then create under the same name.
-                match podman.remove_secret(id).await {
-                    Ok(_) => create(podman, name, desired, opts).await,
-                    Err(err) => Err(err),
-                }
-            }
+            Action::Replace { name, id, .. } => replace(podman, name, id, desired, opts).await,
             Action::Remove { id, .. } => podman.remove_secret(id).await.map(drop),
             Action::Keep { .. } | Action::Drift { .. } => Ok(()),
         };
@@ -161,6 +155,26 @@ async fn apply_workload(
         };
         write().map_err(|err| (plan.actions.len(), err))?;
         tracing::info!(event = "setup.apply", path = %dropin_path.display(), outcome = "success", "drop-in written");
+    }
+    Ok(())
+}
+
+/// Replaces secret `name` (Podman ID `id`): in place on Podman 5, so its name resolves
+/// throughout; on Podman 4 by removing and creating it again, so for that moment a container
+/// starting with it fails.
+async fn replace(
+    podman: &Podman,
+    name: &str,
+    id: &str,
+    desired: &Desired,
+    opts: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mapping = &desired.secrets[name];
+    let (_, how) = podman
+        .replace_secret(name, id, "shell", opts, mapping)
+        .await?;
+    if how == Replaced::Recreated {
+        tracing::info!(event = "setup.replace", secret = name, "this Podman cannot replace a secret in place: it was removed and created again, and did not exist in between");
     }
     Ok(())
 }
