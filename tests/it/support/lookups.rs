@@ -37,9 +37,9 @@ impl Lookups {
             .collect()
     }
 
-    /// The longest time a name was seen missing: from the end of the last lookup that found
-    /// it before a failure to the start of the first that found it again (a bound on the
-    /// window from outside; the window itself is at least the failed lookups' span).
+    /// The longest stretch around failed lookups of one name: from the end of the last
+    /// lookup that found it before them to the start of the first that found it again. The
+    /// name was missing for at most this long there.
     pub fn longest_gap(&self) -> Duration {
         let mut longest = Duration::ZERO;
         for all in self.0.values() {
@@ -65,7 +65,8 @@ impl Lookups {
 
 /// Looks `names` up on the Podman API at `socket`, one task per name, each in a loop; once
 /// every name has been found once, runs `during` on a blocking thread, and stops the loops
-/// when it returns. Returns what `during` returned and every lookup.
+/// when it returns, each after one more lookup. Returns what `during` returned and every
+/// lookup.
 pub async fn lookups_during<T: Send + 'static>(
     socket: PathBuf,
     names: &[&str],
@@ -82,7 +83,9 @@ pub async fn lookups_during<T: Send + 'static>(
         let first = first_tx.clone();
         loops.push(tokio::spawn(async move {
             let mut all = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
+            loop {
+                // One whole lookup after `during` returned, so every name is seen after it.
+                let last = stop.load(Ordering::SeqCst);
                 let start = began.elapsed();
                 let found = podman
                     .secret_data(&name)
@@ -97,6 +100,9 @@ pub async fn lookups_during<T: Send + 'static>(
                 if all.len() == 1 {
                     assert!(all[0].found.is_ok(), "{name} before the run: {:?}", all[0]);
                     let _ = first.send(()).await;
+                }
+                if last {
+                    break;
                 }
             }
             (name, all)
