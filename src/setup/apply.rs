@@ -131,8 +131,10 @@ async fn apply_workload(
 ) -> std::result::Result<(), (usize, Error)> {
     for (done, action) in plan.actions.iter().enumerate() {
         let result = match action {
-            Action::Create { name } => create(podman, name, desired, opts).await,
-            Action::Replace { name, id, .. } => replace(podman, name, id, desired, opts).await,
+            Action::Create { name } => register(podman, name, None, desired, opts).await,
+            Action::Replace { name, id, .. } => {
+                register(podman, name, Some(id), desired, opts).await
+            }
             Action::Remove { id, .. } => podman.remove_secret(id).await.map(drop),
             Action::Keep { .. } | Action::Drift { .. } => Ok(()),
         };
@@ -159,17 +161,24 @@ async fn apply_workload(
     Ok(())
 }
 
-/// Replaces secret `name` (Podman ID `id`): in place on Podman 5, so its name resolves
+/// Registers secret `name` with its desired mapping: creates it, or, given the Podman ID of
+/// the secret it replaces, replaces it: in place on Podman 5, so its name resolves
 /// throughout; on Podman 4 by removing and creating it again, so for that moment a container
 /// starting with it fails.
-async fn replace(
+async fn register(
     podman: &Podman,
     name: &str,
-    id: &str,
+    replaces: Option<&str>,
     desired: &Desired,
     opts: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mapping = &desired.secrets[name];
+    let Some(id) = replaces else {
+        return podman
+            .create_secret(name, "shell", opts, mapping)
+            .await
+            .map(drop);
+    };
     let (_, how) = podman
         .replace_secret(name, id, "shell", opts, mapping)
         .await?;
@@ -177,17 +186,4 @@ async fn replace(
         tracing::info!(event = "setup.replace", secret = name, "this Podman cannot replace a secret in place: it was removed and created again, and did not exist in between");
     }
     Ok(())
-}
-
-async fn create(
-    podman: &Podman,
-    name: &str,
-    desired: &Desired,
-    opts: &BTreeMap<String, String>,
-) -> Result<()> {
-    let mapping = &desired.secrets[name];
-    podman
-        .create_secret(name, "shell", opts, mapping)
-        .await
-        .map(drop)
 }
