@@ -1,6 +1,6 @@
-//! A small client for Podman's libpod REST API on its Unix socket: list, create and remove
-//! secrets. `psi setup` registers secrets through it instead of running the podman CLI, so it
-//! works from a container that has only the socket mounted.
+//! A small client for Podman's libpod REST API on its Unix socket: list, create, replace and
+//! remove secrets. `psi setup` registers secrets through it instead of running the podman
+//! CLI, so it works from a container that has only the socket mounted.
 //!
 //! Facts this client depends on (checked against Podman 4.3.1 and the 5.x sources):
 //! - Paths carry the version `v4.0.0`: the oldest libpod API that 5.x still accepts, and one
@@ -16,6 +16,14 @@
 //!   service. When it fails, Podman answers 500 with only `exit status N`; the command's own
 //!   output goes to the service's stderr, not into the reply.
 //! - Errors come back as JSON `{"cause", "message", "response"}`; a missing secret is 404.
+//! - Creating a name that exists answers 500 with cause `secret name in use`, without
+//!   running the driver. `replace=true` (Podman 5; 4.3.1 ignores unknown parameters and
+//!   answers that same 500) replaces the secret under one lock that lookups also take, so
+//!   the name resolves throughout: the driver's `delete` runs for the old ID, then `store`
+//!   under a new ID, both with the new driver options. On a name that does not exist, 5.4.2
+//!   calls `delete` with an empty ID and then removes whichever secret an empty ID prefix
+//!   matches when only one exists: psi sends it only for a secret it has just listed (and
+//!   psi's driver refuses the empty ID, which stops Podman before its database changes).
 //!
 //! One connection per call: `psi setup` makes a few calls per workload, and a fresh
 //! connection cannot be left half-read by an earlier failure. Every call has a deadline so a
@@ -189,32 +197,68 @@ impl Podman {
         data: &[u8],
     ) -> Result<String> {
         let what = format!("create Podman secret '{name}'");
+        let (status, body) = self
+            .post_create(name, driver, driver_opts, data, false, &what)
+            .await?;
+        created(status, &body, driver).context(what)
+    }
+
+    /// Gives existing secret `name` (Podman ID `old_id`) new `data` and driver options, and
+    /// returns its new ID and how it was done. In place where Podman can (`replace=true`,
+    /// Podman 5), so the name never stops resolving; where Podman answers that the name is
+    /// in use (Podman 4 has no replace) by removing `old_id` and creating `name` again, so
+    /// the name does not exist in between. `name` must exist (see the module doc).
+    pub async fn replace_secret(
+        &self,
+        name: &str,
+        old_id: &str,
+        driver: &str,
+        driver_opts: &BTreeMap<String, String>,
+        data: &[u8],
+    ) -> Result<(String, Replaced)> {
+        let what = format!("replace Podman secret '{name}'");
+        let (status, body) = self
+            .post_create(name, driver, driver_opts, data, true, &what)
+            .await?;
+        if !name_in_use(status, &body) {
+            let id = created(status, &body, driver).context(what)?;
+            return Ok((id, Replaced::InPlace));
+        }
+        // Podman 4: the name is in use because it was not replaced.
+        let recreate = async {
+            self.remove_secret(old_id).await?;
+            self.create_secret(name, driver, driver_opts, data).await
+        };
+        let id = recreate.await.map_err(|err| err.context(what))?;
+        Ok((id, Replaced::Recreated))
+    }
+
+    /// `POST /secrets/create` for `name`, with `replace=true` when `replace`.
+    async fn post_create(
+        &self,
+        name: &str,
+        driver: &str,
+        driver_opts: &BTreeMap<String, String>,
+        data: &[u8],
+        replace: bool,
+        what: &str,
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>)> {
         let mut path = format!(
             "{API_PREFIX}/secrets/create?name={}&driver={}",
             uri_component(name),
             uri_component(driver)
         );
+        if replace {
+            path.push_str("&replace=true");
+        }
         if !driver_opts.is_empty() {
             let json =
                 serde_json::to_string(driver_opts).context("cannot encode the driver options")?;
             path.push_str("&driveropts=");
             path.extend(uri_component(&json));
         }
-        let (status, body) = self
-            .call(Method::POST, &path, Bytes::copy_from_slice(data), &what)
-            .await?;
-        if status != StatusCode::OK {
-            let mut message = api_message(status, &body);
-            if driver == "shell" && message.contains("exit status") {
-                // Podman keeps the command's output to itself (module doc): say where it is.
-                message.push_str("; the shell driver's store command failed: check that psi serve is running and see its log (or the Podman service's) for the reason");
-            }
-            return Err(Error::Podman(message).context(what));
-        }
-        let created: WireCreated = serde_json::from_slice(&body)
-            .context("Podman's reply has no secret ID")
-            .context(what)?;
-        Ok(created.id)
+        self.call(Method::POST, &path, Bytes::copy_from_slice(data), what)
+            .await
     }
 
     /// Removes a secret by name or ID; `false` when there was none. For the shell driver
@@ -365,6 +409,37 @@ impl Podman {
     }
 }
 
+/// How [`Podman::replace_secret`] replaced a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// In one step (Podman 5): the name resolved throughout.
+    InPlace,
+    /// Removed, then created again (Podman 4): the name did not exist in between.
+    Recreated,
+}
+
+/// The ID in a create's reply, or the reply as an error.
+fn created(status: StatusCode, body: &[u8], driver: &str) -> Result<String> {
+    if status != StatusCode::OK {
+        let mut message = api_message(status, body);
+        if driver == "shell" && message.contains("exit status") {
+            // Podman keeps the command's output to itself (module doc): say where it is.
+            message.push_str("; the shell driver's store command failed: check that psi serve is running and see its log (or the Podman service's) for the reason");
+        }
+        return Err(Error::Podman(message));
+    }
+    let created: WireCreated =
+        serde_json::from_slice(body).context("Podman's reply has no secret ID")?;
+    Ok(created.id)
+}
+
+/// Whether a create was refused because the name exists: what a Podman without replace
+/// answers to `replace=true` (module doc).
+fn name_in_use(status: StatusCode, body: &[u8]) -> bool {
+    status == StatusCode::INTERNAL_SERVER_ERROR
+        && serde_json::from_slice::<WireError>(body).is_ok_and(|e| e.cause == "secret name in use")
+}
+
 /// A non-2xx reply as an error: the status and Podman's own message.
 fn api_error(status: StatusCode, body: &[u8]) -> Error {
     Error::Podman(api_message(status, body))
@@ -480,6 +555,27 @@ mod tests {
             api_error(StatusCode::BAD_REQUEST, long.as_bytes()).to_string(),
             format!("Podman answered 400 Bad Request: {}...", "x".repeat(300))
         );
+    }
+
+    #[test]
+    fn only_podmans_name_in_use_answer_means_no_replace() {
+        // Podman 4.3.1's answer to `replace=true` on an existing name, byte for byte.
+        let in_use =
+            br#"{"cause":"secret name in use","message":"a: secret name in use","response":500}"#;
+        assert!(name_in_use(StatusCode::INTERNAL_SERVER_ERROR, in_use));
+        // Other failures of a replace are errors, never a reason to remove the secret.
+        let store_failed = br#"{"cause":"exit status 3","message":"creating secret o: exit status 3","response":500}"#;
+        assert!(!name_in_use(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            store_failed
+        ));
+        let ambiguous = br#"{"cause":"secret is ambiguous","message":"deleting secret : more than one result secret with prefix : secret is ambiguous","response":500}"#;
+        assert!(!name_in_use(StatusCode::INTERNAL_SERVER_ERROR, ambiguous));
+        assert!(!name_in_use(StatusCode::CONFLICT, in_use));
+        assert!(!name_in_use(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"secret name in use"
+        ));
     }
 
     /// A peer that accepts and never answers stands for a hung Podman service.

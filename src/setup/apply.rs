@@ -18,7 +18,7 @@ use super::rotate::{self, Changed, Restart, Rotation};
 use crate::config::{OnChange, Settings};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::podman::Podman;
+use crate::podman::{Podman, Replaced};
 use crate::provider::Registry;
 use crate::secret::SecretValue;
 use crate::state::StateDir;
@@ -344,13 +344,9 @@ async fn apply_workload(
 ) -> std::result::Result<(), (usize, Error)> {
     for (done, action) in plan.actions.iter().enumerate() {
         let result = match action {
-            Action::Create { name } => create(podman, name, desired, opts).await,
+            Action::Create { name } => register(podman, name, None, desired, opts).await,
             Action::Replace { name, id, .. } => {
-                // Podman 4 has no replace: remove, then create under the same name.
-                match podman.remove_secret(id).await {
-                    Ok(_) => create(podman, name, desired, opts).await,
-                    Err(err) => Err(err),
-                }
+                register(podman, name, Some(id), desired, opts).await
             }
             Action::Remove { id, .. } => podman.remove_secret(id).await.map(drop),
             Action::Keep { .. } | Action::Drift { .. } => Ok(()),
@@ -378,15 +374,29 @@ async fn apply_workload(
     Ok(())
 }
 
-async fn create(
+/// Registers secret `name` with its desired mapping: creates it, or, given the Podman ID of
+/// the secret it replaces, replaces it: in place on Podman 5, so its name resolves
+/// throughout; on Podman 4 by removing and creating it again, so for that moment a container
+/// starting with it fails.
+async fn register(
     podman: &Podman,
     name: &str,
+    replaces: Option<&str>,
     desired: &Desired,
     opts: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mapping = &desired.secrets[name];
-    podman
-        .create_secret(name, "shell", opts, mapping)
-        .await
-        .map(drop)
+    let Some(id) = replaces else {
+        return podman
+            .create_secret(name, "shell", opts, mapping)
+            .await
+            .map(drop);
+    };
+    let (_, how) = podman
+        .replace_secret(name, id, "shell", opts, mapping)
+        .await?;
+    if how == Replaced::Recreated {
+        tracing::info!(event = "setup.replace", secret = name, "this Podman cannot replace a secret in place: it was removed and created again, and did not exist in between");
+    }
+    Ok(())
 }

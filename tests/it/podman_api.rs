@@ -1,11 +1,12 @@
 //! The libpod REST client against a real `podman system service`: secrets created through
 //! the API reach `psi serve` through the shell driver and resolve in containers; listing,
-//! removal and failures say what Podman said, never the secret data.
+//! replacing (4.3.1 has no in-place replace), removal and failures say what Podman said,
+//! never the secret data.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use psi::podman::Podman;
+use psi::podman::{Podman, Replaced};
 
 use crate::support::podman::PodmanEnv;
 use crate::support::run_with_stdin;
@@ -147,6 +148,51 @@ async fn creating_an_existing_name_fails_with_podmans_message_and_keeps_the_firs
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, id);
     assert_eq!(std::fs::read(env.state_dir().join(&id)).unwrap(), first);
+}
+
+/// Podman 4.3.1 answers `replace=true` as a plain create of a name in use: the client
+/// removes the old secret and creates it again, and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_podman4_replace_removes_and_creates_again() {
+    let Some(mut env) = PodmanEnv::new("") else {
+        return;
+    };
+    let podman = Podman::new(env.api_socket());
+    let opts = explicit_opts(&env.sandbox.socket());
+    let first = sealed_mapping(&env, "first", b"one");
+    let old = podman
+        .create_secret("app--TOKEN", "shell", &opts, &first)
+        .await
+        .unwrap();
+
+    let second = sealed_mapping(&env, "second", b"two");
+    let (id, how) = podman
+        .replace_secret("app--TOKEN", &old, "shell", &opts, &second)
+        .await
+        .unwrap();
+    assert_eq!(how, Replaced::Recreated);
+    assert_ne!(id, old);
+    assert_eq!(env.secret_id("app--TOKEN"), id);
+    // Podman ran delete for the old ID and store for the new one.
+    assert!(!env.state_dir().join(&old).exists());
+    assert_eq!(std::fs::read(env.state_dir().join(&id)).unwrap(), second);
+    let out = env.run(&["app--TOKEN,type=env,target=T"], "printf %s \"$T\"");
+    check(&out, "podman run");
+    assert_eq!(out.stdout, b"two");
+
+    // With psi serve down the old secret's delete fails: the error names the replace and
+    // the removal, never the data, and the secret stays as it was.
+    env.serve.stop();
+    let err = podman
+        .replace_secret("app--TOKEN", &id, "shell", &opts, b"never-shown")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("replace Podman secret 'app--TOKEN': remove Podman secret '{id}': Podman answered 500 Internal Server Error: deleting secret {id}: {id}: no secret data with ID")
+    );
+    assert_eq!(env.secret_id("app--TOKEN"), id);
+    assert_eq!(std::fs::read(env.state_dir().join(&id)).unwrap(), second);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -989,3 +989,91 @@ fn without_a_cache_value_changes_are_not_seen_and_the_report_says_so() {
     );
     assert_eq!(rotations(&report)[0].1, Value::Null);
 }
+
+/// Podman 4.3.1 has no in-place replace: a rotation that changes every mapping of a
+/// workload (its folder moved to `/app2`, with other values) removes each secret and
+/// creates it again, as setup always did there: same report, new IDs, only the new IDs'
+/// mappings kept, the new values in a container. Lookups by name looping through the run
+/// show the names missing for a moment (printed, not asserted: the window is short).
+#[tokio::test(flavor = "multi_thread")]
+async fn on_podman4_a_rotation_removes_and_creates_each_secret_again() {
+    const MYAPP: [&str; 3] = ["myapp--API_KEY", "myapp--DB_HOST", "myapp--DB_PASS"];
+    let fake = infisical();
+    for (key, value) in [
+        ("API_KEY", "key-2"),
+        ("DB_HOST", "db2.internal"),
+        ("DB_PASS", "n3w s3cr3t"),
+    ] {
+        fake.set_secret(PROJECT, "prod", "/app2", key, value);
+    }
+    let Some((mut env, _systemd)) = env_with(
+        &fake,
+        "workloads:\n  myapp:\n    secrets:\n      - project: web\n        path: /app\n",
+    ) else {
+        return;
+    };
+    let (code, report, stderr) = setup(&env, &[]);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    let old_ids = secret_ids(env.podman());
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, config.replace("path: /app\n", "path: /app2\n")).unwrap();
+
+    let mut run = env.psi(&["setup", "--json"]);
+    let (out, lookups) =
+        crate::support::lookups::lookups_during(env.api_socket(), &MYAPP, move || {
+            run.output().unwrap()
+        })
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("setup --json printed no JSON ({e}); stderr: {stderr}"));
+    assert_eq!(out.status.code(), Some(0), "{report}\n{stderr}");
+    assert_eq!(
+        setup_actions(&report, "myapp"),
+        MYAPP.map(|name| format!("replace {name}"))
+    );
+    for action in report["workloads"][0]["actions"].as_array().unwrap() {
+        assert_eq!(action["reason"], "mapping-changed", "{report}");
+    }
+    assert_eq!(
+        report["changes"],
+        serde_json::json!({"created": 0, "replaced": 3, "removed": 0, "dropins_written": 0})
+    );
+    // Each failed lookup is Podman's "no such secret", nothing else.
+    for (name, lookup) in lookups.failed() {
+        let err = lookup.found.as_ref().unwrap_err();
+        assert!(err.contains("404 Not Found"), "{name}: {err}");
+    }
+    eprintln!(
+        "podman 4 rotation: {} lookups by name during the run, {} found no secret; longest gap {:?}",
+        lookups.total(),
+        lookups.failed().len(),
+        lookups.longest_gap()
+    );
+
+    let new_ids = secret_ids(env.podman());
+    assert_eq!(new_ids.keys().collect::<Vec<_>>(), MYAPP);
+    for name in MYAPP {
+        assert_ne!(new_ids[name], old_ids[name], "{name}");
+    }
+    let mut expected: Vec<String> = new_ids.values().cloned().collect();
+    expected.sort();
+    assert_eq!(state_files(&env.state_dir()), expected);
+    assert_eq!(
+        std::fs::read(env.state_dir().join(&new_ids["myapp--DB_HOST"])).unwrap(),
+        br#"{"provider": "infisical", "project": "web", "path": "/app2", "key": "DB_HOST"}"#
+    );
+    let out = env.run(
+        &[
+            "myapp--DB_HOST,type=env,target=DB_HOST",
+            "myapp--DB_PASS,type=env,target=DB_PASS",
+        ],
+        "printf '%s|%s' \"$DB_HOST\" \"$DB_PASS\"",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "db2.internal|n3w s3cr3t",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

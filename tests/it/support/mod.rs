@@ -5,6 +5,7 @@ pub mod child_env;
 pub mod debian;
 pub mod http;
 pub mod infisical;
+pub mod lookups;
 pub mod machine;
 pub mod notify;
 pub mod podman;
