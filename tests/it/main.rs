@@ -17,6 +17,7 @@ mod client;
 mod compat;
 mod config;
 mod creds;
+mod fleet;
 mod ids;
 mod image;
 mod infisical_cli;
