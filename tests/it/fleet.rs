@@ -38,6 +38,15 @@ fn listings(fake: &FakeInfisical, start: u64) -> Vec<u64> {
         .collect()
 }
 
+/// A 429 as the recorded server sends it, with `Retry-After: secs`.
+fn limited(secs: u32) -> Fault {
+    Fault::Status {
+        status: 429,
+        body: json!({"statusCode": 429, "error": "Too Many Requests", "message": "Rate limit exceeded, retry in 1 minute"}),
+        retry_after: Some(secs.to_string()),
+    }
+}
+
 #[tokio::test]
 async fn a_setup_run_waits_out_a_spent_budget_instead_of_collecting_429s() {
     let (fake, clock) = world(8);
@@ -71,12 +80,7 @@ async fn a_429_makes_the_other_workloads_wait_too() {
     fake.clear_requests();
     let start = fake.now();
     // app00's listing is refused twice, more than its one retry allows.
-    let limited = Fault::Status {
-        status: 429,
-        body: json!({"statusCode": 429, "error": "Too Many Requests", "message": "Rate limit exceeded, retry in 1 minute"}),
-        retry_after: Some("30".into()),
-    };
-    fake.inject("GET", "/api/v4/secrets", limited, 2);
+    fake.inject("GET", "/api/v4/secrets", limited(30), 2);
     let failed = host.discover(clock.clone()).await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0].0, "app00");
@@ -98,12 +102,7 @@ async fn a_limited_route_leaves_the_others_alone() {
     let _running = clock.enter();
     let secret = psi::provider::infisical::mapping("p", "/w00", "A");
     client.lookup(&secret).await.unwrap();
-    let limited = Fault::Status {
-        status: 429,
-        body: json!({"statusCode": 429, "error": "Too Many Requests", "message": "Rate limit exceeded, retry in 1 minute"}),
-        retry_after: Some("45".into()),
-    };
-    fake.inject("GET", "/api/v4/secrets", limited, 1);
+    fake.inject("GET", "/api/v4/secrets", limited(45), 1);
     client.list("p", "/w00", false, false).await.unwrap_err();
     // Fixture 92: the single-secret route has its own budget.
     client.lookup(&secret).await.unwrap();
