@@ -243,11 +243,29 @@ fn default_environment() -> String {
     "prod".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     #[serde(default)]
     pub certificates: BTreeMap<String, CertConfig>,
+    /// New: the renewal timer's `RandomizedDelaySec=` (at most a day, its interval), named
+    /// like `cache.refresh_randomized_delay`.
+    #[serde(default = "default_renew_delay")]
+    pub renew_randomized_delay: TimerSpan,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certificates: BTreeMap::new(),
+            renew_randomized_delay: default_renew_delay(),
+        }
+    }
+}
+
+/// What the renewal timer had fixed before the key existed.
+fn default_renew_delay() -> TimerSpan {
+    TimerSpan("1h".into())
 }
 
 #[derive(Debug, Deserialize)]

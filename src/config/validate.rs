@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::Duration;
 
 use super::schema::{
     AuthConfig, AuthMethod, ConfigFile, InfisicalConfig, ProvidersConfig, SecretKind,
     WorkloadConfig,
 };
+use super::values::TimerSpan;
 use crate::error::Result;
 
 impl InfisicalConfig {
@@ -37,6 +39,13 @@ impl InfisicalConfig {
                 uncovered.join(", ")
             ));
         }
+        check_delay(
+            &format!("{AT}.tls.renew_randomized_delay"),
+            &self.tls.renew_randomized_delay,
+            "the renewal timer's interval",
+            "1d",
+            RENEW_INTERVAL,
+        )?;
         // Which key writes each output file, so two never write the same one.
         let mut written: BTreeMap<&Path, String> = BTreeMap::new();
         for (name, cert) in &self.tls.certificates {
@@ -111,12 +120,43 @@ impl AuthConfig {
     }
 }
 
+/// The TLS renewal timer's period (`OnCalendar=daily`).
+const RENEW_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// A timer's randomized delay may not be longer than its interval. An error, not a warning:
+/// with `FixedRandomDelay=yes` each host keeps one offset in [0, delay), added to every
+/// period, so a longer delay silently stretches some hosts' period to nearly twice what the
+/// interval says (a refresh or a renewal that late is a fault, not a spread), and a warning
+/// from a generator run once at provisioning is rarely read.
+fn check_delay(
+    key: &str,
+    delay: &TimerSpan,
+    interval_key: &str,
+    interval_text: &str,
+    interval: Duration,
+) -> Result<(), String> {
+    if delay.duration() > interval {
+        return Err(format!(
+            "{key}: {} is longer than {interval_key} ({interval_text}); set it to at most the interval (it spreads a fleet's runs over that window)",
+            delay.as_str()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that need more than one key: references between blocks.
 /// A String error: the caller makes it an `Error::Config` naming the file.
 pub(super) fn validate(file: &ConfigFile, providers: &ProvidersConfig) -> Result<(), String> {
     if file.cache.watch_interval.is_zero() {
         return Err("cache.watch_interval: must be more than 0 (default: 2s)".into());
     }
+    check_delay(
+        "cache.refresh_randomized_delay",
+        &file.cache.refresh_randomized_delay,
+        "cache.refresh_interval",
+        file.cache.refresh_interval.as_str(),
+        file.cache.refresh_interval.duration(),
+    )?;
     // The host's Podman runs it, from wherever: a relative path means nothing there.
     if let Some(path) = file.driver.psi_path.as_deref().filter(|p| !p.is_absolute()) {
         return Err(format!(

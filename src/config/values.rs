@@ -282,6 +282,11 @@ impl TimerSpan {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The span as a duration (checked at parse, so it always reads).
+    pub fn duration(&self) -> std::time::Duration {
+        super::duration::parse(&self.0).unwrap_or_default()
+    }
 }
 
 impl<'de> Deserialize<'de> for TimerSpan {

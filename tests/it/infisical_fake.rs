@@ -1048,3 +1048,56 @@ fn renew_stops_at_the_max_ttl() {
     assert_eq!(renew(&token).status, 403);
     assert_eq!(fake.logins(), 2);
 }
+
+/// The rate limiter answers like fixtures 90-93, header values and 429 body included: 60
+/// requests per route per 60 s window, the 60th saying `x-ratelimit-remaining: 0`, the 61st
+/// a 429 whose `retry-after` is the rest of the window; another route unaffected; the window
+/// over, allowed again.
+#[test]
+fn the_rate_limiter_answers_like_fixtures_90_to_93() {
+    let recorded = fixtures();
+    let fake = FakeInfisical::start(Generation::Legacy2024);
+    fake.set_rate_limit(Some(60));
+    fake.add_universal_auth(ADMIN_CLIENT, ADMIN_SECRET, 2_592_000, 2_592_000);
+    fake.add_project("proj", "proj");
+    fake.set_secret("proj", "dev", "/app", "APP_PORT", "8443");
+    let token = login(&fake, ADMIN_CLIENT, ADMIN_SECRET);
+    let list = "/api/v3/secrets/raw?workspaceId=proj&environment=dev&secretPath=%2Fapp";
+    for _ in 0..59 {
+        assert_eq!(get(&fake, &token, list).status, 200);
+    }
+    // The recording's 60th request came a second into its window.
+    fake.advance(1);
+    let headers = |n: u32, reply: &Reply, names: &[&str]| {
+        let response = &recorded[&n]["response"];
+        assert_eq!(reply.status, response["status"], "fixture {n}");
+        for name in names {
+            assert_eq!(
+                reply.header(name),
+                response["headers"][*name].as_str(),
+                "{name} of fixture {n}"
+            );
+        }
+    };
+    let limits = [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ];
+    headers(90, &get(&fake, &token, list), &limits);
+    let limited = get(&fake, &token, list);
+    headers(91, &limited, &[&limits[..], &["retry-after"]].concat());
+    assert_eq!(
+        limited.body.as_ref(),
+        Some(&recorded[&91]["response"]["body"])
+    );
+    let other = get(
+        &fake,
+        &token,
+        "/api/v3/secrets/raw/APP_PORT?workspaceId=proj&environment=dev&secretPath=%2Fapp",
+    );
+    headers(92, &other, &["x-ratelimit-limit"]);
+    assert_eq!(other.header("x-ratelimit-remaining"), Some("59"));
+    fake.advance(59);
+    headers(93, &get(&fake, &token, list), &limits);
+}

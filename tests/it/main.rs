@@ -17,6 +17,7 @@ mod client;
 mod compat;
 mod config;
 mod creds;
+mod fleet;
 mod help;
 mod ids;
 mod image;

@@ -7,13 +7,23 @@
 //! fleet does not retry in step) or the server's `Retry-After` (at most 120 s). Never retried:
 //! 400, 401, 403, 404, 422: asking again cannot change those answers.
 //!
-//! Every retry is a warning (route, reason, wait), so a long `Retry-After` is never a silent
+//! Rate limits are shared by every request of one client (one `psi setup` run, all its
+//! workloads and sources; or `psi serve`'s lookups). Infisical counts per client IP and per
+//! route (method and URL pattern, 60 s windows; fixture 92: a limited route leaves the others
+//! alone), so psi keys its [`Limits`] by server, method and route pattern. When a reply says
+//! the budget is spent (`x-ratelimit-remaining: 0` with `x-ratelimit-reset`) or a 429 says
+//! `Retry-After`, every later request to that route waits until then instead of each one
+//! collecting its own 429. That wait is not a retry: the retry cap counts failed attempts.
+//!
+//! Every wait is a warning (route, reason, wait), so a long `Retry-After` is never a silent
 //! pause at the default log level: on a terminal the warning is one plain line, in a journal
 //! or a pipe a JSON event. The route is the method and the path, never the query (it names
-//! the project, environment and folder) and never a header (the token).
+//! the project, environment and folder) and never a header (the token). [`Http::pause`] is
+//! the one place a request waits.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
@@ -35,6 +45,107 @@ pub(crate) struct Http {
     pub client: reqwest::Client,
     retries: u32,
     clock: Arc<dyn Clock>,
+    limits: Limits,
+}
+
+/// Per rate-limit bucket ([`bucket`]): the time before which the server said not to ask
+/// again, and what said so (for the warning).
+#[derive(Default)]
+struct Limits(Mutex<HashMap<String, (SystemTime, &'static str)>>);
+
+impl Limits {
+    /// How long a request to `bucket` must wait at `now`, and why; `None` when it may go.
+    fn wait(&self, bucket: &str, now: SystemTime) -> Option<(Duration, &'static str)> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (until, why) = *held.get(bucket)?;
+        match until.duration_since(now) {
+            Ok(wait) if !wait.is_zero() => Some((wait, why)),
+            _ => {
+                held.remove(bucket);
+                None
+            }
+        }
+    }
+
+    /// Closes `bucket` until `now + hold`, never shortening an earlier, longer hold.
+    fn hold(&self, bucket: String, now: SystemTime, (hold, why): (Duration, &'static str)) {
+        let until = now + hold;
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = held.entry(bucket).or_insert((until, why));
+        if entry.0 < until {
+            *entry = (until, why);
+        }
+    }
+}
+
+/// Routes whose URL holds a parameter, as the server's limiter names them (a rate-limit
+/// bucket is per pattern, not per URL). A literal route must come before a parameter that
+/// would match it.
+const ROUTES: &[&str] = &[
+    "/api/v3/secrets/raw/:secretName",
+    "/api/v4/secrets/batch",
+    "/api/v4/secrets/:secretName",
+    "/api/v1/cert-manager/certificates/certificate-requests/:requestId",
+    "/api/v1/cert-manager/certificates/:certificateId/renew",
+    "/api/v1/cert-manager/certificates/:certificateId/bundle",
+    "/api/v1/pki/ca/:caId/issue-certificate",
+];
+
+/// The rate-limit bucket of a request: the server (scheme, host, port), the method and the
+/// route pattern. The path is matched at its end, since the API URL may have a path of its
+/// own; a path no pattern matches is its own bucket.
+fn bucket(method: &str, url: &reqwest::Url) -> String {
+    let path = url.path();
+    let segments: Vec<&str> = path.split('/').collect();
+    let route = ROUTES
+        .iter()
+        .find_map(|pattern| {
+            let want: Vec<&str> = pattern[1..].split('/').collect();
+            let at = segments.len().checked_sub(want.len())?;
+            let matches = want
+                .iter()
+                .zip(&segments[at..])
+                .all(|(w, s)| (w.starts_with(':') && !s.is_empty()) || w == s);
+            matches.then(|| format!("{}{pattern}", segments[..at].join("/")))
+        })
+        .unwrap_or_else(|| path.to_owned());
+    format!("{method} {}{route}", url.origin().ascii_serialization())
+}
+
+/// How long a reply closes its bucket, and why: a 429's `Retry-After`, or a spent budget
+/// (`x-ratelimit-remaining: 0`) until `x-ratelimit-reset` (seconds), whichever is longer;
+/// capped like `Retry-After`.
+fn hold(
+    status: u16,
+    retry_after: Option<Duration>,
+    remaining: Option<&str>,
+    reset: Option<&str>,
+) -> Option<(Duration, &'static str)> {
+    let spent = (remaining.map(str::trim) == Some("0"))
+        .then(|| reset?.trim().parse::<u64>().ok())
+        .flatten()
+        .map(|secs| {
+            (
+                Duration::from_secs(secs).min(RETRY_AFTER_CAP),
+                "x-ratelimit-reset",
+            )
+        });
+    let told = retry_after
+        .filter(|_| status == 429)
+        .map(|wait| (wait, "Retry-After"));
+    match (told, spent) {
+        (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What a wait is for, as the warning (and metrics) tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pause {
+    /// Before retry number `n` (1-based) of a failed attempt.
+    Retry(u32),
+    /// Before a request to a route whose rate-limit budget is spent.
+    RateLimit,
 }
 
 /// A final answer: success, or a failure that retrying would not change.
@@ -42,6 +153,8 @@ pub(crate) struct Reply {
     pub status: u16,
     pub etag: Option<String>,
     retry_after: Option<String>,
+    /// `x-ratelimit-remaining` and `x-ratelimit-reset`, as sent.
+    limit: (Option<String>, Option<String>),
     /// Zeroized: list and get bodies carry secret values, login bodies tokens.
     pub body: Zeroizing<Vec<u8>>,
 }
@@ -226,6 +339,7 @@ impl Http {
             client,
             retries,
             clock,
+            limits: Limits::default(),
         }
     }
 
@@ -245,14 +359,31 @@ impl Http {
             let (client, request) = build().build_split();
             let request = request.map_err(describe)?;
             let route = format!("{} {target}", request.method());
+            let bucket = bucket(request.method().as_str(), request.url());
+            if let Some((wait, why)) = self.limits.wait(&bucket, self.clock.now()) {
+                let line = format!(
+                    "{route}: Infisical's rate limit for this route is used up ({why}); waiting {} before sending",
+                    seconds(wait)
+                );
+                self.pause(Pause::RateLimit, &route, why, wait, &line).await;
+            }
             // `cause` finishes the sentence "<route> ..." for people; `why` is the detail.
             let (cause, why, server_wait) = match self.attempt(&client, request).await {
-                Ok(reply) if reply.class() != Class::Transient => return Ok(reply),
                 Ok(reply) => {
+                    let now = self.clock.now();
                     let wait = reply
                         .retry_after
                         .as_deref()
-                        .and_then(|v| retry_after(v, self.clock.now()));
+                        .and_then(|v| retry_after(v, now));
+                    let (remaining, reset) = &reply.limit;
+                    if let Some(held) =
+                        hold(reply.status, wait, remaining.as_deref(), reset.as_deref())
+                    {
+                        self.limits.hold(bucket, now, held);
+                    }
+                    if reply.class() != Class::Transient {
+                        return Ok(reply);
+                    }
                     let err = reply.api_error();
                     let cause = match (err.status, err.error.as_str()) {
                         (429, _) => "was rate-limited (HTTP 429)".to_owned(),
@@ -274,19 +405,37 @@ impl Http {
                 Some(wait) => (wait, "Retry-After"),
                 None => (backoff(attempt, jitter_unit()), "backoff"),
             };
-            tracing::warn!(
-                route = %route,
-                reason = %why,
-                wait_ms = wait.as_millis() as u64,
-                attempt = attempt + 1,
+            let line = format!(
                 "{route} {cause}; waiting {} ({source}) before retry {} of {}",
                 seconds(wait),
                 attempt + 1,
                 self.retries
             );
-            self.clock.sleep(wait).await;
             attempt += 1;
+            self.pause(Pause::Retry(attempt), &route, &why, wait, &line)
+                .await;
         }
+    }
+
+    /// Waits `wait` on the client's clock after saying so at warn (`line` for people; route,
+    /// reason and wait as fields). Every wait of a request goes through here.
+    async fn pause(&self, pause: Pause, route: &str, reason: &str, wait: Duration, line: &str) {
+        match pause {
+            Pause::Retry(attempt) => tracing::warn!(
+                route = %route,
+                reason = %reason,
+                wait_ms = wait.as_millis() as u64,
+                attempt,
+                "{line}"
+            ),
+            Pause::RateLimit => tracing::warn!(
+                route = %route,
+                reason = %reason,
+                wait_ms = wait.as_millis() as u64,
+                "{line}"
+            ),
+        }
+        self.clock.sleep(wait).await;
     }
 
     async fn attempt(
@@ -304,6 +453,14 @@ impl Http {
         };
         let etag = header(reqwest::header::ETAG);
         let retry_after = header(reqwest::header::RETRY_AFTER);
+        let limit = (
+            header(reqwest::header::HeaderName::from_static(
+                "x-ratelimit-remaining",
+            )),
+            header(reqwest::header::HeaderName::from_static(
+                "x-ratelimit-reset",
+            )),
+        );
         let status = response.status().as_u16();
         // Read into one zeroizing buffer sized up front, so growth leaves no stray copies.
         let too_large = || {
@@ -324,6 +481,7 @@ impl Http {
             status,
             etag,
             retry_after,
+            limit,
             body,
         })
     }
@@ -473,6 +631,7 @@ mod tests {
             status,
             etag: None,
             retry_after: None,
+            limit: (None, None),
             body: Zeroizing::new(body.as_bytes().to_vec()),
         };
         let err = reply(
@@ -521,6 +680,100 @@ mod tests {
         assert_eq!(retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn buckets_are_server_method_and_route_pattern() {
+        let b = |method, url: &str| bucket(method, &reqwest::Url::parse(url).unwrap());
+        let base = "https://infisical.test";
+        assert_eq!(
+            b(
+                "GET",
+                &format!("{base}/api/v3/secrets/raw?workspaceId=p&secretPath=%2Fapp")
+            ),
+            "GET https://infisical.test/api/v3/secrets/raw"
+        );
+        // Fixture 92: one secret's route is its own bucket, shared by every name.
+        assert_eq!(
+            b("GET", &format!("{base}/api/v3/secrets/raw/APP_PORT?x=1")),
+            b("GET", &format!("{base}/api/v3/secrets/raw/DB_HOST"))
+        );
+        assert_eq!(
+            b("GET", &format!("{base}/api/v4/secrets/DB_HOST")),
+            "GET https://infisical.test/api/v4/secrets/:secretName"
+        );
+        assert_eq!(
+            b("POST", &format!("{base}/api/v4/secrets/batch")),
+            "POST https://infisical.test/api/v4/secrets/batch"
+        );
+        assert_ne!(
+            b("POST", &format!("{base}/api/v4/secrets/batch")),
+            b("GET", &format!("{base}/api/v4/secrets/batch"))
+        );
+        // An API URL with a path of its own; another server is another bucket.
+        assert_eq!(
+            b("POST", "http://10.0.0.1:8080/infisical/api/v1/cert-manager/certificates/c1/renew"),
+            "POST http://10.0.0.1:8080/infisical/api/v1/cert-manager/certificates/:certificateId/renew"
+        );
+        assert_ne!(
+            b("GET", "https://a.test/api/v1/folders"),
+            b("GET", "https://b.test/api/v1/folders")
+        );
+        assert_eq!(
+            b("GET", "http://169.254.169.254/latest/meta-data/x"),
+            "GET http://169.254.169.254/latest/meta-data/x"
+        );
+    }
+
+    #[test]
+    fn holds_from_retry_after_and_spent_budgets() {
+        let secs = |n| Some((Duration::from_secs(n), "x-ratelimit-reset"));
+        // Fixture 90: the last allowed request closes the route until the window resets.
+        assert_eq!(hold(200, None, Some("0"), Some("59")), secs(59));
+        assert_eq!(hold(200, None, Some("51"), Some("4")), None);
+        assert_eq!(hold(200, None, None, None), None);
+        assert_eq!(hold(200, None, Some("0"), Some("soon")), None);
+        // Fixture 91: 429 with both; the longer wins. Retry-After of a 503 is no budget.
+        let after = |n| Some(Duration::from_secs(n));
+        assert_eq!(
+            hold(429, after(59), Some("0"), Some("59")),
+            Some((Duration::from_secs(59), "Retry-After"))
+        );
+        assert_eq!(hold(429, after(3), Some("0"), Some("50")), secs(50));
+        assert_eq!(
+            hold(429, after(7), None, None),
+            Some((Duration::from_secs(7), "Retry-After"))
+        );
+        assert_eq!(hold(503, after(7), None, None), None);
+        assert_eq!(
+            hold(200, None, Some("0"), Some("100000")),
+            Some((RETRY_AFTER_CAP, "x-ratelimit-reset"))
+        );
+    }
+
+    #[test]
+    fn limits_hold_a_bucket_until_then_and_never_shorten() {
+        let limits = Limits::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(limits.wait("GET a", t0), None);
+        limits.hold("GET a".into(), t0, (Duration::from_secs(30), "Retry-After"));
+        limits.hold(
+            "GET a".into(),
+            t0,
+            (Duration::from_secs(10), "x-ratelimit-reset"),
+        );
+        assert_eq!(
+            limits.wait("GET a", at(5)),
+            Some((Duration::from_secs(25), "Retry-After"))
+        );
+        assert_eq!(limits.wait("GET b", at(5)), None);
+        assert_eq!(limits.wait("GET a", at(30)), None);
+        assert_eq!(
+            limits.wait("GET a", at(5)),
+            None,
+            "expired holds are dropped"
+        );
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub struct ApplianceSpec {
     /// The directories TLS renewal writes to (sorted, unique) and their modes: the files'
     /// mode with search permission wherever it grants read; empty: no TLS units.
     pub tls_dirs: Vec<(PathBuf, u32)>,
+    /// `providers.infisical.tls.renew_randomized_delay`: the renewal timer's spread.
+    pub tls_renew_delay: String,
     /// The scope's tmpfiles.d directory ([`Target::Tmpfiles`](super::Target::Tmpfiles)).
     pub tmpfiles_dir: PathBuf,
 }
@@ -258,6 +260,9 @@ impl ApplianceSpec {
                 Some((_, CredentialSource::CredentialsDirectory))
             ),
             tls_dirs: tls_dirs.into_iter().collect(),
+            tls_renew_delay: infisical
+                .map_or("1h", |i| i.tls.renew_randomized_delay.as_str())
+                .to_owned(),
             tmpfiles_dir: paths.tmpfiles_dir.clone(),
         })
     }

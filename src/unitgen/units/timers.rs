@@ -33,8 +33,16 @@ pub(super) fn refresh_service(spec: &ApplianceSpec, provider: &str) -> Generated
     .file(Target::Unit, format!("psi-{provider}-refresh.service"))
 }
 
+/// `FixedRandomDelay=yes`: the randomized delay is derived from the machine ID and the unit
+/// name instead of drawn anew at every elapse. Each host keeps one offset in the window, so a
+/// fleet stays spread evenly across it run after run; re-rolled delays let hosts collide
+/// again by chance, and after a fleet-wide reboot all fire in one burst. systemd 247 and
+/// later read it (Debian 12 has 252, Fedora CoreOS newer).
+const FIXED_DELAY: &str = "FixedRandomDelay=yes";
+
 /// `psi-<p>-refresh.timer`: starts the refresh service every `cache.refresh_interval`, the
-/// first time that long after boot.
+/// first time that long after boot, each host at its own fixed offset within
+/// `cache.refresh_randomized_delay` so a fleet does not ask Infisical all at once.
 pub(super) fn refresh_timer(
     spec: &ApplianceSpec,
     cache: &CacheSpec,
@@ -57,13 +65,15 @@ pub(super) fn refresh_timer(
             format!("OnBootSec={}", cache.refresh_interval),
             format!("OnUnitActiveSec={}", cache.refresh_interval),
             format!("RandomizedDelaySec={}", cache.refresh_delay),
+            FIXED_DELAY.into(),
         ],
     )
     .section("Install", vec!["WantedBy=timers.target".into()])
     .file(Target::Unit, format!("psi-{provider}-refresh.timer"))
 }
 
-/// `psi-tls-renew.timer`: once a day, catching up a run missed while the host was off.
+/// `psi-tls-renew.timer`: once a day, catching up a run missed while the host was off, each
+/// host at its own fixed offset within `providers.infisical.tls.renew_randomized_delay`.
 pub(super) fn tls_timer(spec: &ApplianceSpec) -> GeneratedFile {
     UnitText::new(spec, "Timer of psi's TLS certificate renewal")
         .section(
@@ -74,7 +84,8 @@ pub(super) fn tls_timer(spec: &ApplianceSpec) -> GeneratedFile {
             "Timer",
             vec![
                 "OnCalendar=daily".into(),
-                "RandomizedDelaySec=1h".into(),
+                format!("RandomizedDelaySec={}", spec.tls_renew_delay),
+                FIXED_DELAY.into(),
                 "Persistent=true".into(),
             ],
         )

@@ -3,6 +3,7 @@
 pub mod bookworm;
 pub mod child_env;
 pub mod debian;
+pub mod fleet;
 pub mod http;
 pub mod infisical;
 pub mod lookups;
@@ -12,6 +13,7 @@ pub mod podman;
 pub mod podman5;
 pub mod softhsm;
 pub mod swtpm;
+pub mod virtual_clock;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;

@@ -72,6 +72,8 @@ pub struct Recorded {
     pub headers: BTreeMap<String, String>,
     /// The JSON body; a body that is not JSON is kept as a JSON string.
     pub body: Option<serde_json::Value>,
+    /// The fake's virtual time (unix seconds) when it arrived.
+    pub at: u64,
 }
 
 /// A running fake Infisical; stops listening when dropped.
@@ -373,6 +375,29 @@ impl FakeInfisical {
         self.lock().requests.clone()
     }
 
+    /// Requests answered 429 by the rate limiter so far (injected faults not counted).
+    pub fn throttled(&self) -> usize {
+        self.lock().throttled
+    }
+
+    /// The virtual clock (unix seconds).
+    pub fn now(&self) -> u64 {
+        self.lock().now
+    }
+
+    /// A function that moves the virtual clock forward to a unix time (never back), for a
+    /// client's clock to drive ([`super::virtual_clock::VirtualClock`]).
+    pub fn clock_driver(&self) -> impl Fn(std::time::SystemTime) + Send + Sync + 'static {
+        let state = self.state.clone();
+        move |time| {
+            let secs = time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            state.now = state.now.max(secs);
+        }
+    }
+
     pub fn clear_requests(&self) {
         self.lock().requests.clear();
     }
@@ -481,7 +506,8 @@ async fn handle(
     let req = routes::Request::new(&parts, &bytes);
     let fault = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-        state.requests.push(req.recorded());
+        let recorded = req.recorded(state.now);
+        state.requests.push(recorded);
         state.take_fault(&req.method, &req.path)
     };
     let reply = match fault {

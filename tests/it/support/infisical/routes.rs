@@ -59,8 +59,9 @@ impl Request {
         }
     }
 
-    pub fn recorded(&self) -> Recorded {
+    pub fn recorded(&self, at: u64) -> Recorded {
         Recorded {
+            at,
             method: self.method.clone(),
             path: self.path.clone(),
             query: self.query.clone(),
@@ -491,6 +492,7 @@ pub(super) fn handle(state: &mut State, req: &Request) -> Reply {
                     false,
                 ),
             };
+            state.throttled += 1;
             let mut reply = Reply::json(429, &body);
             reply
                 .headers

@@ -45,6 +45,8 @@ pub(super) struct State {
     pub rate_limit: Option<u32>,
     /// Route key -> (window start, requests in the window).
     pub buckets: HashMap<String, (u64, u32)>,
+    /// Requests the rate limiter answered 429.
+    pub throttled: usize,
     pub faults: Vec<FaultRule>,
     pub requests: Vec<Recorded>,
     pub pki: super::pki::Pki,
@@ -235,6 +237,7 @@ impl State {
             roles: HashMap::new(),
             rate_limit: None,
             buckets: HashMap::new(),
+            throttled: 0,
             faults: Vec::new(),
             requests: Vec::new(),
             pki: Default::default(),
