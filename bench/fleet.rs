@@ -4,10 +4,12 @@
 //! recorded rate limit (60 requests per route per 60 s window, fixtures 90-93), after every
 //! folder changed upstream.
 //!
-//! The fake sees every host from 127.0.0.1, so all hosts share one budget per route: a fleet
-//! behind one egress address (NAT, a proxy), or an Infisical behind a load balancer whose
-//! address it takes for the client's. That is the worst case; with an address per host each
-//! host has its own budget and 20 calls a run never reach it.
+//! Infisical keys its limits by client address and route. Two fleets:
+//! - **an address per host** (the usual case): each host reaches the fake under a URL prefix
+//!   `/from/10.x.y.z` that the fake takes for its client address, so each has its own budget;
+//! - **one address** (a fleet behind NAT or an egress proxy, or an Infisical behind a load
+//!   balancer whose address it takes for the client's): all hosts share one budget per route.
+//!   The worst case, and the one README's sizing rule is for.
 //!
 //! Time is virtual (`support::virtual_clock`): the hosts' timer offsets, `Retry-After`s and
 //! budget waits take no wall time, and the fake's clock moves with it. Hosts booted together
@@ -38,8 +40,15 @@ const PROJECT: &str = "9e3c1b2a-4d5f-4a6b-8c7d-0e1f2a3b4c5d";
 const LIMIT: u32 = 60;
 const UNIT: &str = "psi-infisical-refresh.timer";
 
-/// (refresh interval, randomized delay) pairs, in minutes: the default, then wider spreads.
-const TIMERS: [(u64, u64); 4] = [(60, 5), (60, 60), (180, 120), (240, 180)];
+/// (own address per host, refresh interval, randomized delay in minutes): the default timers
+/// for a fleet of addresses, then one shared address with the default and wider spreads.
+const ROWS: [(bool, u64, u64); 5] = [
+    (true, 60, 5),
+    (false, 60, 5),
+    (false, 60, 60),
+    (false, 180, 120),
+    (false, 240, 180),
+];
 
 fn main() {
     let hosts: usize = std::env::var("FLEET_HOSTS")
@@ -47,10 +56,11 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(300);
     println!(
-        "psi fleet: {hosts} hosts x {WORKLOADS} workloads, one fake Infisical, {LIMIT} requests per route per 60 s shared by all hosts"
+        "psi fleet: {hosts} hosts x {WORKLOADS} workloads, one fake Infisical, {LIMIT} requests per route and client address per 60 s"
     );
     println!(
-        "{:<22} {:>9} {:>8} {:>7} {:>11} {:>10} {:>10} {:>8}",
+        "{:<14} {:<18} {:>9} {:>8} {:>7} {:>11} {:>10} {:>10} {:>8}",
+        "addresses",
         "interval / delay",
         "API calls",
         "per run",
@@ -60,12 +70,13 @@ fn main() {
         "target",
         "wall"
     );
-    for (interval, delay) in TIMERS {
+    for (own, interval, delay) in ROWS {
         let started = Instant::now();
-        let wave = simulate(hosts, Duration::from_secs(delay * 60));
+        let wave = simulate(hosts, own, Duration::from_secs(delay * 60));
         let target = Duration::from_secs(interval * 60);
         println!(
-            "{:<22} {:>9} {:>8.1} {:>7} {:>11} {:>10} {:>10} {:>7.1}s",
+            "{:<14} {:<18} {:>9} {:>8.1} {:>7} {:>11} {:>10} {:>10} {:>7.1}s",
+            if own { "one per host" } else { "one shared" },
             format!("{interval}m / {delay}m"),
             wave.calls,
             wave.calls as f64 / hosts as f64,
@@ -89,8 +100,9 @@ struct Wave {
     converged: Duration,
 }
 
-/// One refresh wave after a change upstream, each host starting at its offset in `delay`.
-fn simulate(hosts: usize, delay: Duration) -> Wave {
+/// One refresh wave after a change upstream, each host starting at its offset in `delay`;
+/// `own`: each host under an address of its own.
+fn simulate(hosts: usize, own: bool, delay: Duration) -> Wave {
     let fake = FakeInfisical::start(Generation::Current);
     fake.add_universal_auth(CLIENT_ID, CLIENT_SECRET, 30 * 86_400, 30 * 86_400);
     fake.add_project(PROJECT, "fleet");
@@ -105,7 +117,14 @@ fn simulate(hosts: usize, delay: Duration) -> Wave {
         .build()
         .unwrap();
     let fleet: Vec<Arc<Host>> = (0..hosts)
-        .map(|_| Arc::new(Host::new(&fake.url(), PROJECT, WORKLOADS, "")))
+        .map(|i| {
+            let url = if own {
+                format!("{}/from/10.0.{}.{}", fake.url(), i / 256, i % 256)
+            } else {
+                fake.url()
+            };
+            Arc::new(Host::new(&url, PROJECT, WORKLOADS, ""))
+        })
         .collect();
     let start = UNIX_EPOCH + Duration::from_secs(fake.now());
     let clock = VirtualClock::new(start, fake.clock_driver());

@@ -20,6 +20,10 @@ use super::{Generation, Recorded};
 pub(super) struct Request {
     pub method: String,
     pub path: String,
+    /// The client address the rate limiter keys by (Infisical limits per client IP): the
+    /// connection's, 127.0.0.1, unless the URL starts with `/from/ADDR`, which stands in
+    /// for a client of its own address (the fleet bench's hosts) and is removed.
+    client: String,
     /// Path and query exactly as sent (fastify echoes it in its 404 message).
     target: String,
     query: BTreeMap<String, String>,
@@ -37,13 +41,22 @@ impl Request {
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
             )
         };
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.to_string());
+        let (client, prefix) = match parts.uri.path().strip_prefix("/from/") {
+            Some(rest) => {
+                let addr = rest.split('/').next().unwrap_or_default();
+                (addr.to_owned(), "/from/".len() + addr.len())
+            }
+            None => ("127.0.0.1".to_owned(), 0),
+        };
         Request {
             method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-            target: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_owned(), |p| p.to_string()),
+            path: parts.uri.path()[prefix..].to_owned(),
+            client,
+            target: target[prefix..].to_owned(),
             query: parse_query(parts.uri.query().unwrap_or("")),
             headers: parts
                 .headers
@@ -469,7 +482,8 @@ pub(super) fn handle(state: &mut State, req: &Request) -> Reply {
         String::new()
     };
     let mut limit_headers = Vec::new();
-    if let Some((limit, remaining, reset, over)) = state.count(&format!("{} {pattern}", req.method))
+    if let Some((limit, remaining, reset, over)) =
+        state.count(&format!("{} {} {pattern}", req.client, req.method))
     {
         limit_headers = vec![
             ("x-ratelimit-limit".to_owned(), limit.to_string()),

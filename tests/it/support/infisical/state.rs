@@ -418,7 +418,8 @@ impl State {
         Some(fault)
     }
 
-    /// Counts a request against `route`'s bucket. Returns (limit, remaining, seconds left in
+    /// Counts a request against the bucket of `route` (client address, method and route
+    /// pattern: Infisical's limits are per client IP and route). Returns (limit, remaining, seconds left in
     /// the window) and whether the request is over the limit; `None` when unlimited.
     pub fn count(&mut self, route: &str) -> Option<(u32, u32, u64, bool)> {
         let limit = self.rate_limit?;
