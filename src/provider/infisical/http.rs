@@ -246,7 +246,7 @@ impl Http {
             let request = request.map_err(describe)?;
             let route = format!("{} {target}", request.method());
             // `cause` finishes the sentence "<route> ..." for people; `why` is the detail.
-            let (cause, why, server_wait) = match self.attempt(&client, request).await {
+            let (cause, why, server_wait, limited) = match self.attempt(&client, request).await {
                 Ok(reply) if reply.class() != Class::Transient => return Ok(reply),
                 Ok(reply) => {
                     let wait = reply
@@ -259,10 +259,10 @@ impl Http {
                         (status, "") => format!("failed (HTTP {status})"),
                         (status, error) => format!("failed (HTTP {status} {error})"),
                     };
-                    (cause, err.to_string(), wait)
+                    (cause, err.to_string(), wait, err.status == 429)
                 }
                 Err(fatal @ Attempt::Fatal(_)) => return Err(fatal),
-                Err(Attempt::Transient(why)) => (format!("failed ({why})"), why, None),
+                Err(Attempt::Transient(why)) => (format!("failed ({why})"), why, None, false),
             };
             if attempt >= self.retries {
                 return Err(Attempt::Transient(match attempt {
@@ -284,6 +284,9 @@ impl Http {
                 attempt + 1,
                 self.retries
             );
+            crate::metrics::METRICS
+                .provider(super::NAME)
+                .retry(wait, limited);
             self.clock.sleep(wait).await;
             attempt += 1;
         }
