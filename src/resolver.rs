@@ -26,7 +26,7 @@ use crate::cache::live::{CacheKey, LiveCache};
 use crate::config::{RawPolicy, Settings, WorkloadConfig};
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::FileStamp;
-use crate::metrics::{Outcome, ProviderMetrics, Source, METRICS, NO_PROVIDER};
+use crate::metrics::{Outcome, ProviderMetrics, Source as Origin, METRICS, NO_PROVIDER};
 use crate::provider::{Discovered, Registry, Source};
 use crate::secret::{Mapping, SecretId, SecretValue};
 use crate::setup::desired::secret_name;
@@ -81,7 +81,7 @@ pub struct CacheHit {
 impl CacheHit {
     pub fn count(self) {
         let CacheHit { provider, started } = self;
-        provider.lookup(Source::Cache, Outcome::Success, started);
+        provider.lookup(Origin::Cache, Outcome::Success, started);
     }
 }
 
@@ -144,17 +144,17 @@ impl Resolver {
         let result = self.resolve(id, &mut provider).await;
         let counted = METRICS.provider(provider);
         match &result {
-            Ok((_, Source::Cache)) => {
+            Ok((_, Origin::Cache)) => {
                 audit_cache_hit(id, provider);
-                counted.lookup(Source::Cache, Outcome::Success, started);
+                counted.lookup(Origin::Cache, Outcome::Success, started);
             }
-            Ok((_, Source::Provider)) => {
+            Ok((_, Origin::Provider)) => {
                 tracing::info!(event = "secret.lookup", secret_id = %id, provider, outcome = "success", source = "provider");
-                counted.lookup(Source::Provider, Outcome::Success, started);
+                counted.lookup(Origin::Provider, Outcome::Success, started);
             }
             Err(err) => {
                 tracing::warn!(event = "secret.lookup", secret_id = %id, outcome = "error", error = %err);
-                counted.lookup(Source::Provider, Outcome::Error, started);
+                counted.lookup(Origin::Provider, Outcome::Error, started);
             }
         }
         result.map(|(value, _)| value)
@@ -188,7 +188,7 @@ impl Resolver {
         &self,
         id: &SecretId,
         provider_name: &mut &'static str,
-    ) -> Result<(SecretValue, Source)> {
+    ) -> Result<(SecretValue, Origin)> {
         let deadline = Instant::now() + self.deadline;
         let read = self.on_state(id, |state, id| state.read_mapping_stamped(id));
         let (mapping, stamp) = tokio::time::timeout_at(deadline, read)
@@ -204,7 +204,7 @@ impl Resolver {
         *provider_name = provider.name();
         let CacheState::Live(cache) = &self.cache else {
             let value = self.ask(provider, &mapping, deadline).await?;
-            return Ok((value, Source::Provider));
+            return Ok((value, Origin::Provider));
         };
         let known = Known {
             stamp,
@@ -213,12 +213,12 @@ impl Resolver {
         };
         if let Some(value) = cache.get(&known.key) {
             self.remember(id, known);
-            return Ok((value, Source::Cache));
+            return Ok((value, Origin::Cache));
         }
         let value = self.ask(provider, &mapping, deadline).await?;
         cache.fill(&known.key, &value);
         self.remember(id, known);
-        Ok((value, Source::Provider))
+        Ok((value, Origin::Provider))
     }
 
     /// `provider`'s value for `mapping`, by `deadline`.

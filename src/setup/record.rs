@@ -103,7 +103,8 @@ impl SetupRecord {
 
 /// The setup families from `record` (HELP and TYPE alone when setup never ran).
 pub fn write_families(out: &mut Text, record: Option<&SetupRecord>) {
-    let gauges: [(&str, &str, fn(&SetupRecord) -> Option<f64>); 3] = [
+    type Gauge = fn(&SetupRecord) -> Option<f64>;
+    let gauges: [(&str, &str, Gauge); 3] = [
         (
             "psi_setup_last_success_timestamp_seconds",
             "When the last successful psi setup run ended, in seconds since the epoch.",
