@@ -165,10 +165,10 @@ impl Resolver {
     /// [`Resolver::lookup`]. The same answer and audit event as `lookup` gives a cache hit;
     /// the caller counts it ([`CacheHit::count`]) when it answers with the value.
     pub fn lookup_cached(&self, id: &SecretId) -> Option<(SecretValue, CacheHit)> {
-        let started = std::time::Instant::now();
         let CacheState::Live(cache) = &self.cache else {
             return None;
         };
+        let started = std::time::Instant::now();
         let known = *read(&self.known).get(id)?;
         if FileStamp::stat(&self.state.mapping_path(id)).ok()? != known.stamp {
             return None;
@@ -182,8 +182,8 @@ impl Resolver {
         Some((value, hit))
     }
 
-    /// The value of `id` and where it came from; `provider` is set to the mapping's provider
-    /// once it is known (for the metrics of a lookup that fails).
+    /// The value of `id` and where it came from; `provider_name` is set to the mapping's
+    /// provider once it is known (for the metrics of a lookup that fails).
     async fn resolve(
         &self,
         id: &SecretId,
