@@ -214,6 +214,9 @@ pub struct SetupArgs {
     /// for the same socket and token, moving them to the configured one
     #[arg(long)]
     pub fix_opts: bool,
+    /// Also write the psi_setup_* metrics to this node_exporter textfile (atomically, 0644)
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -546,9 +549,17 @@ pub enum TlsCommand {
     /// Issue every configured certificate anew
     Issue,
     /// Renew the certificates whose notAfter is within renew_before (the daily timer)
-    Renew,
+    Renew(TlsRenewArgs),
     /// Show each certificate's state: valid, needs renewal, expired, not issued
     Status(TlsStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TlsRenewArgs {
+    /// Also write the certificate and provider metrics to this node_exporter textfile
+    /// (atomically, 0644)
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

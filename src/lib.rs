@@ -31,6 +31,8 @@
 //!   registry; one module per provider: `creds` (systemd-creds), `infisical/` (HTTP client,
 //!   auth and token cache, SigV4, listings, PKI and the inspection of the certificates it
 //!   issues), `nitrokeyhsm/` (PKCS#11 token on its own thread, hybrid envelope).
+//! - [`metrics`]: the Prometheus metrics: lock-free counters serve keeps, the families the
+//!   one-shots leave behind, the text exposition (`text`, pure) for `/metrics` and textfiles.
 //! - [`resolver`]: the one resolver: secret ID -> value (cache in front, provider behind),
 //!   store/delete/list, and a workload's secrets; shared by the server, the one-shot driver,
 //!   `psi run` and `psi infisical import podman-secret`.
@@ -66,6 +68,7 @@ pub mod encoding;
 pub mod error;
 pub mod fsutil;
 pub mod import;
+pub mod metrics;
 pub mod podman;
 pub mod process;
 pub mod provider;

@@ -28,6 +28,8 @@ const PCSCD_DIR: &str = "pcscd";
 const SOCKET_TOKEN_FILE: &str = ".socket-token";
 /// The setup lock ([`StateDir::lock_setup`]).
 const SETUP_LOCK_FILE: &str = ".setup.lock";
+/// The last setup run's record for monitoring ([`crate::setup::record`]).
+const SETUP_STATUS_FILE: &str = ".setup-status.json";
 
 /// Every name psi keeps in the state directory. [`SecretId::parse`] refuses all of them, so
 /// adding an entry above and here reserves its name. (Dot files are refused anyway; they are
@@ -40,6 +42,7 @@ pub const OWN_NAMES: &[&str] = &[
     PCSCD_DIR,
     SOCKET_TOKEN_FILE,
     SETUP_LOCK_FILE,
+    SETUP_STATUS_FILE,
 ];
 
 #[derive(Debug, Clone)]
@@ -75,6 +78,11 @@ impl StateDir {
     /// What `psi infisical tls` remembers of certificate `name`.
     pub fn tls_state_path(&self, name: &str) -> PathBuf {
         self.root.join(TLS_DIR).join(format!("{name}.json"))
+    }
+
+    /// The last setup run's record, which serve reads for `/metrics`. A dot file.
+    pub fn setup_status_path(&self) -> PathBuf {
+        self.root.join(SETUP_STATUS_FILE)
     }
 
     /// The pcscd sidecar's build directory, for users (root builds under /opt).

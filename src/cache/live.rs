@@ -186,6 +186,7 @@ impl LiveCache {
                 lock(&self.fills).clear();
                 release_freed_memory();
                 *lock(&self.failure) = None;
+                crate::metrics::METRICS.cache_loaded(SystemTime::now());
                 tracing::info!(event = "cache.load", outcome = "success", entries, path = %self.path.display(), version = loaded.version, "secret cache loaded");
             }
             Ok(None) => {
@@ -199,6 +200,7 @@ impl LiveCache {
                 let keeping = self.snapshot.load().entries.len();
                 tracing::warn!(event = "cache.load", outcome = "error", path = %self.path.display(), error = %err, keeping, "secret cache could not be loaded; keeping the current one and falling back to live provider lookups for the rest");
                 *lock(&self.failure) = Some(err.to_string());
+                crate::metrics::METRICS.cache_load_failed();
             }
         }
     }

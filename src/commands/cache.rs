@@ -34,6 +34,7 @@ pub async fn run(settings: &Settings, command: CacheCommand) -> Result<()> {
                 json: false,
                 prune: false,
                 fix_opts: false,
+                metrics_textfile: None,
             };
             super::setup::setup(settings, &args).await
         }

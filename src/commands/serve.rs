@@ -28,6 +28,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let mut resolver = Resolver::from_settings(&settings)?;
     resolver.set_cache(open_cache(&settings, &resolver).await);
+    let scrape = crate::metrics::Scrape::from_settings(&settings);
     // Configured, not yet connected: Infisical logs in and the HSM opens its session on the
     // first lookup (they log their own `provider.open`), so start-up never waits on them.
     for name in resolver.registry().names() {
@@ -73,7 +74,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         tracing::info!(signal = name, "stopping: finishing in-flight requests");
         server::notify(&process_env, "STOPPING=1");
     };
-    let app = Arc::new(App::new(resolver, token, server::Limits::default()));
+    let mut app = App::new(resolver, token, server::Limits::default());
+    app.scrape = scrape;
+    let app = Arc::new(app);
     let result = server::run(bound.listener, app, shutdown).await;
     bound.file.remove();
     // A request that outlived the grace period was cut off: psi still stops as asked (the

@@ -249,7 +249,8 @@ pub fn reply(app: &App, request: &Plain<'_>) -> (Ask, Reply) {
         }
         Route::Lookup(id) => match app.resolver.lookup_cached(&id) {
             // A large value goes the long way, which writes it as the socket drains.
-            Some(value) if value.expose().len() <= MAX_FAST_BODY => {
+            Some((value, hit)) if value.expose().len() <= MAX_FAST_BODY => {
+                hit.count();
                 Reply::Now(Answer::ok(&ask, Body::Secret(value)))
             }
             _ => Reply::Later(Route::Lookup(id)),

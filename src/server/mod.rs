@@ -91,6 +91,8 @@ pub struct App {
     /// The bearer token; `None` disables auth.
     pub token: Option<SecretString>,
     pub limits: Limits,
+    /// The files `/metrics` reads besides serve's own counters (none by default).
+    pub scrape: crate::metrics::Scrape,
     /// What is left of [`Limits::body_budget`], in bytes.
     bodies: Semaphore,
 }
@@ -100,6 +102,7 @@ impl App {
         App {
             resolver,
             token,
+            scrape: crate::metrics::Scrape::default(),
             bodies: Semaphore::new(limits.body_budget),
             limits,
         }
@@ -520,7 +523,27 @@ async fn answer(app: &App, route: Route) -> Response<Full<Bytes>> {
             .list()
             .await
             .map(|ids| Bytes::from(ids.join("\n"))),
+        Route::Metrics => return metrics(app).await,
     })
+}
+
+/// The `/metrics` answer; the files it reads are read on the blocking pool.
+async fn metrics(app: &App) -> Response<Full<Bytes>> {
+    let configured = app.resolver.registry().names();
+    let entries = match app.resolver.cache() {
+        CacheState::Live(live) => Some(live.health().entries),
+        _ => None,
+    };
+    let scrape = app.scrape.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        crate::metrics::exposition(&configured, entries, &scrape)
+    })
+    .await
+    .context("metrics task failed");
+    match text {
+        Ok(text) => routes::metrics(text),
+        Err(err) => routes::error_response(&err),
+    }
 }
 
 fn respond(result: Result<Bytes>) -> Response<Full<Bytes>> {

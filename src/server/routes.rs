@@ -2,7 +2,7 @@
 //! error to response. No I/O, so every status code is testable without a socket.
 //!
 //! Routes are the original's (`/healthz`, `/lookup/{id}`, `/store/{id}`, `/delete/{id}`,
-//! `/list`), because existing Podman secrets carry those curl commands in their driver
+//! `/list`) and psi's own (`/healthz/cache`, `/metrics`), because existing Podman secrets carry those curl commands in their driver
 //! options. Unlike the original, the path is percent-decoded, a query string is ignored, and
 //! an empty or unsafe ID is a 400 rather than a file name.
 
@@ -35,6 +35,9 @@ pub enum Route {
     /// `POST /cache/reload`: load `cache.enc` now (`psi setup`, before it restarts a
     /// workload whose secrets changed).
     CacheReload,
+    /// `/metrics`: Prometheus text exposition ([`crate::metrics`]); needs the token like
+    /// `/list`.
+    Metrics,
 }
 
 /// Maps a method and a path (without query; `Uri::path`) to a route.
@@ -57,6 +60,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Error> {
         "/cache/reload" => (
             "POST",
             (method == Method::POST).then_some(Route::CacheReload),
+        ),
+        "/metrics" => (
+            "GET, HEAD",
+            (method == Method::GET || method == Method::HEAD).then_some(Route::Metrics),
         ),
         _ => {
             let (allow, expected, prefix) = if path.starts_with("/lookup/") {
@@ -212,6 +219,16 @@ pub fn authorize(
     } else {
         Err(Error::Unauthorized)
     }
+}
+
+/// A scrape's answer: the exposition with its content type.
+pub fn metrics(text: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::text::CONTENT_TYPE),
+    );
+    response
 }
 
 /// A 200 with a raw body and no content type, as the original answered (curl writes the

@@ -17,6 +17,7 @@ mod cached;
 pub mod desired;
 pub mod discover;
 pub mod plan;
+pub mod record;
 mod report;
 mod rotate;
 

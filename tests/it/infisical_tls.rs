@@ -243,10 +243,37 @@ fn check_renew_due(generation: Generation) {
     let rows = status_json(&sb, &config);
     assert_eq!(rows[0]["status"], "needs_renewal");
 
-    let o = psi(&sb, &config, &["infisical", "tls", "renew"]);
+    let textfile = sb.path().join("psi-tls.prom");
+    let o = psi(
+        &sb,
+        &config,
+        &[
+            "infisical",
+            "tls",
+            "renew",
+            "--metrics-textfile",
+            textfile.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let second = std::fs::read(out(&sb, "api", "cert.pem")).unwrap();
     assert_ne!(first, second, "renewed");
+    // The textfile has the renewed certificate's notAfter (the state file's) and the
+    // provider's counters, world-readable for node_exporter.
+    assert_eq!(mode(&textfile), 0o644);
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(sb.state_dir().join("tls/api.json")).unwrap())
+            .unwrap();
+    let text = std::fs::read_to_string(&textfile).unwrap();
+    let not_after = format!(
+        "psi_certificate_not_after_timestamp_seconds{{certificate=\"api\"}} {}\n",
+        state["expires_at"].as_f64().unwrap()
+    );
+    assert!(text.contains(&not_after), "{text}");
+    assert!(
+        text.contains("psi_provider_retries_total{provider=\"infisical\"} 0\n"),
+        "{text}"
+    );
     assert!(sb.path().join("hook ran").exists(), "hook ran after renew");
     match generation {
         Generation::Current => assert_eq!(fake.pki_counts(), (1, 1)),

@@ -26,6 +26,7 @@ mod infisical_client;
 mod infisical_fake;
 mod infisical_import;
 mod infisical_tls;
+mod metrics;
 mod nitrokeyhsm;
 mod nitrokeyhsm_cli;
 mod parity;

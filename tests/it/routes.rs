@@ -134,6 +134,28 @@ fn healthz_cache_needs_the_token() {
     assert!(authorize(cache.as_ref(), None, None).is_ok());
 }
 
+/// `/metrics` says how the host is used: the token rule of `/list`, GET and HEAD only.
+#[test]
+fn metrics_need_the_token() {
+    let token = SecretString::new("s3cr3t-token".into());
+    for method in [Method::GET, Method::HEAD] {
+        let metrics = route(&method, "/metrics");
+        assert_eq!(metrics.as_ref().unwrap(), &Route::Metrics);
+        assert!(matches!(
+            authorize(metrics.as_ref(), Some(&token), None),
+            Err(Error::Unauthorized)
+        ));
+        assert!(authorize(metrics.as_ref(), Some(&token), Some(b"Bearer s3cr3t-token")).is_ok());
+    }
+    assert!(matches!(
+        route(&Method::POST, "/metrics"),
+        Err(Error::MethodNotAllowed {
+            allow: "GET, HEAD",
+            ..
+        })
+    ));
+}
+
 #[tokio::test]
 async fn cache_health_errors_name_no_absolute_path() {
     use http_body_util::BodyExt;

@@ -15,7 +15,7 @@
 //! Files: key always 0600; cert, chain, fullchain (the certificate, then the chain) and CA
 //! `output.mode` (default 0640); each PEM file ends with one newline. State:
 //! `state_dir/tls/<name>.json` (the original's fields; `expires_at` is the certificate's
-//! notAfter). Progress goes to stderr; only `status` writes to stdout. Private keys are never
+//! notAfter; `/metrics` and `renew --metrics-textfile` report it). Progress goes to stderr; only `status` writes to stdout. Private keys are never
 //! logged.
 
 mod hooks;
@@ -33,6 +33,7 @@ use crate::cli::{TlsCommand, TlsStatusArgs};
 use crate::config::{CertConfig, Settings};
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil;
+use crate::metrics;
 use crate::provider::infisical::cert::{check_key_match, pem_file, read_cert, Standing};
 use crate::provider::infisical::{Infisical, IssueRequest, Issued};
 
@@ -58,9 +59,9 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
     let certs: Vec<(&String, &CertConfig)> = config.tls.certificates.iter().collect();
     match command {
         TlsCommand::Status(args) => status(settings, &certs, &args).await,
-        TlsCommand::Issue | TlsCommand::Renew => {
+        TlsCommand::Issue | TlsCommand::Renew(_) => {
             let client = Infisical::new(config, &settings.state_dir)?;
-            let renew = matches!(command, TlsCommand::Renew);
+            let renew = matches!(command, TlsCommand::Renew(_));
             let mut failures = Vec::new();
             let mut changed = 0;
             for (name, cert) in &certs {
@@ -72,7 +73,13 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
                     }
                 }
             }
+            let textfile = match &command {
+                TlsCommand::Renew(args) => args.metrics_textfile.as_deref(),
+                _ => None,
+            };
+            let written = textfile.map_or(Ok(()), |path| write_metrics(settings, path));
             if failures.is_empty() {
+                written?;
                 match (renew, changed) {
                     (true, 0) => eprintln!("No renewals needed."),
                     (true, n) => eprintln!("{n} certificate(s) renewed."),
@@ -90,14 +97,29 @@ pub async fn run(settings: &Settings, command: TlsCommand) -> Result<()> {
     }
 }
 
+/// The certificate family (each certificate's notAfter, from its state file) and the
+/// Infisical provider's counters, as a node_exporter textfile at `path`.
+fn write_metrics(settings: &Settings, path: &Path) -> Result<()> {
+    let scrape = metrics::Scrape::from_settings(settings);
+    let mut out = metrics::Text::new();
+    metrics::write_certificates(&mut out, &scrape.not_after());
+    metrics::METRICS.write_providers(&mut out, &[crate::provider::infisical::NAME]);
+    metrics::write_textfile(path, &out.into_string())
+}
+
 fn state_path(settings: &Settings, name: &str) -> PathBuf {
     crate::state::StateDir::new(&settings.state_dir).tls_state_path(name)
 }
 
 /// The saved state; unparseable state counts as absent.
 pub fn load_state(settings: &Settings, name: &str) -> Option<CertState> {
-    let bytes =
-        crate::fsutil::read_capped(&state_path(settings, name), crate::fsutil::CONFIG).ok()?;
+    read_state(&state_path(settings, name))
+}
+
+/// The state file at `path` (serve reads each certificate's notAfter from it for
+/// `/metrics`); unparseable state counts as absent.
+pub fn read_state(path: &Path) -> Option<CertState> {
+    let bytes = crate::fsutil::read_capped(path, crate::fsutil::CONFIG).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

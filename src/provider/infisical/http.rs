@@ -365,10 +365,13 @@ impl Http {
                     "{route}: Infisical's rate limit for this route is used up ({why}); waiting {} before sending",
                     seconds(wait)
                 );
+                crate::metrics::METRICS
+                    .provider(super::NAME)
+                    .rate_limit_wait(wait);
                 self.pause(Pause::RateLimit, &route, why, wait, &line).await;
             }
             // `cause` finishes the sentence "<route> ..." for people; `why` is the detail.
-            let (cause, why, server_wait) = match self.attempt(&client, request).await {
+            let (cause, why, server_wait, limited) = match self.attempt(&client, request).await {
                 Ok(reply) => {
                     let now = self.clock.now();
                     let wait = reply
@@ -390,10 +393,10 @@ impl Http {
                         (status, "") => format!("failed (HTTP {status})"),
                         (status, error) => format!("failed (HTTP {status} {error})"),
                     };
-                    (cause, err.to_string(), wait)
+                    (cause, err.to_string(), wait, err.status == 429)
                 }
                 Err(fatal @ Attempt::Fatal(_)) => return Err(fatal),
-                Err(Attempt::Transient(why)) => (format!("failed ({why})"), why, None),
+                Err(Attempt::Transient(why)) => (format!("failed ({why})"), why, None, false),
             };
             if attempt >= self.retries {
                 return Err(Attempt::Transient(match attempt {
@@ -411,6 +414,9 @@ impl Http {
                 attempt + 1,
                 self.retries
             );
+            crate::metrics::METRICS
+                .provider(super::NAME)
+                .retry(wait, limited);
             attempt += 1;
             self.pause(Pause::Retry(attempt), &route, &why, wait, &line)
                 .await;
