@@ -282,6 +282,11 @@ impl TimerSpan {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The span as a duration (`psi status` tells a stale cache by it).
+    pub fn duration(&self) -> std::time::Duration {
+        super::duration::parse(&self.0).expect("a TimerSpan was parsed at load")
+    }
 }
 
 impl<'de> Deserialize<'de> for TimerSpan {
