@@ -5,11 +5,14 @@
 //! healthy, 1 when something needs attention (each reason printed), 2 for a configuration
 //! error as elsewhere. Nothing here fails on what it finds: a missing piece is a fact.
 
+mod psi_conf;
 pub mod report;
+mod screen;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use self::report::{CacheFacts, DriverFacts, Facts, Report, Serve, ServeCache, Timer, Timers};
+use self::psi_conf::DriverFacts;
+use self::report::{CacheFacts, Facts, Report, Serve, ServeCache, Timer, Timers};
 use crate::cli::StatusArgs;
 use crate::config::{CertConfig, Settings};
 use crate::driver::Driver;

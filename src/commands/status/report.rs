@@ -1,18 +1,16 @@
 //! `psi status` (pure): the facts the command gathered about this host (serve and the cache
 //! it holds, `cache.enc`, setup's record, the timers, the certificates, psi.conf) turned into
 //! one report and its verdict, every reason the host needs attention on a line of its own.
-//! No file system, no systemd, no clock: the command passes what it found and `now`.
-//!
-//! Nothing here holds a secret: psi.conf's text is compared, never copied into the report
-//! (curl's form carries the socket token).
+//! No file system, no systemd, no clock: the command passes what it found and `now`. The
+//! screen is [`super::screen`]'s, psi.conf's part [`super::psi_conf`]'s.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
+use super::psi_conf::{DriverFacts, DriverReport};
+use super::screen::{date_time, span};
 use crate::commands::infisical_tls::StatusRow;
 use crate::setup::record::SetupRecord;
 
@@ -136,16 +134,6 @@ impl Timer {
     }
 }
 
-/// psi.conf and what `psi install` would write now.
-pub struct DriverFacts {
-    pub path: PathBuf,
-    /// The file's text (`None`: it does not exist), or why it cannot be read. Zeroized: curl's
-    /// form holds the socket token.
-    pub text: Result<Option<Zeroizing<String>>, String>,
-    /// What `psi install` writes now with this configuration.
-    pub expected: Zeroizing<String>,
-}
-
 /// Setup, as its record tells it.
 #[derive(Debug, Serialize)]
 pub struct SetupReport {
@@ -171,20 +159,6 @@ pub struct CacheReport {
     pub stale: bool,
 }
 
-/// psi.conf as Podman reads it.
-#[derive(Debug, Serialize)]
-pub struct DriverReport {
-    pub path: PathBuf,
-    pub present: bool,
-    /// Why the file cannot be read.
-    pub error: Option<String>,
-    /// `curl`, `psi-client` or `psi client`, as its lookup command names it.
-    pub client: Option<String>,
-    pub socket: Option<String>,
-    /// The file is what `psi install` writes now (`null`: no file).
-    pub current: Option<bool>,
-}
-
 /// `psi status`'s report: the verdict first, then each part.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -206,7 +180,7 @@ impl Report {
     pub fn of(facts: Facts) -> Report {
         let now = facts.now;
         let cache = cache_report(facts.cache, now);
-        let driver = driver_report(&facts.driver);
+        let driver = DriverReport::of(&facts.driver);
         let mut problems = Vec::new();
         serve_problems(&facts.serve, &cache, &mut problems);
         cache_problems(&cache, &mut problems);
@@ -225,7 +199,7 @@ impl Report {
                 problems.push(problem);
             }
         }
-        driver_problems(&driver, &facts.driver, &mut problems);
+        driver.problems(&facts.driver, &mut problems);
         Report {
             healthy: problems.is_empty(),
             problems,
@@ -241,229 +215,6 @@ impl Report {
             driver,
         }
     }
-
-    /// The screen: one aligned line per part, its details indented below, then the problems.
-    pub fn human(&self) -> String {
-        let mut out = String::new();
-        match self.problems.len() {
-            0 => out.push_str("psi status: healthy\n\n"),
-            n => {
-                let _ = writeln!(out, "psi status: {n} problem(s) need attention\n");
-            }
-        }
-        self.human_serve(&mut out);
-        self.human_cache(&mut out);
-        self.human_setup(&mut out);
-        self.human_timers(&mut out);
-        self.human_certificates(&mut out);
-        self.human_driver(&mut out);
-        if !self.problems.is_empty() {
-            out.push_str("\nNeeds attention:\n");
-            for problem in &self.problems {
-                let _ = writeln!(out, "  - {problem}");
-            }
-        }
-        out
-    }
-
-    fn human_serve(&self, out: &mut String) {
-        let serve = &self.serve;
-        let socket = serve.socket.display();
-        if !serve.reachable {
-            let why = serve.error.as_deref().unwrap_or("no answer");
-            line(out, "Serve", &format!("NOT reachable on {socket}: {why}"));
-            return;
-        }
-        let cache = match &serve.cache {
-            Some(c) => {
-                let mut text = c.state.clone();
-                if let Some(n) = c.entries.filter(|_| c.state == "loaded") {
-                    let _ = write!(text, ", {n} entries");
-                }
-                if let Some(error) = &c.error {
-                    let _ = write!(text, " ({error})");
-                }
-                text
-            }
-            None => "unknown".into(),
-        };
-        line(
-            out,
-            "Serve",
-            &format!("reachable on {socket}; cache {cache}"),
-        );
-    }
-
-    fn human_cache(&self, out: &mut String) {
-        let cache = &self.cache;
-        if !cache.configured {
-            line(
-                out,
-                "Cache",
-                "not configured (cache.enabled with a backend)",
-            );
-            return;
-        }
-        let file = match (cache.age_seconds, &cache.error) {
-            (Some(age), _) => format!("written {} ago", span(age)),
-            (None, Some(error)) => format!("cannot be read: {error}"),
-            (None, None) => "unknown".into(),
-        };
-        let judgement = if cache.stale { "STALE, " } else { "" };
-        line(
-            out,
-            "Cache",
-            &format!(
-                "{} {file} ({judgement}refresh every {} + up to {}; stale after {})",
-                cache.path.display(),
-                cache.refresh_interval,
-                cache.randomized_delay,
-                span(cache.stale_after_seconds)
-            ),
-        );
-    }
-
-    fn human_setup(&self, out: &mut String) {
-        let Some(run) = &self.setup.last_run else {
-            let n = self.setup.workloads_configured.len();
-            line(
-                out,
-                "Last setup",
-                &format!("never ran ({n} workload(s) configured)"),
-            );
-            return;
-        };
-        let outcome = if run.success { "succeeded" } else { "FAILED" };
-        let ended = run.started_at + run.duration_seconds;
-        line(
-            out,
-            "Last setup",
-            &format!(
-                "{outcome} {} ({} ago), took {:.1}s",
-                date_time(ended),
-                span(self.checked_at - ended),
-                run.duration_seconds
-            ),
-        );
-        if !run.success {
-            if let Some(at) = run.last_success_at {
-                let _ = writeln!(out, "{:INDENT$}last success {}", "", date_time(at));
-            }
-        }
-        let rows: Vec<[String; 2]> = run
-            .workloads
-            .iter()
-            .map(|w| {
-                [
-                    w.workload.clone(),
-                    format!(
-                        "{}: {} created, {} replaced, {} removed, {} kept",
-                        w.status, w.created, w.replaced, w.removed, w.kept
-                    ),
-                ]
-            })
-            .collect();
-        table(out, &rows);
-    }
-
-    fn human_timers(&self, out: &mut String) {
-        let timers = &self.timers;
-        let summary = match (timers.reachable, timers.units.is_empty()) {
-            (false, _) => "systemd not reachable",
-            (true, true) => "none configured",
-            (true, false) => "",
-        };
-        line(out, "Timers", summary);
-        let rows: Vec<[String; 2]> = timers
-            .units
-            .iter()
-            .map(|t| {
-                let state = match (t.installed, &t.active_state) {
-                    (None, _) => "unknown".to_owned(),
-                    (Some(false), _) => "not installed".to_owned(),
-                    (Some(true), state) => state.clone().unwrap_or_else(|| "inactive".into()),
-                };
-                let mut text = state;
-                if let Some(next) = &t.next {
-                    let _ = write!(text, "; next {next}");
-                }
-                if let Some(last) = &t.last {
-                    let _ = write!(text, "; last {last}");
-                }
-                [t.unit.clone(), text]
-            })
-            .collect();
-        table(out, &rows);
-    }
-
-    fn human_certificates(&self, out: &mut String) {
-        let summary = if self.certificates.is_empty() {
-            "none configured"
-        } else {
-            ""
-        };
-        line(out, "Certificates", summary);
-        let rows: Vec<[String; 2]> = self
-            .certificates
-            .iter()
-            .map(|c| {
-                let mut text = c.status.replace('_', " ");
-                if let (Some(days), Some(expires)) = (c.days_left, &c.expires) {
-                    let _ = write!(text, ", {days} day(s) left (expires {expires})");
-                }
-                [c.name.clone(), text]
-            })
-            .collect();
-        table(out, &rows);
-    }
-
-    fn human_driver(&self, out: &mut String) {
-        let d = &self.driver;
-        let text = match (d.present, &d.error) {
-            (_, Some(error)) => format!("cannot be read: {error}"),
-            (false, None) => "missing".into(),
-            (true, None) => {
-                let client = d.client.as_deref().unwrap_or("not psi's commands");
-                let socket = d
-                    .socket
-                    .as_deref()
-                    .map(|s| format!(" on {s}"))
-                    .unwrap_or_default();
-                let current = match d.current {
-                    Some(true) => "as psi install writes it",
-                    _ => "STALE: psi install would write another",
-                };
-                format!("{client}{socket} ({current})")
-            }
-        };
-        line(out, "Driver", &format!("{}: {text}", d.path.display()));
-    }
-}
-
-/// Where the values of the screen's lines start.
-const INDENT: usize = 14;
-
-/// `label` and `text` in the screen's columns.
-fn line(out: &mut String, label: &str, text: &str) {
-    let _ = writeln!(out, "{:<INDENT$}{text}", label);
-    trim_line_end(out);
-}
-
-/// Indented rows of a part (workloads, timers, certificates), their names aligned.
-fn table(out: &mut String, rows: &[[String; 2]]) {
-    let width = rows.iter().map(|[name, _]| name.chars().count()).max();
-    for [name, text] in rows {
-        let pad = width.unwrap_or(0) - name.chars().count();
-        let _ = writeln!(out, "  {name}{:pad$}  {text}", "");
-    }
-}
-
-/// Drops the spaces a line with an empty value leaves before its newline.
-fn trim_line_end(out: &mut String) {
-    out.pop();
-    let kept = out.trim_end_matches(' ').len();
-    out.truncate(kept);
-    out.push('\n');
 }
 
 fn cache_report(facts: CacheFacts, now: f64) -> CacheReport {
@@ -586,117 +337,280 @@ fn certificate_problem(cert: &StatusRow) -> Option<String> {
     })
 }
 
-/// The client and socket psi.conf's lookup command names, when the file holds one.
-fn describe(text: &str) -> (Option<String>, Option<String>) {
-    let Some(words) = lookup_command(text).and_then(|c| shlex::split(&c)) else {
-        return (None, None);
-    };
-    let after = |flag: &str| {
-        let at = words.iter().position(|w| w == flag)?;
-        words.get(at + 1).cloned()
-    };
-    let client = match (words.first(), words.get(1)) {
-        (Some(curl), _) if curl == "curl" => "curl",
-        (Some(_), Some(client)) if client == "client" => "psi client",
-        (Some(program), _) if program.ends_with(crate::driver::LEAN_CLIENT) => "psi-client",
-        _ => return (None, None),
-    };
-    let socket = after("--unix-socket").or_else(|| after("--socket"));
-    (Some(client.to_owned()), socket)
-}
+#[cfg(test)]
+mod tests {
+    use zeroize::Zeroizing;
 
-/// The `lookup` option of psi.conf's `[secrets.opts]`, unescaped from its TOML basic string
-/// (the escapes [`crate::unitgen::toml_basic`] writes).
-fn lookup_command(text: &str) -> Option<String> {
-    let quoted = text.lines().find_map(|l| {
-        let (key, value) = l.split_once('=')?;
-        (key.trim() == "lookup").then(|| value.trim())
-    })?;
-    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next()? {
-            'u' => {
-                let hex: String = chars.by_ref().take(4).collect();
-                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-            }
-            escaped => out.push(escaped),
+    use super::*;
+    use crate::setup::record::WorkloadRecord;
+
+    const NOW: f64 = 1_800_000_000.0;
+    const HOUR: Duration = Duration::from_secs(3600);
+    const CONF: &str = "[secrets]\ndriver = \"shell\"\n\n[secrets.opts]\nlookup = \"/usr/local/bin/psi-client lookup --socket /run/psi/psi.sock --token-file /var/lib/psi/socket-token\"\n";
+
+    fn workload(name: &str, status: &str) -> WorkloadRecord {
+        WorkloadRecord {
+            workload: name.into(),
+            status: status.into(),
+            created: 2,
+            replaced: 0,
+            removed: 0,
+            kept: 1,
         }
     }
-    Some(out)
-}
 
-fn driver_report(facts: &DriverFacts) -> DriverReport {
-    let (text, error) = match &facts.text {
-        Ok(text) => (text.as_ref().map(|t| t.as_str()), None),
-        Err(why) => (None, Some(why.clone())),
-    };
-    let (client, socket) = text.map_or((None, None), describe);
-    DriverReport {
-        path: facts.path.clone(),
-        present: text.is_some(),
-        error,
-        client,
-        socket,
-        current: text.map(|t| t == facts.expected.as_str()),
+    /// A healthy host: serve up with its cache loaded, cache.enc written 10 minutes ago, a
+    /// successful setup, an active timer, a valid certificate, a current psi.conf.
+    fn healthy() -> Facts {
+        Facts {
+            now: NOW,
+            serve: Serve {
+                socket: "/run/psi/psi.sock".into(),
+                reachable: true,
+                error: None,
+                cache: Some(ServeCache::from_answer(
+                    200,
+                    br#"{"cache": "loaded", "entries": 3, "version": 2, "error": null}"#,
+                )),
+            },
+            cache: CacheFacts {
+                configured: true,
+                path: "/var/lib/psi/cache.enc".into(),
+                modified: Ok(NOW - 600.0),
+                refresh_interval: ("1h".into(), HOUR),
+                randomized_delay: ("5m".into(), Duration::from_secs(300)),
+            },
+            workloads: vec!["web".into()],
+            setup: Some(SetupRecord {
+                started_at: NOW - 601.5,
+                duration_seconds: 1.5,
+                success: true,
+                last_success_at: Some(NOW - 600.0),
+                workloads: vec![workload("web", "ok")],
+            }),
+            timers: Timers {
+                reachable: true,
+                error: None,
+                units: vec![timer("psi-infisical-refresh.timer", "loaded", "active")],
+            },
+            certificates: vec![certificate("valid", 60)],
+            driver: DriverFacts {
+                path: "/etc/containers/containers.conf.d/psi.conf".into(),
+                text: Ok(Some(Zeroizing::new(CONF.into()))),
+                expected: Zeroizing::new(CONF.into()),
+            },
+        }
     }
-}
 
-fn driver_problems(report: &DriverReport, facts: &DriverFacts, problems: &mut Vec<String>) {
-    let path = report.path.display();
-    if let Some(error) = &report.error {
-        problems.push(format!("psi.conf: {path} cannot be read: {error}"));
-    } else if !report.present {
-        problems.push(format!(
-            "psi.conf: {path} does not exist, so Podman's shell driver does not reach psi: run psi install"
+    fn timer(unit: &str, load: &str, active: &str) -> Timer {
+        let properties = [
+            ("LoadState", load),
+            ("ActiveState", active),
+            ("NextElapseUSecRealtime", "Thu 2027-01-14 09:00:00 UTC"),
+            ("LastTriggerUSec", "n/a"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Timer::of(unit, Some(&properties))
+    }
+
+    fn certificate(status: &'static str, days: i64) -> StatusRow {
+        StatusRow {
+            name: "api".into(),
+            common_name: "api.example".into(),
+            serial_number: Some("01".into()),
+            issued: Some("2026-11-01".into()),
+            expires: Some("2027-03-01".into()),
+            days_left: Some(days),
+            status,
+        }
+    }
+
+    fn problems(change: impl FnOnce(&mut Facts)) -> Vec<String> {
+        let mut facts = healthy();
+        change(&mut facts);
+        let report = Report::of(facts);
+        assert_eq!(report.healthy, report.problems.is_empty());
+        report.problems
+    }
+
+    #[test]
+    fn a_healthy_host_has_no_problems_and_says_so() {
+        let report = Report::of(healthy());
+        assert!(report.healthy, "{:?}", report.problems);
+        assert!(!report.cache.stale);
+        assert_eq!(report.cache.age_seconds, Some(600.0));
+        assert_eq!(report.cache.stale_after_seconds, 7500.0);
+        assert_eq!(report.driver.client.as_deref(), Some("psi-client"));
+        assert_eq!(report.driver.socket.as_deref(), Some("/run/psi/psi.sock"));
+        assert_eq!(
+            report.human(),
+            "psi status: healthy\n\n\
+             Serve         reachable on /run/psi/psi.sock; cache loaded, 3 entries\n\
+             Cache         /var/lib/psi/cache.enc written 10m ago (refresh every 1h + up to 5m; stale after 2h 5m)\n\
+             Last setup    succeeded 2027-01-15 07:50:00 UTC (10m ago), took 1.5s\n  \
+             web  ok: 2 created, 0 replaced, 0 removed, 1 kept\n\
+             Timers\n  \
+             psi-infisical-refresh.timer  active; next Thu 2027-01-14 09:00:00 UTC\n\
+             Certificates\n  \
+             api  valid, 60 day(s) left (expires 2027-03-01)\n\
+             Driver        /etc/containers/containers.conf.d/psi.conf: psi-client on /run/psi/psi.sock (as psi install writes it)\n"
+        );
+    }
+
+    #[test]
+    fn serve_down_is_one_problem_and_its_cache_is_not_judged() {
+        let found = problems(|f| {
+            f.serve.reachable = false;
+            f.serve.error = Some("cannot connect to /run/psi/psi.sock: refused".into());
+            f.serve.cache = None;
+        });
+        assert_eq!(found, ["psi serve does not answer on /run/psi/psi.sock: cannot connect to /run/psi/psi.sock: refused; start it (psi-secrets.service)"]);
+    }
+
+    #[test]
+    fn a_cache_serve_has_not_loaded_or_failed_to_reload() {
+        let unavailable =
+            br#"{"cache": "unavailable", "entries": 0, "error": "cache.key: cannot unseal"}"#;
+        let found = problems(|f| {
+            f.serve.cache = Some(ServeCache::from_answer(503, unavailable));
+        });
+        assert_eq!(found, ["psi serve has not loaded the cache (unavailable: cache.key: cannot unseal): lookups go to the providers"]);
+        let reload =
+            br#"{"cache": "loaded", "entries": 3, "version": 2, "error": "cache.enc: bad tag"}"#;
+        let found = problems(|f| f.serve.cache = Some(ServeCache::from_answer(200, reload)));
+        assert_eq!(found, ["psi serve's last cache load failed: cache.enc: bad tag (it serves the entries it loaded before)"]);
+        let found = problems(|f| {
+            f.serve.cache = Some(ServeCache::from_answer(200, br#"{"cache": "disabled"}"#));
+        });
+        assert_eq!(found, ["psi serve runs with the cache disabled, but the configuration enables it: restart psi serve"]);
+        // A refused token: serve's reason, not a guess.
+        let refused = br#"{"error": "unauthorized", "detail": "missing or wrong token"}"#;
+        let found = problems(|f| f.serve.cache = Some(ServeCache::from_answer(401, refused)));
+        assert_eq!(found, ["psi serve did not say how its cache is: HTTP 401: missing or wrong token; is the socket token the one serve has?"]);
+    }
+
+    #[test]
+    fn no_cache_configured_judges_neither_file_nor_serve_cache() {
+        let found = problems(|f| {
+            f.cache.configured = false;
+            f.cache.modified = Err("it does not exist".into());
+            f.serve.cache = Some(ServeCache::from_answer(200, br#"{"cache": "disabled"}"#));
+        });
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_stale_or_missing_cache_file() {
+        // Twice the interval plus the delay is 2h 5m: just under is fresh, just over stale.
+        assert!(problems(|f| f.cache.modified = Ok(NOW - 7499.0)).is_empty());
+        let found = problems(|f| f.cache.modified = Ok(NOW - 7501.0));
+        assert_eq!(found, ["cache: /var/lib/psi/cache.enc was written 2h 5m ago, more than twice cache.refresh_interval (1h) plus cache.refresh_randomized_delay (5m): the refresh is not running or fails (see the timers and the last setup)"]);
+        let found = problems(|f| f.cache.modified = Err("it does not exist".into()));
+        assert_eq!(found, ["cache: /var/lib/psi/cache.enc cannot be read (it does not exist); psi setup writes it"]);
+    }
+
+    #[test]
+    fn a_failed_or_missing_setup() {
+        let found = problems(|f| {
+            let run = f.setup.as_mut().unwrap();
+            run.success = false;
+            run.workloads.push(workload("db", "failed"));
+        });
+        assert_eq!(found, ["setup: the last run (2027-01-15 07:50:00 UTC) failed for workload(s) db; psi setup shows why"]);
+        let found = problems(|f| {
+            let run = f.setup.as_mut().unwrap();
+            run.success = false;
+            run.workloads.clear();
+        });
+        assert_eq!(found, ["setup: the last run (2027-01-15 07:50:00 UTC) failed before it reached the workloads; psi setup shows why"]);
+        let found = problems(|f| f.setup = None);
+        assert_eq!(found, ["setup: psi setup has never run (no record), and 1 workload(s) are configured: run psi setup"]);
+        // Nothing to set up: no record is no problem.
+        assert!(problems(|f| {
+            f.setup = None;
+            f.workloads.clear();
+        })
+        .is_empty());
+    }
+
+    #[test]
+    fn an_inactive_timer_needs_attention_a_missing_one_or_no_systemd_does_not() {
+        let found = problems(|f| {
+            f.timers.units = vec![timer("psi-tls-renew.timer", "loaded", "inactive")];
+        });
+        assert_eq!(found, ["timer psi-tls-renew.timer is installed but inactive: systemctl enable --now psi-tls-renew.timer"]);
+        let missing = timer("psi-tls-renew.timer", "not-found", "inactive");
+        assert_eq!(missing.installed, Some(false));
+        assert_eq!(missing.active_state, None);
+        assert!(problems(|f| f.timers.units = vec![missing]).is_empty());
+        let report = Report::of(Facts {
+            timers: Timers {
+                reachable: false,
+                error: Some("systemctl show failed".into()),
+                units: vec![Timer::of("psi-tls-renew.timer", None)],
+            },
+            ..healthy()
+        });
+        assert!(report.healthy, "{:?}", report.problems);
+        assert!(report
+            .human()
+            .contains("Timers        systemd not reachable\n  psi-tls-renew.timer  unknown\n"));
+    }
+
+    #[test]
+    fn certificates_expired_due_or_not_issued() {
+        let found = problems(|f| f.certificates = vec![certificate("expired", -3)]);
+        assert_eq!(
+            found,
+            ["certificate api: expired 3 day(s) ago: psi infisical tls renew"]
+        );
+        let found = problems(|f| f.certificates = vec![certificate("needs_renewal", 12)]);
+        assert_eq!(found, ["certificate api: 12 day(s) left, within renew_before, and not renewed: psi infisical tls renew (and see its timer)"]);
+        let mut missing = certificate("not_issued", 0);
+        missing.days_left = None;
+        let found = problems(|f| f.certificates = vec![missing]);
+        assert_eq!(
+            found,
+            ["certificate api: not issued (no usable certificate file): psi infisical tls issue"]
+        );
+    }
+
+    #[test]
+    fn psi_conf_missing_or_stale_never_shows_a_token() {
+        let found = problems(|f| f.driver.text = Ok(None));
+        assert_eq!(found, ["psi.conf: /etc/containers/containers.conf.d/psi.conf does not exist, so Podman's shell driver does not reach psi: run psi install"]);
+        let curl = "[secrets.opts]\nlookup = \"curl -sf -H 'Authorization: Bearer tok-123456' --unix-socket /run/other.sock http://localhost/lookup/$SECRET_ID\"\n";
+        let report = Report::of(Facts {
+            driver: DriverFacts {
+                text: Ok(Some(Zeroizing::new(curl.into()))),
+                ..healthy().driver
+            },
+            ..healthy()
+        });
+        assert_eq!(report.problems, ["psi.conf: /etc/containers/containers.conf.d/psi.conf differs from what psi install writes now (curl on /run/other.sock; psi install writes psi-client on /run/psi/psi.sock): run psi install"]);
+        assert_eq!(report.driver.client.as_deref(), Some("curl"));
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(!json.contains("tok-123456") && !report.human().contains("tok-123456"));
+        // The same client and socket with another token file: still stale, said so.
+        let other = CONF.replace("/var/lib/psi/socket-token", "/elsewhere");
+        let found = problems(|f| f.driver.text = Ok(Some(Zeroizing::new(other))));
+        assert_eq!(found, ["psi.conf: /etc/containers/containers.conf.d/psi.conf differs from what psi install writes now (psi-client on /run/psi/psi.sock, with other options or token): run psi install"]);
+    }
+
+    #[test]
+    fn every_problem_is_listed_on_its_own_line() {
+        let report = Report::of(Facts {
+            setup: None,
+            driver: DriverFacts {
+                text: Ok(None),
+                ..healthy().driver
+            },
+            ..healthy()
+        });
+        let text = report.human();
+        assert!(text.starts_with("psi status: 2 problem(s) need attention\n"));
+        assert!(text.ends_with(
+            "\nNeeds attention:\n  - setup: psi setup has never run (no record), and 1 workload(s) are configured: run psi setup\n  - psi.conf: /etc/containers/containers.conf.d/psi.conf does not exist, so Podman's shell driver does not reach psi: run psi install\n"
         ));
-    } else if report.current == Some(false) {
-        let name = |(client, socket): (Option<String>, Option<String>)| match (client, socket) {
-            (Some(client), Some(socket)) => format!("{client} on {socket}"),
-            _ => "other commands".into(),
-        };
-        let now = name((report.client.clone(), report.socket.clone()));
-        let wanted = name(describe(&facts.expected));
-        let detail = if now == wanted {
-            format!("{now}, with other options or token")
-        } else {
-            format!("{now}; psi install writes {wanted}")
-        };
-        problems.push(format!(
-            "psi.conf: {path} differs from what psi install writes now ({detail}): run psi install"
-        ));
     }
-}
-
-/// A duration in seconds as its two largest units: `45s`, `5m 3s`, `2h 5m`, `3d 4h`.
-fn span(secs: f64) -> String {
-    let secs = secs.max(0.0).round() as u64;
-    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
-    let Some(first) = units.iter().position(|(_, size)| secs >= *size) else {
-        return "0s".into();
-    };
-    let mut parts = Vec::new();
-    let mut rest = secs;
-    for (name, size) in &units[first..(first + 2).min(units.len())] {
-        let n = rest / size;
-        rest %= size;
-        if n > 0 {
-            parts.push(format!("{n}{name}"));
-        }
-    }
-    parts.join(" ")
-}
-
-/// A time (seconds since the epoch) as `2026-12-06 19:40:00 UTC`.
-fn date_time(secs: f64) -> String {
-    let utc = crate::timefmt::Utc::of(UNIX_EPOCH + Duration::from_secs(secs.max(0.0) as u64));
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second
-    )
 }
