@@ -36,4 +36,5 @@ mod reads;
 mod routes;
 mod server;
 mod setup;
+mod status;
 mod units;
