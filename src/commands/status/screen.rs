@@ -62,11 +62,7 @@ impl Report {
     fn human_cache(&self, out: &mut String) {
         let cache = &self.cache;
         if !cache.configured {
-            line(
-                out,
-                "Cache",
-                "not configured (cache.enabled with a backend)",
-            );
+            line(out, "Cache", "not configured");
             return;
         }
         let file = match (cache.age_seconds, &cache.error) {
