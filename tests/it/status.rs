@@ -160,7 +160,6 @@ fn a_healthy_host_exits_0_then_a_stale_cache_and_serve_down_exit_1() {
         "{text}"
     );
     assert_eq!(lines.len(), 10, "{text}");
-    eprintln!("healthy screen:\n{text}");
 
     // The same as JSON: its shape.
     let report = json(&status(&env, &conf, &["--json"]));
@@ -268,7 +267,6 @@ fn a_failed_setup_exits_1_naming_the_workload() {
     let out = status(&env, &conf, &[]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
-    eprintln!("failed-setup screen:\n{text}");
     assert!(text.contains("\nLast setup    FAILED "), "{text}");
     assert!(text.contains("\n  broken  failed: 0 created"), "{text}");
     assert!(text.contains("\n  good    ok: 1 created"), "{text}");
