@@ -77,6 +77,9 @@ pub enum Command {
     Butane(ButaneArgs),
     /// Exit 0 when psi serve answers GET /healthz with 200 (the socket: --socket, PSI_SOCKET, config)
     Healthcheck(HealthcheckArgs),
+    /// Whether this host is healthy: serve, cache, last setup, timers, certificates,
+    /// psi.conf; exit 1 with the reasons when something needs attention
+    Status(StatusArgs),
     /// The appliance's systemd units and quadlets
     #[command(subcommand)]
     Systemd(SystemdCommand),
@@ -115,6 +118,17 @@ pub struct HealthcheckArgs {
     /// the socket token when one is configured)
     #[arg(long)]
     pub cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// The psi.conf to check [default: the scope's containers.conf.d/psi.conf, where psi
+    /// install writes it]
+    #[arg(long, value_name = "PATH")]
+    pub driver_conf: Option<PathBuf>,
 }
 
 /// `psi systemd ...`.

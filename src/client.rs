@@ -44,11 +44,7 @@ pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> Result<()
         &["/healthz"]
     };
     for route in routes {
-        let request = build_request("GET", route, token, None);
-        let reply = exchange(socket, &request).map_err(serve_error)?;
-        let response = parse_response(&reply).map_err(|why| {
-            Error::Serve(format!("{route}: malformed reply from psi serve: {why}"))
-        })?;
+        let response = get(socket, route, token)?;
         if response.status != 200 {
             return Err(Error::Serve(format!(
                 "{route}: HTTP {}: {}",
@@ -58,6 +54,16 @@ pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// `GET route` on `socket`: serve's answer whatever its status (`psi healthcheck`, and
+/// `psi status`, which reads the JSON of `/healthz/cache`). The error says why serve could
+/// not be asked.
+pub fn get(socket: &Path, route: &str, token: Option<&str>) -> Result<lean::Response> {
+    let request = build_request("GET", route, token, None);
+    let reply = exchange(socket, &request).map_err(serve_error)?;
+    parse_response(&reply)
+        .map_err(|why| Error::Serve(format!("{route}: malformed reply from psi serve: {why}")))
 }
 
 /// `GET /lookup/{id}` on `socket`: what the driver's lookup prints, for `psi run`. The error

@@ -14,6 +14,7 @@ pub mod run;
 pub mod secret;
 pub mod serve;
 pub mod setup;
+pub mod status;
 pub mod systemd;
 
 use std::future::Future;
@@ -65,6 +66,7 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::client::healthcheck(&settings.socket_path, args.cache, token)
                 .context("unhealthy")
         }
+        Command::Status(args) => block_on(status::run(&settings, &args)),
         Command::Systemd(command) => block_on(systemd::run(&settings, command)),
         Command::Infisical(command) => block_on(infisical::run(settings, command)),
         Command::Run(args) => {

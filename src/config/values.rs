@@ -283,7 +283,8 @@ impl TimerSpan {
         &self.0
     }
 
-    /// The span as a duration (checked at parse, so it always reads).
+    /// The span as a duration (checked at parse, so it always reads): the timers'
+    /// validation and `psi status`'s stale-cache check.
     pub fn duration(&self) -> std::time::Duration {
         super::duration::parse(&self.0).unwrap_or_default()
     }

@@ -38,4 +38,5 @@ mod reads;
 mod routes;
 mod server;
 mod setup;
+mod status;
 mod units;

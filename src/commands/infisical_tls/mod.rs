@@ -28,7 +28,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use self::hooks::{run_hooks, HOOK_TIMEOUT};
-use self::status::{StatusRow, TIMER_PROPERTIES};
+pub use self::status::StatusRow;
+use self::status::TIMER_PROPERTIES;
 use crate::cli::{TlsCommand, TlsStatusArgs};
 use crate::config::{CertConfig, Settings};
 use crate::error::{Error, Result, ResultExt};
@@ -312,15 +313,14 @@ fn read_if_present(path: &Path) -> Result<String> {
     }
 }
 
-/// Prints each certificate's row: JSON when asked or when stdout is not a terminal, else a
-/// table under the state of the renewal timer.
-async fn status(
+/// The row of each of `certs` at `now` (seconds since the epoch), from its certificate file
+/// and state file: `tls status` and `psi status` read certificates this one way.
+pub fn certificate_rows(
     settings: &Settings,
     certs: &[(&String, &CertConfig)],
-    args: &TlsStatusArgs,
-) -> Result<()> {
-    let now = now_secs();
-    let rows: Vec<StatusRow> = certs
+    now: f64,
+) -> Vec<StatusRow> {
+    certs
         .iter()
         .map(|(name, cert)| {
             let info = read_cert(&cert.output.cert)
@@ -333,7 +333,17 @@ async fn status(
                 .map(|s| s.serial_number);
             StatusRow::new(name, cert, info, saved, now)
         })
-        .collect();
+        .collect()
+}
+
+/// Prints each certificate's row: JSON when asked or when stdout is not a terminal, else a
+/// table under the state of the renewal timer.
+async fn status(
+    settings: &Settings,
+    certs: &[(&String, &CertConfig)],
+    args: &TlsStatusArgs,
+) -> Result<()> {
+    let rows = certificate_rows(settings, certs, now_secs());
     if args.json || !std::io::stdout().is_terminal() {
         let text = serde_json::to_string_pretty(&rows).context("cannot encode the status")?;
         return super::write_stdout(format!("{text}\n").as_bytes());

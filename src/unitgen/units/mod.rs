@@ -110,6 +110,15 @@ pub fn setup_unit(provider: &str) -> String {
     format!("psi-{provider}-setup.service")
 }
 
+/// The refresh timer of a provider that discovers secrets, when the cache is on
+/// (`timers::refresh_timer`).
+pub fn refresh_timer_unit(provider: &str) -> String {
+    format!("psi-{provider}-refresh.timer")
+}
+
+/// The daily TLS renewal timer (`timers::tls_timer`).
+pub const TLS_RENEW_TIMER: &str = "psi-tls-renew.timer";
+
 /// The units a workload's secrets come from, which its drop-in orders it after: the lookup
 /// service and the setup unit that registers them.
 pub fn secret_units(provider: &str) -> Vec<String> {

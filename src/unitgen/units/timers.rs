@@ -69,7 +69,7 @@ pub(super) fn refresh_timer(
         ],
     )
     .section("Install", vec!["WantedBy=timers.target".into()])
-    .file(Target::Unit, format!("psi-{provider}-refresh.timer"))
+    .file(Target::Unit, super::refresh_timer_unit(provider))
 }
 
 /// `psi-tls-renew.timer`: once a day, catching up a run missed while the host was off, each
@@ -90,5 +90,5 @@ pub(super) fn tls_timer(spec: &ApplianceSpec) -> GeneratedFile {
             ],
         )
         .section("Install", vec!["WantedBy=timers.target".into()])
-        .file(Target::Unit, "psi-tls-renew.timer".into())
+        .file(Target::Unit, super::TLS_RENEW_TIMER.into())
 }
