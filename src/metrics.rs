@@ -314,7 +314,7 @@ impl Metrics {
             ),
             (
                 "psi_provider_rate_limit_waits_total",
-                "Retries that waited because the provider rate-limited psi (HTTP 429).",
+                "Waits a provider's rate limit imposed: a 429's Retry-After, or a spent budget before sending.",
                 |p| Value::Count(p.rate_limit_waits.load(Relaxed)),
             ),
             (
@@ -384,7 +384,7 @@ mod tests {
              # TYPE psi_provider_retries_total counter\n\
              psi_provider_retries_total{provider=\"systemd-creds\"} 0\n\
              psi_provider_retries_total{provider=\"infisical\"} 1\n\
-             # HELP psi_provider_rate_limit_waits_total Retries that waited because the provider rate-limited psi (HTTP 429).\n\
+             # HELP psi_provider_rate_limit_waits_total Waits a provider's rate limit imposed: a 429's Retry-After, or a spent budget before sending.\n\
              # TYPE psi_provider_rate_limit_waits_total counter\n\
              psi_provider_rate_limit_waits_total{provider=\"systemd-creds\"} 0\n\
              psi_provider_rate_limit_waits_total{provider=\"infisical\"} 1\n\
