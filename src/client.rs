@@ -60,7 +60,18 @@ pub fn healthcheck(socket: &Path, cache: bool, token: Option<&str>) -> Result<()
 /// `psi status`, which reads the JSON of `/healthz/cache`). The error says why serve could
 /// not be asked.
 pub fn get(socket: &Path, route: &str, token: Option<&str>) -> Result<lean::Response> {
-    let request = build_request("GET", route, token, None);
+    request(socket, "GET", route, token)
+}
+
+/// `METHOD route` without a body on `socket` (`psi setup`'s `POST /cache/reload`): serve's
+/// answer whatever its status; the error says why serve could not be asked.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    route: &str,
+    token: Option<&str>,
+) -> Result<lean::Response> {
+    let request = build_request(method, route, token, None);
     let reply = exchange(socket, &request).map_err(serve_error)?;
     parse_response(&reply)
         .map_err(|why| Error::Serve(format!("{route}: malformed reply from psi serve: {why}")))

@@ -20,6 +20,8 @@
 
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroizing;
+
 use crate::config::{DriverClient, Settings};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -161,6 +163,23 @@ impl<'a> Driver<'a> {
         }
         Ok(())
     }
+}
+
+/// The token a psi command presents to `psi serve` (`psi setup`'s cache reload, `psi status`):
+/// the configured one, else the one in the psi client's token file, for a serve that has
+/// its token only as a credential.
+pub fn socket_token(settings: &Settings) -> Option<Zeroizing<String>> {
+    settings
+        .socket_token
+        .as_ref()
+        .map(|(t, _)| Zeroizing::new(t.expose().to_owned()))
+        .or_else(|| {
+            let path = StateDir::new(&settings.state_dir).socket_token_path();
+            fsutil::read_capped_text(&path, fsutil::CONFIG)
+                .ok()
+                .map(|t| Zeroizing::new(t.trim().to_owned()))
+                .filter(|t| crate::client::validate_socket_token(t).is_ok())
+        })
 }
 
 /// Whether psi runs inside a container (Podman's or Docker's marker file exists).

@@ -46,7 +46,8 @@ pub async fn run(settings: &Settings, args: &StatusArgs) -> Result<()> {
 /// `GET /healthz`, then `GET /healthz/cache` with the socket token.
 fn serve(settings: &Settings) -> Serve {
     let socket = &settings.socket_path;
-    let token = settings.socket_token.as_ref().map(|(t, _)| t.expose());
+    let token = crate::driver::socket_token(settings);
+    let token = token.as_deref().map(String::as_str);
     let healthy = crate::client::healthcheck(socket, false, None);
     let cache =
         healthy.is_ok().then(

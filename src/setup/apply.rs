@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use super::cached::Compared;
 use super::desired::Desired;
 use super::plan::{Action, SetupPlan, Step, WorkloadPlan};
@@ -243,32 +241,13 @@ async fn serve_uses_new_cache(
         Some(true) => {}
     }
     let socket = settings.socket_path.clone();
-    let token = settings
-        .socket_token
-        .as_ref()
-        .map(|(t, _)| Zeroizing::new(t.expose().to_owned()))
-        .or_else(|| {
-            // A token serve has only as a credential reaches setup through the psi
-            // client's token file, when there is one.
-            let path = StateDir::new(&settings.state_dir).socket_token_path();
-            fsutil::read_capped_text(&path, fsutil::CONFIG)
-                .ok()
-                .map(|t| Zeroizing::new(t.trim().to_owned()))
-                .filter(|t| crate::client::validate_socket_token(t).is_ok())
-        });
+    let token = crate::driver::socket_token(settings);
     let asked = tokio::task::spawn_blocking(move || {
-        use crate::client::lean::{build_request, error_detail, exchange, parse_response, Failure};
-        let request = build_request(
-            "POST",
-            "/cache/reload",
-            token.as_deref().map(String::as_str),
-            None,
-        );
-        let reply = exchange(&socket, &request).map_err(|f| match f {
-            Failure::Usage(why) | Failure::Serve(why) => why,
-        })?;
-        let response = parse_response(&reply)?;
-        Ok::<_, String>((response.status, error_detail(&response.body)))
+        let token = token.as_deref().map(String::as_str);
+        crate::client::request(&socket, "POST", "/cache/reload", token).map(|response| {
+            let detail = crate::client::lean::error_detail(&response.body);
+            (response.status, detail)
+        })
     })
     .await;
     match asked {
@@ -288,7 +267,7 @@ async fn serve_uses_new_cache(
         other => {
             let why = match other {
                 Ok(Ok((status, detail))) => format!("HTTP {status}: {detail}"),
-                Ok(Err(why)) => why,
+                Ok(Err(err)) => err.to_string(),
                 Err(err) => err.to_string(),
             };
             // Twice the watcher's interval, within reason: a setup run does not wait hours.
