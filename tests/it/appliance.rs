@@ -409,18 +409,6 @@ RemainAfterExit=yes
 WantedBy=multi-user.target
 ";
 
-/// Waits up to `secs` for `f` to hold, polling every half second.
-fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + std::time::Duration::from_secs(secs);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    f()
-}
-
 #[test]
 #[ignore = "builds psi's image and boots machines: minutes; scripts/test runs it"]
 fn native_appliance_restarts_a_workload_whose_secret_changed() {
@@ -474,13 +462,19 @@ fn native_appliance_restarts_a_workload_whose_secret_changed() {
     machine.exec_ok(&["systemctl", "start", "psi-infisical-refresh.service"]);
     let refreshed = started.elapsed();
     let rotated = "DB_USER=bob DB_PASS=s3cret pass";
-    let restarted = wait_until(60, || {
-        workload_log(&machine).last().map(String::as_str) == Some(rotated)
-    });
+    // Setup queued myapp's restart (`--no-block`); a transient unit ordered after myapp
+    // starts only once that job is done, so waiting for it waits for the restart.
+    machine.exec_ok(&[
+        "systemd-run",
+        "--wait",
+        "--quiet",
+        "--property=After=myapp.service",
+        "true",
+    ]);
     let total = started.elapsed();
     let journal = machine.journal("psi-infisical-setup.service");
     assert!(
-        restarted,
+        workload_log(&machine).last().map(String::as_str) == Some(rotated),
         "myapp did not restart with the new value: {:?}\n{journal}\n{}",
         workload_log(&machine),
         machine.journal("myapp.service")
